@@ -1,0 +1,34 @@
+"""pmdrop: dropout whose training mask is stored at one bit per element, bit-identical to torch.
+
+    import pmdrop
+    model = pmdrop.convert(model, "pmdrop")      # every nn.Dropout and F.dropout of the model
+    y = pmdrop.dropout(x, p=0.1, variant="seeded")
+
+Variants (``pmdrop.variant_names()``): baseline, pmdrop, pmdrop_nocache, pmdrop_4bit, seeded.
+"""
+
+from .accounting import SavedBytes, track_saved_tensors
+from .functional import dropout, packed_variant
+from .modules import PackedDropout, active_variant, convert, dropout_mode
+from .packing import VALID_MASKS_PER_BYTE, pack_mask, packed_numel, unpack_mask
+from .variants import DropoutVariant, get_variant, register_variant, variant_names
+
+__all__ = [
+    "VALID_MASKS_PER_BYTE",
+    "DropoutVariant",
+    "PackedDropout",
+    "SavedBytes",
+    "active_variant",
+    "convert",
+    "dropout",
+    "dropout_mode",
+    "get_variant",
+    "pack_mask",
+    "packed_numel",
+    "packed_variant",
+    "register_variant",
+    "track_saved_tensors",
+    "unpack_mask",
+    "variant_names",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,111 @@
+"""Exact accounting of the bytes a forward pass saves for backward.
+
+Every tensor autograd saves goes through ``saved_tensors_hooks``; :class:`track_saved_tensors`
+sees each one once per storage and sorts it by *origin*, not dtype: anything saved while a
+dropout call is running is a dropout mask (on CPU torch's own mask is a float tensor), storages
+shared with the given parameters are weights kept by layers, the rest are activations.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch.overrides import TorchFunctionMode
+
+_local = threading.local()
+
+
+def _active_ledgers() -> list[SavedBytes]:
+    if not hasattr(_local, "ledgers"):
+        _local.ledgers, _local.depth = [], 0
+    return _local.ledgers
+
+
+@contextmanager
+def dropout_site(origin: str) -> Iterator[None]:
+    """Marks the code inside as one dropout call; ``origin`` is "pmdrop" or "torch"."""
+    ledgers = _active_ledgers()
+    if _local.depth == 0:
+        for ledger in ledgers:
+            ledger.dropout_calls[origin] = ledger.dropout_calls.get(origin, 0) + 1
+    _local.depth += 1
+    try:
+        yield
+    finally:
+        _local.depth -= 1
+
+
+@dataclass
+class SavedBytes:
+    """Bytes saved for backward, each storage counted once."""
+
+    mask_bytes: int = 0
+    activation_bytes: int = 0
+    parameter_bytes: int = 0
+    mask_tensors: int = 0
+    dropout_calls: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def total_bytes(self) -> int:
+        return self.mask_bytes + self.activation_bytes + self.parameter_bytes
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "total_bytes": self.total_bytes}
+
+
+class _SeeTorchDropout(TorchFunctionMode):
+    """Marks dropout that bypasses pmdrop (an unconverted model's nn.Dropout / F.dropout)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is torch.nn.functional.dropout:
+            with dropout_site("torch"):
+                return func(*args, **(kwargs or {}))
+        return func(*args, **(kwargs or {}))
+
+
+def _storage_key(t: torch.Tensor) -> tuple[str, int]:
+    return (str(t.device), t.untyped_storage().data_ptr())
+
+
+class track_saved_tensors:
+    """Context manager: ``with track_saved_tensors(model.parameters()) as saved: loss = model(x)``.
+
+    ``saved`` is a :class:`SavedBytes` filled in as the forward runs. Tensors are left untouched.
+    """
+
+    def __init__(self, parameters: Iterable[torch.Tensor] = ()) -> None:
+        self._parameter_keys = {_storage_key(p) for p in parameters}
+        self._seen: set[tuple[str, int]] = set()
+        self.saved = SavedBytes()
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
+        self._mode = _SeeTorchDropout()
+
+    def _pack(self, t: torch.Tensor) -> torch.Tensor:
+        key = _storage_key(t)
+        if key in self._seen or t.device.type == "meta":
+            return t
+        self._seen.add(key)
+        nbytes = t.untyped_storage().nbytes()
+        if _local.depth > 0:
+            self.saved.mask_bytes += nbytes
+            self.saved.mask_tensors += 1
+        elif key in self._parameter_keys or isinstance(t, torch.nn.Parameter):
+            self.saved.parameter_bytes += nbytes
+        else:
+            self.saved.activation_bytes += nbytes
+        return t
+
+    def __enter__(self) -> SavedBytes:
+        _active_ledgers().append(self.saved)
+        self._hooks.__enter__()
+        self._mode.__enter__()
+        return self.saved
+
+    def __exit__(self, *exc: object) -> None:
+        self._mode.__exit__(*exc)
+        self._hooks.__exit__(*exc)
+        _active_ledgers().remove(self.saved)

@@ -1,0 +1,47 @@
+"""Registry of dropout variants, picked by name (the harness and ``convert`` take strings)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class DropoutVariant:
+    """How a dropout call that needs a backward stores its mask.
+
+    ``apply(x, p, inplace, variant)`` runs only on the autograd path (training, 0 < p < 1, a
+    floating ``x`` that requires grad); every other call takes torch's own ``dropout``.
+    """
+
+    name: str
+    apply: Callable[[torch.Tensor, float, bool, DropoutVariant], torch.Tensor]
+    summary: str
+    masks_per_byte: int | None = None  # None: no packed mask is saved
+    cache_unpacked: bool = False
+    bit_exact: bool = True  # same output, gradient and RNG state as torch.nn.Dropout
+
+
+_REGISTRY: dict[str, DropoutVariant] = {}
+
+
+def register_variant(variant: DropoutVariant) -> DropoutVariant:
+    if variant.name in _REGISTRY and _REGISTRY[variant.name] != variant:
+        raise ValueError(f"dropout variant {variant.name!r} is already registered")
+    _REGISTRY[variant.name] = variant
+    return variant
+
+
+def variant_names() -> list[str]:
+    return list(_REGISTRY)
+
+
+def get_variant(name: str | DropoutVariant) -> DropoutVariant:
+    if isinstance(name, DropoutVariant):
+        return name
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown dropout variant {name!r}; valid: {', '.join(_REGISTRY)}") from None
