@@ -5,9 +5,9 @@ would take for the same call, so outputs, gradients and the RNG stream stay iden
 
 * **noise route** (CPU, and ``inplace=True`` everywhere): ``noise = empty_like(x).bernoulli_(1-p)
   .div_(1-p)``, ``y = x * noise``; the multiply saves ``noise`` in x's dtype (4 B/element for fp32).
-  Here the same Bernoulli bits are drawn into a bool tensor of x's layout (same generator calls,
-  same order), and ``x * mask * scale`` rounds exactly like ``x * noise`` because ``noise`` only
-  holds 0 and ``scale``, the value torch's ``div_`` gives in that dtype.
+  Here the same Bernoulli numbers are drawn in x's layout (same generator calls, same order), packed,
+  and decoded through a {0, scale} table into exactly torch's ``noise`` (``scale`` is the value
+  torch's ``div_`` gives in that dtype); the products are then torch's products, bit for bit.
 * **fused route** (CUDA/XPU out of place): ``native_dropout`` returns ``(y, bool mask)``; the mask
   is packed here and unpacked into ``native_dropout_backward`` with the same scale.
 
@@ -22,7 +22,7 @@ import functools
 import torch
 
 from .accounting import dropout_site
-from .packing import pack_flat, unpack_flat
+from .packing import check_masks_per_byte, decode_table, pack_flat, unpack_flat
 from .variants import DropoutVariant, get_variant, register_variant
 
 _FUSED_DEVICE_TYPES = frozenset({"cuda", "xpu", "lazy", "privateuseone"})
@@ -37,23 +37,8 @@ def _uses_fused_route(x: torch.Tensor, inplace: bool) -> bool:
     return not inplace and x.device.type in _FUSED_DEVICE_TYPES
 
 
-@functools.lru_cache(maxsize=256)
-def _noise_scale(p: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """The non-zero value of torch's dropout noise, ``1 / (1 - p)`` rounded as ``div_`` rounds it."""
-    return torch.ones((), dtype=dtype, device=device).div_(1 - p)
-
-
 def _fused_scale(p: float) -> float:
     return 1.0 / (1.0 - p)
-
-
-def _draw_keep_mask(like: torch.Tensor, keep: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """The Bernoulli(keep) draw of torch's noise route, as a bool tensor in ``like``'s layout."""
-    if like.device.type == "cpu":
-        # CPU bernoulli_ draws the same numbers per element whatever the dtype (checked by the tests).
-        return torch.empty_like(like, dtype=torch.bool).bernoulli_(keep, generator=generator)
-    # Elsewhere the dtype may change how raw random numbers map to elements: draw in x's dtype.
-    return torch.empty_like(like).bernoulli_(keep, generator=generator).bool()
 
 
 def _is_dense(t: torch.Tensor) -> bool:
@@ -69,7 +54,7 @@ def _is_dense(t: torch.Tensor) -> bool:
 class _MaskLayout:
     """Shape and strides of a mask, so it can be packed in memory order and rebuilt as it was."""
 
-    __slots__ = ("shape", "stride", "numel")
+    __slots__ = ("numel", "shape", "stride")
 
     def __init__(self, mask: torch.Tensor) -> None:
         self.shape = mask.shape
@@ -85,9 +70,40 @@ class _MaskLayout:
         return flat.as_strided(self.shape, self.stride)
 
 
-def _masked_scale_backward(grad: torch.Tensor, mask: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """``grad * noise`` of the noise route, with ``noise`` rebuilt from its mask and scale."""
-    return grad.mul(mask).mul_(scale)
+@functools.lru_cache(maxsize=256)
+def _noise_scale(p: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The non-zero value of torch's dropout noise, ``1 / (1 - p)`` rounded as ``div_`` rounds it."""
+    return torch.ones((), dtype=dtype, device=device).div_(1 - p)
+
+
+@functools.lru_cache(maxsize=256)
+def _noise_table(masks_per_byte: int, p: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    return decode_table(masks_per_byte, device).to(dtype) * _noise_scale(p, dtype, device)
+
+
+def _decode_noise(packed: torch.Tensor, layout: _MaskLayout, p: float, dtype: torch.dtype, k: int) -> torch.Tensor:
+    """Torch's noise tensor (0 and scale, in ``dtype`` and the mask's layout) from a packed mask."""
+    return layout.restore(unpack_flat(packed, layout.numel, k, _noise_table(k, p, dtype, packed.device)))
+
+
+def _torch_noise(buffer: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The noise route's own ops, in place on ``buffer``."""
+    return buffer.bernoulli_(1 - p, generator=generator).div_(1 - p)
+
+
+def _draw_noise(x: torch.Tensor, p: float, k: int) -> tuple[torch.Tensor, torch.Tensor, _MaskLayout]:
+    """Torch's dropout noise for ``x`` (x's dtype and layout), its packed mask, and the mask layout."""
+    if x.device.type == "cpu":
+        # CPU bernoulli_ draws the same numbers per element whatever the dtype (checked by the tests);
+        # a bool draw is cheaper, and decoding its packed form skips a bool-to-float pass.
+        mask = torch.empty_like(x, dtype=torch.bool).bernoulli_(1 - p)
+        layout = _MaskLayout(mask)
+        packed = pack_flat(layout.flat(mask), k)
+        return _decode_noise(packed, layout, p, x.dtype, k), packed, layout
+    # Elsewhere the dtype may change how raw random numbers map to elements: draw exactly as torch does.
+    noise = _torch_noise(torch.empty_like(x), p)
+    layout = _MaskLayout(noise)
+    return noise, pack_flat(layout.flat(noise.ne(0)), k), layout
 
 
 def _fused_backward(grad: torch.Tensor, mask: torch.Tensor, p: float) -> torch.Tensor:
@@ -97,34 +113,64 @@ def _fused_backward(grad: torch.Tensor, mask: torch.Tensor, p: float) -> torch.T
     return torch.ops.aten.native_dropout_backward(grad, mask, _fused_scale(p))
 
 
+def _graph_is_retained() -> bool:
+    """Whether the running backward keeps the graph (``retain_graph=True``): only then can a cache be reused."""
+    probe = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", None)  # private; assume yes if gone
+    return True if probe is None else probe()
+
+
+def _drop_cache_if_released(ctx) -> None:
+    """Run at the end of a backward pass: keep the unpacked mask only while the graph is retained.
+
+    Without this the cache would live as long as the graph object, usually through the next
+    step's forward, and cost the memory that packing saved.
+    """
+    try:
+        _ = ctx.saved_tensors
+    except RuntimeError:  # released: backward cannot run through this node again
+        ctx.cached_unpacked = None
+
+
 class _PackedDropoutFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, p: float, inplace: bool, variant: DropoutVariant) -> torch.Tensor:
-        ctx.p, ctx.fused, ctx.variant = p, _uses_fused_route(x, inplace), variant
+        ctx.p, ctx.fused, ctx.variant, ctx.dtype = p, _uses_fused_route(x, inplace), variant, x.dtype
         if ctx.fused:
             y, mask = torch.ops.aten.native_dropout(x, p, True)
+            ctx.layout = _MaskLayout(mask)
+            packed = pack_flat(ctx.layout.flat(mask), variant.masks_per_byte)
         else:
-            mask = _draw_keep_mask(x, 1 - p)
-            ctx.scale = _noise_scale(p, x.dtype, x.device)
-            y = (x.mul_(mask) if inplace else x.mul(mask)).mul_(ctx.scale)
+            noise, packed, ctx.layout = _draw_noise(x, p, variant.masks_per_byte)
             if inplace:
+                y = x.mul_(noise)
                 ctx.mark_dirty(x)
-        ctx.layout = _MaskLayout(mask)
-        ctx.save_for_backward(pack_flat(ctx.layout.flat(mask), variant.masks_per_byte))
-        ctx.cached_mask = None
+            else:
+                y = noise.mul_(x)  # IEEE multiplication commutes bit for bit: this is torch's x * noise
+        ctx.save_for_backward(packed)
+        ctx.cached_unpacked = None
         return y
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None]:
-        mask = ctx.cached_mask
-        if mask is None:
+        unpacked = ctx.cached_unpacked
+        if unpacked is None:
             (packed,) = ctx.saved_tensors
-            mask = ctx.layout.restore(unpack_flat(packed, ctx.layout.numel, ctx.variant.masks_per_byte))
-            if ctx.variant.cache_unpacked:
-                ctx.cached_mask = mask
+            k = ctx.variant.masks_per_byte
+            if ctx.fused:
+                unpacked = ctx.layout.restore(unpack_flat(packed, ctx.layout.numel, k))
+            else:
+                unpacked = _decode_noise(packed, ctx.layout, ctx.p, ctx.dtype, k)
+        # Cache only for a later pass through this node, which needs a retained graph; otherwise
+        # this is the mask's last use and its buffer can take the gradient in place.
+        keep = ctx.variant.cache_unpacked and _graph_is_retained()
+        if keep and ctx.cached_unpacked is None:
+            torch.autograd.Variable._execution_engine.queue_callback(lambda: _drop_cache_if_released(ctx))
+        ctx.cached_unpacked = unpacked if keep else None
         if ctx.fused:
-            return _fused_backward(grad, mask, ctx.p), None, None, None
-        return _masked_scale_backward(grad, mask, ctx.scale), None, None, None
+            return _fused_backward(grad, unpacked, ctx.p), None, None, None
+        if keep:
+            return grad * unpacked, None, None, None
+        return unpacked.mul_(grad), None, None, None  # IEEE multiplication commutes: torch's grad * noise
 
 
 def _saved_rng_state(device: torch.device) -> torch.Tensor:
@@ -139,8 +185,7 @@ def _regenerate_fused_mask(state: torch.Tensor, layout: _MaskLayout, x_meta: tup
     module = torch.get_device_module(device.type)
     itemsize = torch.empty((), dtype=dtype).element_size()
     # The kernel's vector width depends on the input's address mod 16 bytes: reproduce it.
-    pad = 16 // itemsize
-    buffer = torch.empty(layout.numel + pad, dtype=dtype, device=device)
+    buffer = torch.empty(layout.numel + 16 // itemsize, dtype=dtype, device=device)
     offset = (alignment - buffer.data_ptr() % 16) % 16 // itemsize
     stand_in = buffer[offset : offset + layout.numel].as_strided(layout.shape, layout.stride)
     current = module.get_rng_state(device)
@@ -174,9 +219,8 @@ class _SeededDropoutFn(torch.autograd.Function):
             return _fused_backward(grad, mask, ctx.p), None, None, None
         generator = torch.Generator(device=device)
         generator.set_state(state)
-        like = torch.empty_strided(ctx.layout.shape, ctx.layout.stride, dtype=dtype, device=device)
-        mask = _draw_keep_mask(like, 1 - ctx.p, generator)
-        return _masked_scale_backward(grad, mask, _noise_scale(ctx.p, dtype, device)), None, None, None
+        buffer = torch.empty_strided(ctx.layout.shape, ctx.layout.stride, dtype=dtype, device=device)
+        return _torch_noise(buffer, ctx.p, generator).mul_(grad), None, None, None
 
 
 def _needs_backward(x: torch.Tensor, p: float, training: bool) -> bool:
@@ -215,36 +259,32 @@ def _baseline(x: torch.Tensor, p: float, inplace: bool, variant: DropoutVariant)
     return _torch_dropout(x, p, True, inplace)
 
 
-BASELINE = register_variant(
-    DropoutVariant("baseline", _baseline, "torch.nn.Dropout as is (the reference)")
-)
-PMDROP = register_variant(
+register_variant(DropoutVariant("baseline", _baseline, "torch.nn.Dropout as is (the reference)"))
+register_variant(
     DropoutVariant(
-        "pmdrop", _PackedDropoutFn.apply, "mask packed 8 per byte; unpacked mask cached after first use",
+        "pmdrop", _PackedDropoutFn.apply, "mask packed 8 per byte; unpacked mask cached while the graph is retained",
         masks_per_byte=8, cache_unpacked=True,
     )
 )
-PMDROP_NOCACHE = register_variant(
+register_variant(
     DropoutVariant(
         "pmdrop_nocache", _PackedDropoutFn.apply, "mask packed 8 per byte; unpacked on every access",
         masks_per_byte=8,
     )
 )
-PMDROP_4BIT = register_variant(
+register_variant(
     DropoutVariant(
         "pmdrop_4bit", _PackedDropoutFn.apply, "the paper's 4-bit ablation: 4 masks per byte",
         masks_per_byte=4, cache_unpacked=True,
     )
 )
-SEEDED = register_variant(
-    DropoutVariant("seeded", _SeededDropoutFn.apply, "no mask: saves the RNG state, redraws in backward")
+register_variant(
+    DropoutVariant("seeded", _SeededDropoutFn.apply, "no mask: saves the RNG state, redraws it in backward")
 )
 
 
 def packed_variant(masks_per_byte: int, cache_unpacked: bool = True) -> DropoutVariant:
-    """A packed variant at any supported density (``masks_per_byte`` in {8, 4, 2, 1}), registered on use."""
-    from .packing import check_masks_per_byte
-
+    """A packed variant at any supported density (``masks_per_byte`` in {8, 4, 2, 1}), registered on first use."""
     check_masks_per_byte(masks_per_byte)
     name = f"pmdrop_k{masks_per_byte}" + ("" if cache_unpacked else "_nocache")
     return register_variant(
@@ -253,4 +293,3 @@ def packed_variant(masks_per_byte: int, cache_unpacked: bool = True) -> DropoutV
             masks_per_byte=masks_per_byte, cache_unpacked=cache_unpacked,
         )
     )
-

@@ -22,7 +22,6 @@ VALID_MASKS_PER_BYTE = (8, 4, 2, 1)
 # Multiplying a word of eight 0/1 bytes by this gathers byte i's bit into bit 56 + i, with no
 # carries between the partial products (the shift amounts 56 - 7i are all distinct mod 8).
 _GATHER_BITS = 0x0102040810204080
-_WORD_DTYPE = {8: torch.int64, 4: torch.int32, 2: torch.int16, 1: torch.uint8}
 
 
 def check_masks_per_byte(masks_per_byte: int) -> int:
@@ -52,7 +51,8 @@ def _pack_words(words: torch.Tensor, masks_per_byte: int) -> torch.Tensor:
 def _pack_tail(tail: torch.Tensor, masks_per_byte: int) -> torch.Tensor:
     """Pack fewer than eight mask bytes (the part that does not fill a 64-bit word)."""
     spacing = 8 // masks_per_byte
-    padded = torch.zeros(packed_numel(tail.numel(), masks_per_byte) * masks_per_byte, dtype=torch.uint8, device=tail.device)
+    size = packed_numel(tail.numel(), masks_per_byte) * masks_per_byte
+    padded = torch.zeros(size, dtype=torch.uint8, device=tail.device)
     padded[: tail.numel()] = tail
     shifts = torch.arange(0, 8, spacing, dtype=torch.uint8, device=tail.device)
     return (padded.view(-1, masks_per_byte) << shifts).sum(dim=1, dtype=torch.uint8)
@@ -77,17 +77,22 @@ def pack_flat(mask_bytes: torch.Tensor, masks_per_byte: int = 8) -> torch.Tensor
     return torch.cat([body, _pack_tail(flat[n_words * 8 :], masks_per_byte)])
 
 
-@functools.lru_cache(maxsize=None)
-def _unpack_table(masks_per_byte: int, device: torch.device) -> torch.Tensor:
-    """Row b holds the k mask bytes that packed byte b decodes to, viewed as one k-byte integer."""
-    spacing = 8 // masks_per_byte
+@functools.cache
+def decode_table(masks_per_byte: int, device: torch.device) -> torch.Tensor:
+    """(256, k) bool table: row b holds the k masks that packed byte b decodes to."""
+    spacing = 8 // check_masks_per_byte(masks_per_byte)
     byte = torch.arange(256, dtype=torch.int64)[:, None]
-    bits = ((byte >> torch.arange(0, 8, spacing)) & 1).to(torch.uint8)
-    return bits.contiguous().view(_WORD_DTYPE[masks_per_byte]).view(256).to(device)
+    return ((byte >> torch.arange(0, 8, spacing)) & 1).to(device=device, dtype=torch.bool)
 
 
-def unpack_flat(packed: torch.Tensor, numel: int, masks_per_byte: int = 8) -> torch.Tensor:
-    """Inverse of :func:`pack_flat`: a flat bool tensor of ``numel`` masks."""
+def unpack_flat(
+    packed: torch.Tensor, numel: int, masks_per_byte: int = 8, table: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Inverse of :func:`pack_flat`: a flat tensor of ``numel`` decoded masks.
+
+    ``table`` maps each byte value to its k decoded elements (default :func:`decode_table`, giving
+    bool); a table of other values decodes straight into them, e.g. dropout's {0, 1/(1-p)} noise.
+    """
     check_masks_per_byte(masks_per_byte)
     if packed.dtype != torch.uint8:
         raise TypeError(f"packed masks must be uint8, got {packed.dtype}")
@@ -96,12 +101,11 @@ def unpack_flat(packed: torch.Tensor, numel: int, masks_per_byte: int = 8) -> to
             f"{packed.numel()} packed bytes cannot hold exactly {numel} masks at {masks_per_byte} per byte "
             f"(expected {packed_numel(numel, masks_per_byte)})"
         )
-    if masks_per_byte == 1:
-        return packed[:numel].view(torch.bool)
-    table = _unpack_table(masks_per_byte, packed.device)
+    if table is None:
+        table = decode_table(masks_per_byte, packed.device)
     # int32 indices: half the bytes of int64, and index_select takes them.
-    words = torch.index_select(table, 0, packed.reshape(-1).to(torch.int32))
-    return words.view(torch.uint8)[:numel].view(torch.bool)
+    rows = torch.index_select(table, 0, packed.reshape(-1).to(torch.int32))
+    return rows.view(-1)[:numel]
 
 
 def pack_mask(mask: torch.Tensor, masks_per_byte: int = 8) -> torch.Tensor:
