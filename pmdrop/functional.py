@@ -67,7 +67,9 @@ class _MaskLayout:
         return mask.contiguous().view(-1)
 
     def restore(self, flat: torch.Tensor) -> torch.Tensor:
-        return flat.as_strided(self.shape, self.stride)
+        # set_ rather than as_strided: the result may be returned from forward, and autograd forbids
+        # in-place ops on a view made inside a custom Function. ``flat`` is a fresh private buffer.
+        return flat.new_empty(0).set_(flat.untyped_storage(), flat.storage_offset(), self.shape, self.stride)
 
 
 @functools.lru_cache(maxsize=256)

@@ -1,0 +1,159 @@
+"""Every exact variant against torch.nn.Dropout: same output, input gradient and RNG state, bit for bit."""
+
+import warnings
+
+import pytest
+import torch
+from torch.utils.checkpoint import checkpoint
+
+import pmdrop
+
+from .helpers import EXACT_VARIANTS, assert_identical, step
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
+SHAPES = [(3, 5, 7), (13,), (2, 3, 8, 9), (64, 33)]  # 105, 13, 432, 2112 elements: tails not divisible by 8
+
+
+def torch_dropout(p, inplace=False):
+    return torch.nn.Dropout(p, inplace=inplace)
+
+
+@pytest.mark.parametrize("variant", EXACT_VARIANTS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("inplace", [False, True], ids=["out", "inplace"])
+def test_matches_nn_dropout(variant, dtype, shape, inplace):
+    x0 = torch.randn(shape, dtype=dtype)
+    for p in (0.1, 0.5, 0.83):
+        reference = step(torch_dropout(p, inplace), x0, inplace=inplace)
+        candidate = step(pmdrop.PackedDropout(p, inplace, variant), x0, inplace=inplace)
+        assert_identical(reference, candidate, f"{variant} p={p}")
+
+
+LAYOUTS = {
+    "transposed": lambda x: x.transpose(0, 2),
+    "channels_last": lambda x: x.contiguous(memory_format=torch.channels_last),
+    "expanded": lambda x: x[:1].expand(5, -1, -1, -1),
+    "sliced": lambda x: x[:, 1:, ::2],
+}
+
+
+@pytest.mark.parametrize("variant", EXACT_VARIANTS)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_matches_nn_dropout_on_odd_layouts(variant, layout):
+    x0 = torch.randn(3, 4, 5, 6)
+    prepare = LAYOUTS[layout]
+    reference = step(torch_dropout(0.3), x0, prepare=prepare)
+    candidate = step(pmdrop.PackedDropout(0.3, variant=variant), x0, prepare=prepare)
+    assert_identical(reference, candidate, f"{variant} {layout}")
+
+
+def _sin_dropout_sin(layer):
+    return lambda x: layer(x.sin()).sin()
+
+
+@pytest.mark.parametrize("variant", EXACT_VARIANTS)
+@pytest.mark.parametrize("reentrant", [True, False], ids=["reentrant", "non_reentrant"])
+def test_under_activation_checkpointing(variant, reentrant):
+    x0 = torch.randn(4, 6, 10)
+
+    def checkpointed(layer):
+        return lambda x: checkpoint(_sin_dropout_sin(layer), x, use_reentrant=reentrant)
+
+    plain = step(_sin_dropout_sin(torch_dropout(0.2)), x0)
+    reference = step(checkpointed(torch_dropout(0.2)), x0)
+    candidate = step(checkpointed(pmdrop.PackedDropout(0.2, variant=variant)), x0)
+    assert_identical(plain, reference, "torch under checkpoint")
+    assert_identical(reference, candidate, f"{variant} under checkpoint")
+
+
+@pytest.mark.parametrize("variant", EXACT_VARIANTS)
+def test_under_cpu_bf16_autocast(variant):
+    x0 = torch.randn(8, 24)
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(24, 24)
+
+    def autocast(layer):
+        def run(x):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return layer(linear(x))
+
+        return run
+
+    reference = step(autocast(torch_dropout(0.3)), x0)
+    candidate = step(autocast(pmdrop.PackedDropout(0.3, variant=variant)), x0)
+    assert reference[0].dtype == torch.bfloat16
+    assert_identical(reference, candidate, f"{variant} under autocast")
+
+
+@pytest.mark.parametrize("variant", EXACT_VARIANTS)
+def test_under_torch_compile(variant):
+    """Inductor draws from its own RNG (for nn.Dropout too) unless fallback_random is set."""
+    import torch._inductor.config as inductor_config
+
+    torch._dynamo.reset()
+    x0 = torch.randn(6, 37)
+    with inductor_config.patch(fallback_random=True), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reference = step(torch_dropout(0.3), x0)
+        candidate = step(torch.compile(pmdrop.PackedDropout(0.3, variant=variant)), x0)
+    assert_identical(reference, candidate, f"{variant} compiled")
+
+
+@pytest.mark.parametrize("variant", EXACT_VARIANTS)
+def test_gradcheck_and_double_backward_fp64(variant):
+    def seeded(x):
+        torch.manual_seed(0)
+        return pmdrop.dropout(x, 0.4, variant=variant)
+
+    x = torch.randn(3, 11, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(seeded, (x,))
+    assert torch.autograd.gradgradcheck(seeded, (x,))
+
+
+@pytest.mark.parametrize("variant", EXACT_VARIANTS)
+def test_retain_graph_second_backward_is_exact(variant):
+    x0 = torch.randn(50)
+
+    def twice(layer):
+        def run(x):
+            y = layer(x)
+            y.backward(torch.ones_like(y), retain_graph=True)
+            return y
+
+        return run
+
+    assert_identical(step(twice(torch_dropout(0.3)), x0), step(twice(pmdrop.PackedDropout(0.3, variant=variant)), x0))
+
+
+def _count_unpacks(monkeypatch):
+    import pmdrop.functional as functional
+
+    calls = []
+    original = functional.unpack_flat
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(functional, "unpack_flat", counting)
+    return calls
+
+
+@pytest.mark.parametrize(("variant", "backward_unpacks"), [("pmdrop", 1), ("pmdrop_nocache", 2)])
+def test_cache_semantics_over_two_backward_passes(variant, backward_unpacks, monkeypatch):
+    x = torch.randn(40, requires_grad=True)
+    y = pmdrop.dropout(x, 0.3, variant=variant)  # on CPU the forward decodes once to build the output
+    calls = _count_unpacks(monkeypatch)
+    y.backward(torch.ones_like(y), retain_graph=True)
+    assert (y.grad_fn.cached_unpacked is not None) == (variant == "pmdrop")
+    y.backward(torch.ones_like(y))
+    assert len(calls) == backward_unpacks
+    assert y.grad_fn.cached_unpacked is None  # graph released: nothing decoded stays alive
+
+
+def test_no_cache_is_kept_after_an_ordinary_backward():
+    x = torch.randn(40, requires_grad=True)
+    y = pmdrop.dropout(x, 0.3, variant="pmdrop")
+    y.sum().backward()
+    assert y.grad_fn.cached_unpacked is None

@@ -1,0 +1,57 @@
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import pmdrop
+from pmdrop.packing import pack_flat, unpack_flat
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    shape=st.lists(st.integers(0, 9), min_size=0, max_size=4),
+    masks_per_byte=st.sampled_from(pmdrop.VALID_MASKS_PER_BYTE),
+    seed=st.integers(0, 2**16),
+    keep=st.floats(0.0, 1.0),
+)
+def test_round_trip_any_shape(shape, masks_per_byte, seed, keep):
+    mask = torch.rand(shape, generator=torch.Generator().manual_seed(seed)) < keep
+    packed = pmdrop.pack_mask(mask, masks_per_byte)
+    assert packed.dtype == torch.uint8
+    expected = math.ceil(mask.numel() / masks_per_byte)
+    assert packed.numel() == expected == pmdrop.packed_numel(mask.numel(), masks_per_byte)
+    assert torch.equal(pmdrop.unpack_mask(packed, mask.shape, masks_per_byte), mask)
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(0, 300), masks_per_byte=st.sampled_from(pmdrop.VALID_MASKS_PER_BYTE))
+def test_bit_layout_is_lsb_first_with_fixed_spacing(n, masks_per_byte):
+    mask = torch.rand(n, generator=torch.Generator().manual_seed(n)) < 0.5
+    packed = pack_flat(mask, masks_per_byte).long()
+    spacing = 8 // masks_per_byte
+    expected = torch.zeros(pmdrop.packed_numel(n, masks_per_byte), dtype=torch.long)
+    for i in range(n):
+        expected[i // masks_per_byte] |= int(mask[i]) << ((i % masks_per_byte) * spacing)
+    assert torch.equal(packed, expected)  # also: bits past the last mask are zero
+
+
+def test_unaligned_input_falls_back_to_the_tail_path():
+    base = torch.rand(8 * 9 + 1) < 0.5
+    view = base[1:]  # data pointer off the 8-byte alignment
+    assert torch.equal(unpack_flat(pack_flat(view), view.numel()), view)
+
+
+def test_noncontiguous_mask_packs_in_row_major_order():
+    mask = torch.rand(5, 7) < 0.5
+    assert torch.equal(pmdrop.unpack_mask(pmdrop.pack_mask(mask.t()), (7, 5)), mask.t())
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match=r"masks_per_byte=3 .*valid: \(8, 4, 2, 1\)"):
+        pmdrop.pack_mask(torch.ones(4, dtype=torch.bool), 3)
+    with pytest.raises(TypeError, match="bool tensor"):
+        pmdrop.pack_mask(torch.ones(4))
+    with pytest.raises(ValueError, match="cannot hold exactly 17 masks"):
+        pmdrop.unpack_mask(torch.zeros(2, dtype=torch.uint8), (17,))
