@@ -8,6 +8,7 @@ Variants (``pmdrop.variant_names()``): baseline, pmdrop, pmdrop_nocache, pmdrop_
 """
 
 from .accounting import SavedBytes, track_saved_tensors
+from .faults import BitflipLog, inject_bitflips
 from .functional import dropout, packed_variant
 from .modules import PackedDropout, active_variant, convert, dropout_mode
 from .packing import VALID_MASKS_PER_BYTE, pack_mask, packed_numel, unpack_mask
@@ -15,6 +16,7 @@ from .variants import DropoutVariant, get_variant, register_variant, variant_nam
 
 __all__ = [
     "VALID_MASKS_PER_BYTE",
+    "BitflipLog",
     "DropoutVariant",
     "PackedDropout",
     "SavedBytes",
@@ -23,6 +25,7 @@ __all__ = [
     "dropout",
     "dropout_mode",
     "get_variant",
+    "inject_bitflips",
     "pack_mask",
     "packed_numel",
     "packed_variant",

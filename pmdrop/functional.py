@@ -22,6 +22,7 @@ import functools
 import torch
 
 from .accounting import dropout_site
+from .faults import corrupt
 from .packing import check_masks_per_byte, decode_table, pack_flat, unpack_flat
 from .variants import DropoutVariant, get_variant, register_variant
 
@@ -148,7 +149,7 @@ class _PackedDropoutFn(torch.autograd.Function):
                 ctx.mark_dirty(x)
             else:
                 y = noise.mul_(x)  # IEEE multiplication commutes bit for bit: this is torch's x * noise
-        ctx.save_for_backward(packed)
+        ctx.save_for_backward(corrupt(packed))
         ctx.cached_unpacked = None
         return y
 
