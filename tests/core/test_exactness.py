@@ -53,9 +53,11 @@ def _sin_dropout_sin(layer):
 
 
 @pytest.mark.parametrize("variant", EXACT_VARIANTS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES[:2], ids=str)
 @pytest.mark.parametrize("reentrant", [True, False], ids=["reentrant", "non_reentrant"])
-def test_under_activation_checkpointing(variant, reentrant):
-    x0 = torch.randn(4, 6, 10)
+def test_under_activation_checkpointing(variant, dtype, shape, reentrant):
+    x0 = torch.randn(shape, dtype=dtype)
 
     def checkpointed(layer):
         return lambda x: checkpoint(_sin_dropout_sin(layer), x, use_reentrant=reentrant)
@@ -68,36 +70,53 @@ def test_under_activation_checkpointing(variant, reentrant):
 
 
 @pytest.mark.parametrize("variant", EXACT_VARIANTS)
-def test_under_cpu_bf16_autocast(variant):
-    x0 = torch.randn(8, 24)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_under_cpu_autocast(variant, dtype):
+    x0 = torch.randn(7, 3, 23)
     torch.manual_seed(0)
-    linear = torch.nn.Linear(24, 24)
+    linear = torch.nn.Linear(23, 13)
 
     def autocast(layer):
         def run(x):
-            with torch.autocast("cpu", dtype=torch.bfloat16):
+            with torch.autocast("cpu", dtype=dtype):
                 return layer(linear(x))
 
         return run
 
     reference = step(autocast(torch_dropout(0.3)), x0)
     candidate = step(autocast(pmdrop.PackedDropout(0.3, variant=variant)), x0)
-    assert reference[0].dtype == torch.bfloat16
+    assert reference[0].dtype == dtype
     assert_identical(reference, candidate, f"{variant} under autocast")
 
 
-@pytest.mark.parametrize("variant", EXACT_VARIANTS)
-def test_under_torch_compile(variant):
-    """Inductor draws from its own RNG (for nn.Dropout too) unless fallback_random is set."""
+@pytest.mark.parametrize("variant", [v for v in EXACT_VARIANTS if v != "baseline"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_under_torch_compile(variant, dtype):
+    """Compiled pmdrop matches *eager* nn.Dropout. Inductor draws from its own RNG (for nn.Dropout too)
+    unless fallback_random is set."""
     import torch._inductor.config as inductor_config
 
     torch._dynamo.reset()
-    x0 = torch.randn(6, 37)
+    x0 = torch.randn(6, 37, dtype=dtype)
     with inductor_config.patch(fallback_random=True), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         reference = step(torch_dropout(0.3), x0)
         candidate = step(torch.compile(pmdrop.PackedDropout(0.3, variant=variant)), x0)
     assert_identical(reference, candidate, f"{variant} compiled")
+
+
+def test_compiled_torch_dropout_itself_rounds_differently_in_half_precision():
+    """Why the test above compares with eager: Inductor keeps torch's bf16 noise scale in fp32 inside its
+    fused kernel, so compiled nn.Dropout's gradient is not eager nn.Dropout's (pmdrop's still is)."""
+    import torch._inductor.config as inductor_config
+
+    torch._dynamo.reset()
+    x0 = torch.randn(6, 37, dtype=torch.bfloat16)
+    with inductor_config.patch(fallback_random=True), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        eager = step(torch_dropout(0.3), x0)
+        compiled = step(torch.compile(torch_dropout(0.3)), x0)
+    assert torch.equal(eager[0], compiled[0]) and not torch.equal(eager[1], compiled[1])
 
 
 @pytest.mark.parametrize("variant", EXACT_VARIANTS)
