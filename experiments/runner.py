@@ -1,0 +1,357 @@
+"""One Hydra job = one run: its directory, skip/retry, results.json, W&B; plus the sweep's failure check.
+
+Run directory: ``<runs_root>/<experiment_name>/<model.name>/<dataset.name>/<variant.name>/seed<k>/`` holding
+``config.yaml`` (resolved), ``metrics.jsonl`` (one line per ``log_step``), ``results.json`` (written last, atomically)
+and ``wandb/``. A run whose results.json says ``ok`` is skipped unless ``force=true``; anything else is run again
+from an empty directory. A run that raises is recorded as ``failed`` and the sweep goes on; ``RunOutcomes`` (a Hydra
+callback) then exits non-zero, listing the failed runs. Every job appends its outcome to ``runs.jsonl`` in Hydra's
+sweep directory, which is how the callback sees jobs that ran in other processes (joblib, submitit).
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib.metadata
+import json
+import os
+import re
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import CompactHydraException
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+import pmdrop
+from experiments import tracking
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RESULTS_FILE = "results.json"
+JOURNAL_FILE = "runs.jsonl"
+# Keys that do not change what a run computes: a finished run is still "the same run" when only these differ.
+_NOT_PART_OF_RUN = ("force", "logger", "runs_root")
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9_.+=-]+$")
+
+
+class InvalidConfig(CompactHydraException):
+    """A config value that fails validation; Hydra prints only its one-line message."""
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def check_run_config(cfg: DictConfig) -> None:
+    """The runner's own keys: types of the root keys, names used as directory names, variant and logger choices."""
+    for key, kind in (("seed", int), ("force", bool), ("experiment_name", str), ("runs_root", str)):
+        value = cfg.get(key)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise ValueError(f"{key} must be {kind.__name__}, got {value!r} ({type(value).__name__})")
+    for key in ("experiment_name", "model.name", "dataset.name", "variant.name"):
+        name = OmegaConf.select(cfg, key)
+        if not isinstance(name, str) or not _SAFE_NAME.match(name) or name in (".", ".."):
+            raise ValueError(f"{key}={name!r} names a directory: use letters, digits and _ . + = - only")
+    if cfg.variant.name not in pmdrop.variant_names():
+        raise ValueError(f"unknown variant.name {cfg.variant.name!r}; valid: {', '.join(pmdrop.variant_names())}")
+    tracking.check_logger_config(cfg)
+
+
+def check_job_config(cfg: DictConfig) -> None:
+    """Everything a job validates before any work: the runner's keys and B's model/dataset/trainer checks."""
+    from experiments import train
+
+    try:
+        check_run_config(cfg)
+        train.check_config(cfg)
+    except ValueError as error:
+        raise InvalidConfig(str(error)) from None
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def run_dir_for(cfg: DictConfig) -> Path:
+    names = (cfg.experiment_name, cfg.model.name, cfg.dataset.name, cfg.variant.name, f"seed{cfg.seed}")
+    return Path(cfg.runs_root).joinpath(*names)
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "tolist"):  # numpy / torch scalars and arrays
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable: {value!r}")
+
+
+def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
+    """Serialise first, write a temp file in the same directory, then rename: readers never see a partial file."""
+    text = json.dumps(data, indent=2, default=_jsonable) + "\n"
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def read_results(run_dir: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((run_dir / RESULTS_FILE).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def config_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """``["trainer.steps: 10 -> 20", ...]`` over the keys that define a run."""
+
+    def flat(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+        items: dict[str, Any] = {}
+        for key, value in tree.items():
+            if not prefix and key in _NOT_PART_OF_RUN:
+                continue
+            if isinstance(value, Mapping):
+                items.update(flat(value, f"{prefix}{key}."))
+            else:
+                items[f"{prefix}{key}"] = value
+        return items
+
+    old_flat, new_flat = flat(old), flat(new)
+    return [
+        f"{key}: {old_flat.get(key, '<absent>')!r} -> {new_flat.get(key, '<absent>')!r}"
+        for key in sorted(old_flat.keys() | new_flat.keys())
+        if old_flat.get(key, "<absent>") != new_flat.get(key, "<absent>")
+    ]
+
+
+# ----------------------------------------------------------------------------- run fields
+
+
+@cache
+def git_commit() -> str | None:
+    """HEAD's hash, with ``-dirty`` when the working tree has uncommitted changes."""
+    try:
+        described = subprocess.run(
+            ["git", "describe", "--always", "--dirty", "--abbrev=40"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return described.stdout.strip() or None
+
+
+def package_version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def run_fields(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """The runner's part of results.json (the measured part comes from ``train.run_training``)."""
+    return {
+        "experiment": cfg.experiment_name,
+        "model": cfg.model.name,
+        "dataset": cfg.dataset.name,
+        "variant": cfg.variant.name,
+        "seed": cfg.seed,
+        "status": None,
+        "error": None,
+        "started_at": _now(),
+        "finished_at": None,
+        "wall_time_s": None,
+        "git_commit": git_commit(),
+        "torch_version": torch.__version__,  # with its build tag, e.g. +cu130
+        "transformers_version": package_version("transformers"),
+        "timm_version": package_version("timm"),
+        "hostname": socket.gethostname(),
+        "command": shlex.join(["python", *sys.argv]),
+        "overrides": list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else None,
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "run_dir": str(run_dir.resolve()),
+    }
+
+
+def summary_line(results: Mapping[str, Any]) -> str:
+    """One line per run: where, status, headline metric, throughput, saved mask bytes."""
+    where = f"{results['model']}/{results['dataset']}"
+    head = f"[{results['experiment']}] {where} {results['variant']} seed={results['seed']}"
+    if results["status"] != "ok":
+        return f"{head}: {results['status']}: {results['error']}"
+    metric = results.get("task_metric")
+    value = (results.get("metrics") or {}).get(metric)
+    throughput = results.get("throughput_samples_per_s")
+    mask_bytes = results.get("saved_mask_bytes")
+    parts = [
+        f"{metric}={value:.4f}" if value is not None else f"{metric}=n/a",
+        f"{throughput:.1f} samples/s" if throughput is not None else "throughput n/a",
+        f"saved masks {mask_bytes / 2**20:.2f} MiB" if mask_bytes is not None else "saved masks n/a",
+        f"{results['wall_time_s']:.1f} s",
+    ]
+    return f"{head}: ok  " + "  ".join(parts)
+
+
+# ----------------------------------------------------------------------------- the job
+
+
+def _free_accelerator_memory() -> None:
+    """After a failed run (e.g. CUDA OOM), so the next job of this process starts with free memory."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _train(cfg: DictConfig, run_dir: Path, results: dict[str, Any]) -> None:
+    """Run training with metrics going to metrics.jsonl and the tracker; fill ``results`` and write results.json."""
+    from experiments import train
+
+    started = time.perf_counter()
+    with tracking.open_tracker(cfg, run_dir) as tracker, (run_dir / "metrics.jsonl").open("w") as metrics_file:
+
+        def log_step(step: int, metrics: dict[str, Any]) -> None:
+            metrics_file.write(json.dumps({"step": step, **metrics}, default=_jsonable) + "\n")
+            metrics_file.flush()
+            tracker.log(step, metrics)
+
+        try:
+            results.update(train.run_training(cfg, log_step))
+            results["status"] = "ok"
+        except Exception as error:
+            results.update(status="failed", error=f"{type(error).__name__}: {error}", traceback=traceback.format_exc())
+        results.update(finished_at=_now(), wall_time_s=round(time.perf_counter() - started, 3))
+        write_json_atomic(run_dir / RESULTS_FILE, results)
+        tracker.finish(results)
+    if results["status"] != "ok":
+        _free_accelerator_memory()
+
+
+def run_job(cfg: DictConfig) -> dict[str, Any]:
+    """Run (or skip) the run ``cfg`` describes; returns its results.json content."""
+    check_job_config(cfg)
+    run_dir = run_dir_for(cfg)
+    previous = read_results(run_dir)
+    if previous is not None and previous.get("status") == "ok" and not cfg.force:
+        changed = config_differences(previous["config"], OmegaConf.to_container(cfg, resolve=True))
+        if changed:
+            shown = "; ".join(changed[:3]) + ("; ..." if len(changed) > 3 else "")
+            error = (
+                f"{run_dir} holds a finished run with a different config ({shown}): "
+                "pass force=true to replace it or choose another experiment_name"
+            )
+            print(f"{run_dir}: failed: {error}", flush=True)
+            record_outcome(run_dir, "failed", error)
+            return {**previous, "status": "failed", "error": error}
+        print(f"{summary_line(previous)}  skipped (finished)", flush=True)
+        record_outcome(run_dir, "skipped", None)
+        return previous
+
+    # A retry or forced rerun starts from an empty directory: no file of an earlier attempt survives.
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True)
+    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    results = run_fields(cfg, run_dir)
+    _train(cfg, run_dir, results)
+    print(summary_line(results), flush=True)
+    record_outcome(run_dir, results["status"], results["error"])
+    return results
+
+
+# ----------------------------------------------------------------------------- the sweep's outcome
+
+
+def journal_path(hydra_cfg: DictConfig) -> Path:
+    """``runs.jsonl`` in Hydra's output directory of this invocation (the sweep dir, or the single run's dir)."""
+    base = hydra_cfg.sweep.dir if hydra_cfg.mode == RunMode.MULTIRUN else hydra_cfg.run.dir
+    return Path(base) / JOURNAL_FILE
+
+
+def record_outcome(run_dir: Path, status: str, error: str | None) -> None:
+    if not HydraConfig.initialized():
+        return
+    journal = journal_path(HydraConfig.get())
+    journal.parent.mkdir(parents=True, exist_ok=True)
+    line = json.dumps({"run_dir": str(run_dir), "status": status, "error": error}) + "\n"
+    with journal.open("a") as file:  # one short append per job: safe across joblib worker processes
+        file.write(line)
+
+
+def read_outcomes(journal: Path) -> list[dict[str, Any]]:
+    if not journal.exists():
+        return []
+    return [json.loads(line) for line in journal.read_text().splitlines() if line.strip()]
+
+
+def report_outcomes(journal: Path) -> int:
+    """Print the sweep's tally and its failed runs; returns the number of failed runs."""
+    outcomes = read_outcomes(journal)
+    failed = [outcome for outcome in outcomes if outcome["status"] == "failed"]
+    counts = {status: sum(o["status"] == status for o in outcomes) for status in ("ok", "skipped", "failed")}
+    print(f"{len(outcomes)} runs: {counts['ok']} ok, {counts['skipped']} skipped (finished), {counts['failed']} failed")
+    for outcome in failed:
+        print(f"FAILED {outcome['run_dir']}: {outcome['error']}")
+    return len(failed)
+
+
+def sweep_job_configs(config: DictConfig) -> list[DictConfig]:
+    """Every job config of a basic-sweeper multirun, composed the way the sweeper will compose it."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    loader = GlobalHydra.instance().config_loader()
+    params = [f"{key}={value}" for key, value in (config.hydra.sweeper.get("params") or {}).items()]
+    arguments = params + list(config.hydra.overrides.task)
+    overrides = OverridesParser.create(config_loader=loader).parse_overrides(arguments)
+    jobs = [job for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
+    configs = []
+    for job in jobs:
+        job_config = loader.load_sweep_config(config, list(job))
+        with open_dict(job_config):  # what the task function receives: the config without its hydra node
+            del job_config["hydra"]
+        configs.append(job_config)
+    return configs
+
+
+class RunOutcomes(Callback):
+    """Validates every job of a sweep before the first one runs; exits 1 at the end if any run failed."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        journal_path(config.hydra).unlink(missing_ok=True)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        journal_path(config.hydra).unlink(missing_ok=True)
+        if not config.hydra.sweeper._target_.endswith(".BasicSweeper"):
+            return  # other sweepers choose jobs as they go; each job still validates itself before any work
+        try:
+            for job_config in sweep_job_configs(config):
+                check_job_config(job_config)
+        except CompactHydraException as error:
+            # Hydra turns an exception raised by a callback into a warning and carries on: exit instead.
+            print(error, file=sys.stderr)
+            sys.exit(1)
+
+    def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
+        self._exit_on_failure(config)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        self._exit_on_failure(config)
+
+    @staticmethod
+    def _exit_on_failure(config: DictConfig) -> None:
+        if report_outcomes(journal_path(config.hydra)):
+            sys.exit(1)
