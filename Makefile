@@ -1,0 +1,47 @@
+# make install | demo | test | lint | report | suite1 | suite2 | gpu-campaign
+# Extra Hydra overrides go in ARGS, e.g. `make suite1 ARGS="trainer.device=cuda"`; the campaign's size in SCALE.
+PYTHON3 ?= python3
+VENV := .venv
+PYTHON := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+RUNS ?= runs
+RESULTS ?= results
+SCALE ?= full
+ARGS ?=
+
+.PHONY: install demo test lint report suite1 suite2 gpu-campaign
+
+install: $(STAMP)
+
+# Torch's pinned build first, so the project's `torch>=2.4` is already met; redone when pyproject.toml changes.
+$(STAMP): pyproject.toml
+	test -x $(PYTHON) || $(PYTHON3) -m venv $(VENV)
+	$(PYTHON) -m pip install torch==2.14.1 torchvision==0.29.1
+	$(PYTHON) -m pip install -e '.[harness,dev]'
+	touch $@
+
+test: install
+	$(PYTHON) -m pytest -n 2
+
+lint: install
+	$(PYTHON) -m ruff check .
+
+# TinyBERT x synthetic pairs x 5 exact variants x seeds 0-4 on the CPU, then the report of those runs. The report
+# is written even when a run failed (it counts failed runs); make still fails then.
+demo: install
+	$(PYTHON) run.py -m experiment=demo runs_root=$(RUNS) $(ARGS); status=$$?; \
+	$(PYTHON) -m scripts.report $(RUNS)/demo --out $(RESULTS) && exit $$status
+
+report: install
+	$(PYTHON) -m scripts.report $(RUNS)/ --out $(RESULTS)/
+
+# The paper's suites, on real data (see conf/workload/ for the data paths each needs) and a GPU.
+suite1: install
+	$(PYTHON) run.py -m experiment=suite1 runs_root=$(RUNS) $(ARGS)
+
+suite2: install
+	$(PYTHON) run.py -m experiment=suite2 runs_root=$(RUNS) $(ARGS)
+
+# Memory and step time at the paper's shapes on synthetic data. SCALE=full: for a GPU; SCALE=smoke: minutes on a CPU.
+gpu-campaign: install
+	$(PYTHON) run.py -m experiment=gpu_campaign campaign/scale=$(SCALE) runs_root=$(RUNS) $(ARGS)
