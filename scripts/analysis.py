@@ -18,19 +18,33 @@ from .stats import Comparison, compare, summarize, verdict, with_holm
 GROUP_KEY = (*CONFIG_KEY, "variant")
 
 
+_BYTE_UNITS = (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10), ("B", 1))
+
+
 @dataclass(frozen=True)
 class Metric:
     column: str  # column of the runs table
     label: str
-    unit: str = ""  # unit of the displayed value
-    scale: float = 1.0  # displayed value = raw value * scale
+    unit: str = ""  # unit of plots and of the numbers in tables ("bytes": B/KiB/MiB/GiB, chosen per value)
+    scale: float = 1.0  # plotted value = raw value * scale
     compared: bool = True  # False: already a per-run paired quantity, summarised only
 
-    def display(self, raw: float | None, signed: bool = False) -> str:
-        if raw is None or not math.isfinite(raw):
-            return "—"
-        text = f"{raw * self.scale:+.4g}" if signed else f"{raw * self.scale:.4g}"
-        return f"{text} {self.unit}".rstrip()
+    def _unit(self, reference: float) -> tuple[str, float]:
+        if self.unit != "bytes":
+            return self.unit, self.scale
+        return next((name, 1 / size) for name, size in _BYTE_UNITS if abs(reference) >= size or size == 1)
+
+    def text(self, values: list[float | None], signed: bool = False, reference: float | None = None
+             ) -> tuple[list[str], str]:
+        """The values in one unit, picked from ``reference`` or else the largest value: (numbers as text, unit)."""
+        present = [abs(v) for v in values if v is not None and math.isfinite(v)]
+        unit, scale = self._unit(abs(reference) if reference is not None else max(present, default=0.0))
+        spec = "+.4g" if signed else ".4g"
+        return ["—" if v is None or not math.isfinite(v) else format(v * scale, spec) for v in values], unit
+
+    def with_unit(self, raw: float | None, signed: bool = False) -> str:
+        (number,), unit = self.text([raw], signed)
+        return f"{number} {unit}".rstrip()
 
 
 MiB = 1 / 2**20
@@ -39,9 +53,9 @@ METRICS: dict[str, Metric] = {
     for m in (
         Metric("task_value", "task metric"),
         Metric("final_loss", "final loss"),
-        Metric("peak_memory_bytes", "peak memory", "MiB", MiB),
-        Metric("saved_mask_bytes", "saved mask bytes", "MiB", MiB),
-        Metric("saved_activation_bytes", "saved activation bytes", "MiB", MiB),
+        Metric("peak_memory_bytes", "peak memory", "bytes", MiB),
+        Metric("saved_mask_bytes", "saved mask bytes", "bytes", MiB),
+        Metric("saved_activation_bytes", "saved activation bytes", "bytes", MiB),
         Metric("throughput_samples_per_s", "throughput", "samples/s"),
         Metric("step_time_s", "step time", "ms", 1e3),
         Metric("grad_cosine_mean", "gradient cosine (mean over steps)", compared=False),
@@ -53,6 +67,10 @@ def metric_label(column: str, task_metric: str | None) -> str:
     if column == "task_value" and task_metric:
         return f"task metric ({task_metric})"
     return METRICS[column].label
+
+
+def plot_unit(column: str) -> str:
+    return "MiB" if METRICS[column].unit == "bytes" else METRICS[column].unit
 
 
 def _distinct(values: pd.Series) -> str:
@@ -141,7 +159,7 @@ def comparisons(runs: pd.DataFrame, settings: Settings) -> pd.DataFrame:
             "p_paired_t": c.p_paired, "p_paired_t_holm": c.p_paired_holm, "p_welch": c.p_welch,
             "margin": c.margin.describe() if c.margin else None, "p_tost": c.p_tost, "p_tost_holm": c.p_tost_holm,
             "baseline_sigma": c.baseline_sigma, "effect_sigma": c.effect_sigma,
-            "verdict": verdict(c, settings.alpha, METRICS[record["metric"]].display) + note,
+            "verdict": verdict(c, settings.alpha, lambda x, m=METRICS[record["metric"]]: m.with_unit(x, True)) + note,
         })
     return pd.DataFrame(rows)
 

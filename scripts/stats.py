@@ -213,7 +213,8 @@ def _margin_words(c: Comparison) -> str:
 
 def verdict(c: Comparison, alpha: float = 0.05, fmt=lambda x: f"{x:.4g}") -> str:
     """The finding in words (uses the Holm-adjusted p-values when present)."""
-    unpaired = f"; {len(c.unpaired_seeds)} unpaired seed(s) excluded" if c.unpaired_seeds else ""
+    unpaired = (f"; seed(s) {', '.join(map(str, c.unpaired_seeds))} without a pair excluded"
+                if c.unpaired_seeds else "")
     if c.case == "none":
         return "no seed finished in both groups: nothing to pair" + unpaired
     if c.case == "identical":

@@ -44,12 +44,13 @@ def summary_cell(row: pd.Series) -> str:
     n = int(row["n"])
     if n == 0:
         return "— (no finished run)"
+    (mean, std, low, high), unit = metric.text([row["mean"], row["std"], row["ci_low"], row["ci_high"]])
+    unit = f" {unit}" if unit else ""
     if n == 1:
-        return f"{metric.display(row['mean'])} (n=1, no spread)"
+        return f"{mean}{unit} (n=1, no spread)"
     if row["std"] == 0:
-        return f"{metric.display(row['mean'])} (all {n} equal)"
-    return (f"{metric.display(row['mean'])} ± {metric.display(row['std'])} "
-            f"[{metric.display(row['ci_low'])}, {metric.display(row['ci_high'])}] (n={n})")
+        return f"{mean}{unit} (all {n} equal)"
+    return f"{mean} ± {std} [{low}, {high}]{unit} (n={n})"
 
 
 def _section_title(key: tuple) -> str:
@@ -74,13 +75,23 @@ def summary_markdown(summary: pd.DataFrame) -> str:
     return "\n".join(parts)
 
 
-def _interval(metric_name: str, low: object, high: object, percent: bool = False) -> str:
-    if _missing(low) or _missing(high):
-        return "—"
-    if percent:
-        return f"[{low:+.3g} %, {high:+.3g} %]"
-    metric = METRICS[metric_name]
-    return f"[{metric.display(low, signed=True)}, {metric.display(high, signed=True)}]"
+def _number(value: object) -> float | None:
+    return None if _missing(value) else float(value)
+
+
+def _with_interval(name: str | None, value: object, low: object, high: object, reference: object = None) -> str:
+    """``+1.2 [+1.0, +1.4] MiB``: a signed value and its interval in one unit; absent parts are left out.
+
+    ``name`` is the metric (its unit; None formats percentages); ``reference`` picks the unit."""
+    numbers = [_number(value), _number(low), _number(high)]
+    if name is None:
+        (v, lo, hi), unit = [x if x is None else format(x, "+.3g") for x in numbers], "%"
+    else:
+        (v, lo, hi), unit = METRICS[name].text(numbers, signed=True, reference=_number(reference))
+    parts = [] if v in (None, "—") else [v]
+    if lo not in (None, "—") and hi not in (None, "—"):
+        parts.append(f"[{lo}, {hi}]")
+    return " ".join([*parts, unit]).strip() if parts else "—"
 
 
 def _p(value: object, adjusted: object) -> str:
@@ -90,15 +101,14 @@ def _p(value: object, adjusted: object) -> str:
 
 
 def comparison_row(row: pd.Series) -> list[str]:
-    metric, name = METRICS[row["metric"]], row["metric"]
-    change = "—" if _missing(row["pct_change"]) else f"{row['pct_change']:+.3g} %"
+    name = row["metric"]
     tost = "no margin" if _missing(row["margin"]) else f"{row['margin']}: {_p(row['p_tost'], row['p_tost_holm'])}"
     effect = "—" if _missing(row["effect_sigma"]) else f"{row['effect_sigma']:+.2f} σ"
     return [
         row["variant"], row["label"], str(row["n_pairs"]),
-        f"{metric.display(row['mean_diff'], signed=True)} {_interval(name, row['diff_ci_low'], row['diff_ci_high'])}",
-        f"{change} {_interval(name, row['pct_ci_low'], row['pct_ci_high'], percent=True)}",
-        _interval(name, row["boot_ci_low"], row["boot_ci_high"]),
+        _with_interval(name, row["mean_diff"], row["diff_ci_low"], row["diff_ci_high"]),
+        _with_interval(None, row["pct_change"], row["pct_ci_low"], row["pct_ci_high"]),
+        _with_interval(name, None, row["boot_ci_low"], row["boot_ci_high"], reference=row["diff_ci_low"]),
         _p(row["p_paired_t"], row["p_paired_t_holm"]), _p(row["p_welch"], None), tost, effect, row["verdict"],
     ]
 
@@ -119,3 +129,48 @@ def comparison_markdown(comparisons: pd.DataFrame, baseline: str) -> str:
         rows = [comparison_row(row) for _, row in config.iterrows()]
         parts.append(f"## {_section_title(key)}\n\n" + markdown_table(COMPARISON_HEADER, rows))
     return "\n".join(parts)
+
+
+def _bytes(value: object) -> str:
+    return "—" if _missing(value) else METRICS["saved_mask_bytes"].with_unit(float(value))
+
+
+def _relative(value: object) -> str:
+    return "—" if _missing(value) else f"{100 * value:+.3g} %"
+
+
+MEMORY_HEADER = ["configuration", "variant", "device", "shape", "per layer: activations", "per layer: masks",
+                 "activations: predicted", "measured", "error", "masks: predicted", "measured", "error", "note"]
+
+
+def memory_markdown(frame: pd.DataFrame) -> str:
+    """The analytic memory model (scripts.memory_check.predictions) against the measured saved bytes."""
+    rows = [[f"{r.experiment}: {r.model}/{r.dataset}", r.variant, str(r.device),
+             f"b{r.batch_size:g}" + ("" if _missing(r.seq_len) else f" s{r.seq_len:g}"),
+             _bytes(r.predicted_layer_activation_bytes), _bytes(r.predicted_layer_mask_bytes),
+             _bytes(r.predicted_activation_bytes), _bytes(r.measured_activation_bytes),
+             _relative(r.activation_rel_error), _bytes(r.predicted_mask_bytes), _bytes(r.measured_mask_bytes),
+             _relative(r.mask_rel_error), r.note or ""]
+            for r in frame.itertuples()]
+    intro = (
+        "Bytes saved for backward by one training forward (parameters excluded), predicted from shapes alone by "
+        "`scripts/memory_model.py` and measured by the harness with `pmdrop.track_saved_tensors`. Error = "
+        "(predicted − measured) / measured. The model follows transformers' BERT/Longformer and timm's ViT tensor "
+        "by tensor; per BERT layer with eager attention it is bsh·e·8 + bsI·e·2 + bas²·e·2 + LayerNorm statistics "
+        "for activations and (2bsh + bas²)·m for masks, which for e = 2, m = 1, I = 4h is Korthikanti et al.'s "
+        "sbh(34 + 5as/h).\n\n"
+    )
+    return intro + markdown_table(MEMORY_HEADER, rows)
+
+
+def claims_markdown(frame: pd.DataFrame) -> str:
+    """Paper claim vs reproduced (scripts.claims.claims_table); the run commands behind the figures at the end."""
+    counts = frame["status"].value_counts()
+    intro = ("One row per numeric claim of the paper. Our figures are read from the runs' results files only; "
+             "\"not run here\" says why a claim could not be checked. Status counts: "
+             + ", ".join(f"{status}: {count}" for status, count in counts.items()) + ".\n\n")
+    header = ["claim (paper)", "section", "criterion", "ours", "device", "status", "note"]
+    rows = [[r.claim, r.section, r.criterion, r.ours, r.device, r.status, r.note] for r in frame.itertuples()]
+    commands = sorted({c for value in frame["command"] for c in str(value).split(", ") if c != "—"})
+    footer = "\n\nRun commands behind the figures: " + (", ".join(f"`{c}`" for c in commands) or "none") + "\n"
+    return intro + markdown_table(header, rows) + footer

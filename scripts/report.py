@@ -1,0 +1,179 @@
+"""The report: ``python -m scripts.report runs/ --out results/``.
+
+Reads every ``results.json`` / ``metrics.jsonl`` under the given runs roots and writes into ``--out``:
+per-experiment summary and comparison tables (Markdown + CSV), the analytic memory model against the
+measured saved bytes, the paper's claims against what was reproduced, PNG plots, ``runs.csv`` and a
+``README.md`` linking them. Prints a compact summary (each variant against the baseline) to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pandas as pd
+
+from . import analysis, claims, memory_check, plots, tables
+from .load import RUN_KEY, load_runs
+from .provenance import Provenance, report_command
+from .settings import DEFAULT_SETTINGS, WANDB_MODES, Settings, load_settings
+from .wandb_tables import log_tables
+
+log = logging.getLogger("scripts.report")
+
+
+@dataclass
+class Written:
+    """Files of the report, each with the one line of context the README gives it."""
+
+    files: list[tuple[Path, str]]
+    skipped_plots: list[tuple[str, str]]
+
+    def add(self, path: Path, description: str) -> None:
+        self.files.append((path, description))
+
+
+def _write_pair(out: Path, stem: str, title: str, frame: pd.DataFrame, markdown: str, provenance: Provenance,
+                written: Written, description: str) -> None:
+    """``<stem>.csv`` (raw values) and ``<stem>.md`` (for people), both with provenance."""
+    written.add(tables.write_csv(frame, out / f"{stem}.csv", provenance), f"{description} (CSV, raw units)")
+    written.add(tables.write_markdown(out / f"{stem}.md", title, markdown, provenance), description)
+
+
+def write_tables(runs: pd.DataFrame, out: Path, settings: Settings, provenance: Provenance,
+                 written: Written) -> dict[str, pd.DataFrame]:
+    summary, comparisons = analysis.summaries(runs, settings), analysis.comparisons(runs, settings)
+    for experiment in sorted(runs["experiment"].unique()):
+        prov = provenance.subset(runs[runs["experiment"] == experiment])
+        mine = summary[summary["experiment"] == experiment]
+        _write_pair(out, f"summary_{experiment}", f"Summary: {experiment}", mine, tables.summary_markdown(mine), prov,
+                    written, f"experiment {experiment}: mean ± std and CI across seeds per configuration and variant")
+        mine = comparisons[comparisons["experiment"] == experiment] if not comparisons.empty else comparisons
+        if not mine.empty:
+            _write_pair(out, f"comparisons_{experiment}", f"Variants against the baseline: {experiment}", mine,
+                        tables.comparison_markdown(mine, settings.baseline), prov, written,
+                        f"experiment {experiment}: each variant vs {settings.baseline} paired by seed: differences, "
+                        "CIs, p-values (Holm), TOST and the finding in words")
+    memory = memory_check.predictions(runs)
+    _write_pair(out, "memory_model", "Analytic memory model against measured saved bytes", memory,
+                tables.memory_markdown(memory), provenance, written,
+                "analytic memory model: predicted vs measured saved bytes, relative error per configuration")
+    claim_rows = claims.claims_table(claims.Evidence(runs, comparisons, settings.baseline))
+    _write_pair(out, "claims", "Paper claim vs reproduced", claim_rows, tables.claims_markdown(claim_rows),
+                provenance, written, "paper claim vs reproduced: one row per numeric claim, our figure, device, status")
+    written.add(tables.write_csv(runs.drop(columns=["results"]), out / "runs.csv", provenance),
+                "every run read: its identity, status, error and measured fields")
+    return {"summary": summary, "comparisons": comparisons, "memory_model": memory, "claims": claim_rows}
+
+
+def _readme(runs: pd.DataFrame, out: Path, settings: Settings, written: Written, provenance: Provenance) -> Path:
+    counts = runs["status"].value_counts()
+    lines = [
+        f"{len(runs)} runs read ({counts.get('ok', 0)} finished, {counts.get('failed', 0)} failed: failed runs are "
+        "excluded from every statistic and counted in the summaries). Tests: paired by seed against "
+        f"`{settings.baseline}`, level α = {settings.alpha} after Holm correction, {100 * settings.confidence:g} % "
+        f"intervals, bootstrap with {settings.bootstrap_resamples} resamples (seed {settings.bootstrap_seed}).",
+        "Equivalence margins (declared in `conf/report.yaml` before the runs): "
+        + (", ".join(f"{m} {margin.describe()}" for m, margin in settings.margins.items()) or "none") + ".",
+        "",
+        "## Files",
+        "",
+        *(f"- [{p.relative_to(out)}]({p.relative_to(out)}): {description}" for p, description in written.files),
+    ]
+    if written.skipped_plots:
+        lines += ["", "## Plots not drawn", "", *(f"- {name}: {reason}" for name, reason in written.skipped_plots)]
+    return tables.write_markdown(out / "README.md", "pmdrop report", "\n".join(lines) + "\n", provenance)
+
+
+def _change(rows: pd.DataFrame, metric: str) -> str:
+    row = rows[rows["metric"] == metric]
+    if row.empty:
+        return "—"
+    r = row.iloc[0]
+    if r["case"] == "identical":
+        return "identical"
+    if pd.isna(r["pct_change"]):
+        return r["case"]
+    ci = "" if pd.isna(r["pct_ci_low"]) else f" [{r['pct_ci_low']:+.2g}, {r['pct_ci_high']:+.2g}]"
+    return f"{r['pct_change']:+.3g} %{ci}"
+
+
+def _task(rows: pd.DataFrame) -> str:
+    row = rows[rows["metric"] == "task_value"]
+    if row.empty:
+        return "—"
+    r = row.iloc[0]
+    if r["case"] == "identical":
+        return f"identical ({r['n_pairs']} pairs)"
+    return "—" if pd.isna(r["mean_diff"]) else f"{r['mean_diff']:+.3g} ({r['case']}, n={r['n_pairs']})"
+
+
+def stdout_summary(summary: pd.DataFrame, comparisons: pd.DataFrame, baseline: str) -> str:
+    """Each variant against the baseline: masks, activations, throughput, task metric, gradient cosine."""
+    if comparisons.empty:
+        return "no variant could be compared with the baseline (no baseline runs, or no other variant)\n"
+    means = summary.set_index([*analysis.GROUP_KEY, "metric"])["mean"]
+    header = ["configuration", "variant", "saved masks", "Δ masks", "Δ activations", "Δ throughput [CI]",
+              "Δ task metric", "grad cosine"]
+    rows = []
+    for key, group in comparisons.groupby([*analysis.GROUP_KEY[:-1], "variant"], sort=True):
+        mask = means.get((*key, "saved_mask_bytes"))
+        cosine = means.get((*key, "grad_cosine_mean"))
+        mask_text = "—" if mask is None else analysis.METRICS["saved_mask_bytes"].with_unit(mask)
+        rows.append([f"{key[1]}/{key[2]}", key[3], mask_text,
+                     _change(group, "saved_mask_bytes"), _change(group, "saved_activation_bytes"),
+                     _change(group, "throughput_samples_per_s"), _task(group),
+                     "—" if cosine is None or pd.isna(cosine) else f"{cosine:.6f}"])
+    widths = [max(len(str(x)) for x in column) for column in zip(header, *rows, strict=True)]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
+
+    return "\n".join([f"each variant vs {baseline} (paired by seed)", line(header), *map(line, rows)]) + "\n"
+
+
+def build_report(roots: list[Path], out: Path, settings: Settings, command: str) -> dict[str, pd.DataFrame]:
+    runs = load_runs(roots)
+    if runs.empty:
+        raise SystemExit(f"no results.json found under {', '.join(map(str, roots))}: nothing to report")
+    out.mkdir(parents=True, exist_ok=True)
+    provenance = Provenance.of(runs, command)
+    written = Written([], [])
+    frames = write_tables(runs, out, settings, provenance, written)
+    data = plots.PlotInput(runs[runs["status"] == "ok"], settings.baseline, settings.confidence)
+    pngs, written.skipped_plots = plots.draw_all(data, out / "plots", provenance, settings.dpi)
+    for path, description in pngs:
+        written.add(path, description)
+    _readme(runs, out, settings, written, provenance)
+    log_tables(frames, settings, provenance)
+    log.info("report of %d runs written to %s (%d files, %d plots skipped)", len(runs), out,
+             len(written.files) + 1, len(written.skipped_plots))
+    return frames | {"runs": runs.sort_values(list(RUN_KEY))}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m scripts.report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("roots", nargs="+", type=Path, help="runs roots (directories holding run directories)")
+    parser.add_argument("--out", type=Path, default=Path("results"), help="output directory (default: results)")
+    parser.add_argument("--settings", type=Path, default=DEFAULT_SETTINGS, help="report options (conf/report.yaml)")
+    parser.add_argument("--wandb", choices=WANDB_MODES, default=None,
+                        help="W&B mode for logging the tables (default: the settings, then WANDB_MODE)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    args = parse_args(argv)
+    settings = load_settings(args.settings)
+    if args.wandb:
+        settings = replace(settings, wandb_mode=args.wandb)
+    frames = build_report(args.roots, args.out, settings, report_command(argv))
+    print(stdout_summary(frames["summary"], frames["comparisons"], settings.baseline), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
