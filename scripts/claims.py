@@ -255,20 +255,33 @@ def gradient_cosine(claimed: float, spread: float) -> Callable[[Evidence], Findi
     return check
 
 
+_CONFIG_PATH = {"seq_len": ("dataset", "seq_len"), "batch_size": ("trainer", "batch_size")}
+
+
+def _axis(runs: pd.DataFrame, axis: str) -> pd.Series:
+    """``axis`` per run: the measured field, or for failed runs (which measured nothing) the configured value."""
+    group, key = _CONFIG_PATH[axis]
+    configured = runs["results"].map(lambda r: (r.get("config", {}).get(group) or {}).get(key))
+    return runs[axis].fillna(pd.to_numeric(configured, errors="coerce"))
+
+
 def max_feasible(axis: str, scope: Scope, claimed_ratio: float, tolerance: float) -> Callable[[Evidence], Finding]:
-    """Largest ``axis`` (seq_len or batch_size) that finished per variant, where the baseline failed beyond it."""
+    """Largest ``axis`` (seq_len or batch_size) that finished per variant, in a sweep along ``axis`` where the
+    baseline ran out of memory beyond its largest finished value."""
 
     def check(evidence: Evidence) -> Finding:
         runs = scope.select(evidence.runs)
-        failed = runs[(runs["variant"] == evidence.baseline) & (runs["status"] == "failed")
-                      & runs["error"].astype(str).str.contains("out of memory", case=False)]
-        if failed.empty:
-            return Finding("—", NOT_RUN, f"no {axis} sweep of {scope.description} up to the baseline running out of "
-                           "memory (needs the GPU the claim was made on)")
+        runs = runs.assign(**{axis: _axis(runs, axis)})
         ok = runs[runs["status"] == "ok"]
         largest = ok.groupby("variant")[axis].max()
-        if evidence.baseline not in largest or "pmdrop" not in largest:
-            return Finding("—", NOT_RUN, f"the sweep lacks finished baseline or pmdrop runs of {scope.description}")
+        out_of_memory = runs[(runs["variant"] == evidence.baseline) & (runs["status"] == "failed")
+                             & runs["error"].astype(str).str.contains("out of memory", case=False)]
+        if evidence.baseline in largest:
+            out_of_memory = out_of_memory[out_of_memory[axis] > largest[evidence.baseline]]
+        if out_of_memory.empty or "pmdrop" not in largest or evidence.baseline not in largest:
+            return Finding("—", NOT_RUN, f"no {axis} sweep of {scope.description} with finished baseline and pmdrop "
+                           f"runs and the baseline out of memory at a larger {axis} (needs the GPU the claim was "
+                           "made on)")
         ratio = largest["pmdrop"] / largest[evidence.baseline]
         figure = f"{axis} {largest[evidence.baseline]:g} → {largest['pmdrop']:g} ({ratio:.3g}×)"
         status = REPRODUCED if abs(ratio - claimed_ratio) <= tolerance else CONTRADICTED
@@ -286,7 +299,7 @@ CLAIMS: list[Claim] = [
     Claim("compression", "Results", "average mask compression 8.07 ± 0.06× over 84 checkpoints",
           "|ours − 8.07| ≤ 0.1", compression("pmdrop", 8.07, 0.1)),
     Claim("compression_4bit", "Results (ablation)", "pm-drop-4bit: mask memory savings 3.9×",
-          "|ours − 3.9| ≤ 0.1", compression("pmdrop_4bit", 3.9, 0.1)),
+          "|ours − 3.9| ≤ 0.15 (the claim's last digit ± rounding)", compression("pmdrop_4bit", 3.9, 0.15)),
     Claim("overhead", "Results", "packing and unpacking add 0.24 ms per step (0.23 % of wall time)",
           "CUDA: step-time increase ≤ 0.3 ms and ≤ 1 % (the paper's own bound)", overhead("pmdrop", 0.3, 1.0)),
     Claim("overhead_nocache", "Results", "pm-drop-no-cache raises the overhead to 1.7 %",

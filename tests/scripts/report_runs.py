@@ -29,7 +29,7 @@ def make_results(
         "command": f"run.py -m experiment={experiment}", "config": config, "run_dir": "elsewhere",
     }
     if status == "failed":
-        return run | {"error": "RuntimeError: boom", "traceback": "Traceback ...\nRuntimeError: boom"}
+        return run | {"error": "RuntimeError: boom", "traceback": "Traceback ...\nRuntimeError: boom"} | measured
     paired = variant != "baseline"
     return run | {
         "device": "cpu", "steps": 6, "batch_size": 4, "seq_len": dataset["seq_len"], "num_params": 71168,

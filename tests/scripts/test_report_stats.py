@@ -119,7 +119,7 @@ def test_constant_difference_has_no_t_test_but_checks_the_margin():
 def test_single_pair_and_unpaired_seeds():
     single = compare({0: 1.0, 1: 2.0}, {1: 2.5, 5: 9.0})
     assert single.case == "single" and single.n_pairs == 1 and single.unpaired_seeds == (0, 5)
-    assert verdict(single).startswith("one pair only") and "2 unpaired seed(s) excluded" in verdict(single)
+    assert verdict(single).startswith("one pair only") and "seed(s) 0, 5 without a pair excluded" in verdict(single)
     none = compare({0: 1.0}, {1: 1.0})
     assert none.case == "none" and none.mean_diff is None and "nothing to pair" in verdict(none)
 
