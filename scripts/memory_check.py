@@ -3,8 +3,8 @@
 Shapes come from each run's resolved config (``results.json["config"]``): the model group's architecture keys
 (transformers names for BERT/Longformer, timm ``create_model`` names for ViT; looked up in the model group or
 a ``config``/``overrides``/``kwargs`` mapping inside it), the dataset's task, and the measured batch size and
-sequence length. Runs the model does not cover (autocast precision, gradient checkpointing, torch.compile,
-an unknown variant or family) get a reason instead of a number.
+sequence length. Runs the model does not cover (gradient checkpointing, torch.compile, an unknown variant or
+family, autocast on CPU; under autocast on CUDA the activations only) get a reason instead of a number.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from .load import CONFIG_KEY
 from .memory_model import Shapes, Storage, mask_storage, predict
 
 _NESTED = ("config", "overrides", "kwargs")
-_ACTIVATION_BYTES = {"fp32": 4}  # bf16/fp16 runs use autocast, which keeps mixed-dtype copies: not modelled
+_ACTIVATION_BYTES = {"fp32": 4}  # bf16/fp16 runs use autocast, which keeps mixed-dtype copies
 _COLUMNS = ["predicted_layer_activation_bytes", "predicted_layer_mask_bytes", "predicted_activation_bytes",
             "predicted_mask_bytes", "measured_activation_bytes", "measured_mask_bytes", "activation_rel_error",
             "mask_rel_error", "note"]
@@ -85,23 +85,37 @@ def shapes_from_results(results: dict) -> Shapes:
     return SHAPE_READERS[family](results, family)
 
 
+def _device_type(results: dict) -> str:
+    return "cpu" if str(results.get("device", "cpu")).startswith("cpu") else "cuda"
+
+
+def autocast_note(results: dict) -> str | None:
+    """Why activation bytes are not predicted for this run, or None when they are."""
+    precision = results.get("precision") or results["config"].get("trainer", {}).get("precision")
+    if precision in _ACTIVATION_BYTES:
+        return None
+    return f"activations not predicted: precision {precision!r} runs under autocast (mixed fp32/16-bit copies)"
+
+
 def storage_from_results(results: dict) -> Storage:
+    """How the run stored tensors. Under autocast, CUDA dropout masks (bool or packed) do not depend on the dtype,
+    so masks are still predicted there; CPU masks are torch's noise in each call's input dtype, so they are not."""
     config = results["config"]
     trainer = config.get("trainer", {})
     for flag in ("grad_checkpointing", "compile"):
         if trainer.get(flag):
             raise NotModelled(f"trainer.{flag} is on: saved tensors differ from the eager graph")
-    precision = results.get("precision") or trainer.get("precision")
-    if precision not in _ACTIVATION_BYTES:
-        raise NotModelled(f"precision {precision!r} runs under autocast (mixed-dtype copies); modelled: fp32")
-    device_type = "cpu" if str(results.get("device", "cpu")).startswith("cpu") else "cuda"
+    device_type = _device_type(results)
+    if autocast_note(results) and device_type == "cpu":
+        raise NotModelled("autocast on CPU: torch's masks take each dropout input's dtype (mixed); modelled: fp32")
     implementation = config["model"].get("attn_implementation", "eager")
     attention = "eager" if implementation == "eager" else ("sdpa_math" if device_type == "cpu" else "sdpa_fused")
     try:
         mask = mask_storage(results["variant"], device_type)
     except ValueError as err:
         raise NotModelled(str(err)) from None
-    return Storage(_ACTIVATION_BYTES[precision], mask, attention, None if device_type == "cpu" else 4)
+    precision = results.get("precision") or trainer.get("precision")
+    return Storage(_ACTIVATION_BYTES.get(precision, 2), mask, attention, None if device_type == "cpu" else 4)
 
 
 def _rel_error(predicted: float | None, measured: float) -> float | None:
@@ -124,10 +138,12 @@ def predictions(runs: pd.DataFrame) -> pd.DataFrame:
         measured_act, measured_mask = group["saved_activation_bytes"].mean(), group["saved_mask_bytes"].mean()
         try:
             p = predict(shapes_from_results(results), storage_from_results(results))
-            layer, total, note = (p.layer_activation_bytes, p.layer_mask_bytes), (p.activation_bytes, p.mask_bytes), ""
+            note = autocast_note(results)
+            layer = (None if note else p.layer_activation_bytes, p.layer_mask_bytes)
+            total = (None if note else p.activation_bytes, p.mask_bytes)
         except NotModelled as reason:
             layer, total, note = (None, None), (None, None), f"not predicted: {reason}"
         rows.append(row | dict(zip(_COLUMNS, [
             *layer, *total, measured_act, measured_mask, _rel_error(total[0], measured_act),
-            _rel_error(total[1], measured_mask), note], strict=True)))
+            _rel_error(total[1], measured_mask), note or ""], strict=True)))
     return pd.DataFrame(rows, columns=[*keys, "device", "family", *_COLUMNS])

@@ -157,13 +157,13 @@ def grad_cosine(data: PlotInput) -> Figure:
 
 
 def _sweeps(runs: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
-    """Models measured at two or more sequence lengths (e.g. the Longformer sweep)."""
+    """Models measured at two or more sequence lengths with one batch size (e.g. the Longformer sweep)."""
     sweeps = []
-    for model, group in runs.dropna(subset=["seq_len"]).groupby("model", sort=True):
+    for (model, batch), group in runs.dropna(subset=["seq_len"]).groupby(["model", "batch_size"], sort=True):
         if group["seq_len"].nunique() >= 2:
-            sweeps.append((model, group))
+            sweeps.append((f"{model}, batch {batch:g}", group))
     if not sweeps:
-        raise SkipPlot("no model was run at two or more sequence lengths")
+        raise SkipPlot("no model was run at two or more sequence lengths with the same batch size")
     return sweeps
 
 

@@ -67,7 +67,7 @@ def test_every_output_exists_and_states_its_provenance(report_out):
         assert len(set(PROVENANCE.findall(text))) == 4, name  # PNGs carry it in their metadata
     readme = (report_out / "README.md").read_text()
     assert all(f"]({name})" in readme for name in expected - {"README.md"})
-    assert "memory_vs_seq_len: no model was run at two or more sequence lengths" in readme
+    assert "memory_vs_seq_len: no model was run at two or more sequence lengths with the same batch size" in readme
 
 
 def test_summary_counts_failed_runs_and_excludes_them(report_out):

@@ -1,0 +1,54 @@
+"""Reading shapes and storage from runs' resolved configs, and saying why a run is not predicted."""
+
+import pandas as pd
+import pytest
+from report_runs import TINYBERT, TRAINER, make_results, write_run
+
+from scripts.load import load_runs
+from scripts.memory_check import NotModelled, predictions, shapes_from_results, storage_from_results
+from scripts.memory_model import Shapes, Storage, mask_storage, predict
+
+GPU = "NVIDIA H100 80GB HBM3"
+
+
+def _row(tmp_path, **fields):
+    write_run(tmp_path, **fields)
+    return predictions(load_runs([tmp_path])).iloc[0]
+
+
+def test_shapes_and_storage_come_from_the_resolved_config():
+    results = make_results(variant="pmdrop")
+    assert shapes_from_results(results) == Shapes("bert", 4, 16, 32, 4, 64, 2, num_labels=2, vocab=100,
+                                                  max_positions=64, classifier_p=0.1)
+    storage = storage_from_results(results)
+    assert (storage.activation_bytes, storage.mask.name, storage.attention) == (4, "packed 8/byte", "eager")
+    sdpa_gpu = make_results(model=dict(TINYBERT, attn_implementation="sdpa"), device=GPU, variant="baseline")
+    storage = storage_from_results(sdpa_gpu)
+    assert (storage.attention, storage.mask.name, storage.stat) == ("sdpa_fused", "torch bool mask", 4)
+
+
+def test_autocast_on_cuda_predicts_masks_only(tmp_path):
+    row = _row(tmp_path, device=GPU, precision="bf16", variant="pmdrop")
+    expected = predict(shapes_from_results(make_results()), Storage(2, mask_storage("pmdrop", "cuda")))
+    assert row["predicted_mask_bytes"] == expected.mask_bytes
+    assert pd.isna(row["predicted_activation_bytes"])
+    assert row["note"].startswith("activations not predicted: precision 'bf16'")
+
+
+@pytest.mark.parametrize(("fields", "reason"), [
+    ({"precision": "bf16"}, "autocast on CPU"),
+    ({"variant": "pmdrop_fused"}, "no mask-storage model for variant 'pmdrop_fused'"),
+    ({"model": dict(TINYBERT, family="gpt2")}, "no memory model for family 'gpt2'"),
+    ({"model": {k: v for k, v in TINYBERT.items() if k != "hidden_size"}}, "model config lacks hidden_size"),
+])
+def test_runs_outside_the_model_say_why(tmp_path, fields, reason):
+    row = _row(tmp_path, **fields)
+    assert row["note"].startswith("not predicted: ") and reason in row["note"]
+    assert pd.isna(row["predicted_mask_bytes"])
+
+
+def test_gradient_checkpointing_is_not_modelled():
+    results = make_results()
+    results["config"]["trainer"] = dict(TRAINER, grad_checkpointing=True)
+    with pytest.raises(NotModelled, match="grad_checkpointing is on"):
+        storage_from_results(results)
