@@ -7,6 +7,7 @@ Layout (written by ``run.py``): ``<root>/<experiment>/<model>/<dataset>/<variant
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -60,6 +61,12 @@ def find_results(roots: Iterable[Path]) -> list[Path]:
             raise FileNotFoundError(f"runs root {str(root)!r} is not a directory")
         files.extend(sorted(root.rglob(RESULTS_FILE)))
     return files
+
+
+def find_incomplete(roots: Iterable[Path]) -> list[Path]:
+    """Run directories (``seed<k>/`` holding a config or metrics) without ``results.json``: killed or still running."""
+    dirs = {p.parent for root in map(Path, roots) for name in ("config.yaml", METRICS_FILE) for p in root.rglob(name)}
+    return sorted(d for d in dirs if re.fullmatch(r"seed\d+", d.name) and not (d / RESULTS_FILE).exists())
 
 
 def read_results(path: Path) -> dict:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import analysis, claims, memory_check, plots, tables
-from .load import RUN_KEY, load_runs
+from .load import RUN_KEY, find_incomplete, load_runs
 from .provenance import Provenance, report_command
 from .settings import DEFAULT_SETTINGS, WANDB_MODES, Settings, load_settings
 from .wandb_tables import log_tables
@@ -69,7 +69,8 @@ def write_tables(runs: pd.DataFrame, out: Path, settings: Settings, provenance: 
     return {"summary": summary, "comparisons": comparisons, "memory_model": memory, "claims": claim_rows}
 
 
-def _readme(runs: pd.DataFrame, out: Path, settings: Settings, written: Written, provenance: Provenance) -> Path:
+def _readme(runs: pd.DataFrame, incomplete: list[Path], out: Path, settings: Settings, written: Written,
+            provenance: Provenance) -> Path:
     counts = runs["status"].value_counts()
     lines = [
         f"{len(runs)} runs read ({counts.get('ok', 0)} finished, {counts.get('failed', 0)} failed: failed runs are "
@@ -83,6 +84,9 @@ def _readme(runs: pd.DataFrame, out: Path, settings: Settings, written: Written,
         "",
         *(f"- [{p.relative_to(out)}]({p.relative_to(out)}): {description}" for p, description in written.files),
     ]
+    if incomplete:
+        lines += ["", "## Runs without results.json (killed or still running; not counted)", "",
+                  *(f"- `{path}`" for path in incomplete)]
     if written.skipped_plots:
         lines += ["", "## Plots not drawn", "", *(f"- {name}: {reason}" for name, reason in written.skipped_plots)]
     return tables.write_markdown(out / "README.md", "pmdrop report", "\n".join(lines) + "\n", provenance)
@@ -147,7 +151,10 @@ def build_report(roots: list[Path], out: Path, settings: Settings, command: str)
     pngs, written.skipped_plots = plots.draw_all(data, out / "plots", provenance, settings.dpi)
     for path, description in pngs:
         written.add(path, description)
-    _readme(runs, out, settings, written, provenance)
+    incomplete = find_incomplete(roots)
+    if incomplete:
+        log.warning("%d run directories have no results.json (killed or still running): not counted", len(incomplete))
+    _readme(runs, incomplete, out, settings, written, provenance)
     log_tables(frames, settings, provenance)
     log.info("report of %d runs written to %s (%d files, %d plots skipped)", len(runs), out,
              len(written.files) + 1, len(written.skipped_plots))

@@ -45,6 +45,9 @@ def tree(tmp_path_factory):
         if seed < 4:
             write_run(root, variant="seeded", throughput_samples_per_s=speed * 0.9, **shared, **bytes_of["seeded"])
     write_run(root, variant="seeded", seed=4, status="failed")
+    killed = root / "demo" / "tinybert" / "synthetic_pairs" / "pmdrop_4bit" / "seed0"
+    killed.mkdir(parents=True)
+    (killed / "config.yaml").write_text("seed: 0\n")
     return root
 
 
@@ -67,6 +70,7 @@ def test_every_output_exists_and_states_its_provenance(report_out):
         assert len(set(PROVENANCE.findall(text))) == 4, name  # PNGs carry it in their metadata
     readme = (report_out / "README.md").read_text()
     assert all(f"]({name})" in readme for name in expected - {"README.md"})
+    assert "pmdrop_4bit/seed0`" in readme.split("## Runs without results.json")[1]
     assert "memory_vs_seq_len: no model was run at two or more sequence lengths with the same batch size" in readme
 
 
