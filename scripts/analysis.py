@@ -44,7 +44,7 @@ class Metric:
 
     def with_unit(self, raw: float | None, signed: bool = False) -> str:
         (number,), unit = self.text([raw], signed)
-        return f"{number} {unit}".rstrip()
+        return number if number == "—" else f"{number} {unit}".rstrip()
 
 
 MiB = 1 / 2**20

@@ -103,11 +103,12 @@ def _cuda_rows(evidence: Evidence, rows: pd.DataFrame) -> pd.DataFrame:
     return rows[[tuple(k) in cuda_keys for k in rows[list(CONFIG_KEY)].to_numpy()]]
 
 
-def _mask_bytes_per_element(run: pd.Series) -> int:
-    """Bytes per element of torch's own saved dropout mask: bool on CUDA, the noise's dtype on CPU."""
+def _mask_bytes_per_element(run: pd.Series) -> int | None:
+    """Bytes per element of torch's own saved dropout mask: bool on CUDA, the noise's dtype on CPU (fp32 runs;
+    under CPU autocast each call's input dtype, mixed, so None)."""
     if not str(run["device"]).startswith("cpu"):
         return 1
-    return 2 if run["precision"] in _HALF_PRECISION else 4
+    return None if run["precision"] in _HALF_PRECISION else 4
 
 
 def compression(variant: str, claimed: float, tolerance: float) -> Callable[[Evidence], Finding]:
@@ -117,10 +118,11 @@ def compression(variant: str, claimed: float, tolerance: float) -> Callable[[Evi
         ok = evidence.ok
         base = ok[ok["variant"] == evidence.baseline].set_index([*CONFIG_KEY, "seed"])
         var = ok[ok["variant"] == variant].set_index([*CONFIG_KEY, "seed"])
-        pairs = base.index.intersection(var.index)
-        pairs = [k for k in pairs if base.at[k, "saved_mask_bytes"] > 0 and var.at[k, "saved_mask_bytes"] > 0]
+        pairs = [k for k in base.index.intersection(var.index) if base.at[k, "saved_mask_bytes"] > 0
+                 and var.at[k, "saved_mask_bytes"] > 0 and _mask_bytes_per_element(base.loc[k]) is not None]
         if not pairs:
-            return Finding("—", NOT_RUN, f"no seed has both a {evidence.baseline} and a {variant} run with masks")
+            return Finding("—", NOT_RUN, f"no seed has both a {evidence.baseline} and a {variant} run with masks "
+                           "(CUDA, or fp32 on CPU)")
         elements = np.array([base.at[k, "saved_mask_bytes"] / _mask_bytes_per_element(base.loc[k]) for k in pairs])
         packed = np.array([var.at[k, "saved_mask_bytes"] for k in pairs])
         vs_torch = np.array([base.at[k, "saved_mask_bytes"] for k in pairs]) / packed

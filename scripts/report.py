@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import analysis, claims, memory_check, plots, tables
-from .load import RUN_KEY, find_incomplete, load_runs
+from .load import find_incomplete, load_runs
 from .provenance import Provenance, report_command
 from .settings import DEFAULT_SETTINGS, WANDB_MODES, Settings, load_settings
 from .wandb_tables import log_tables
@@ -123,11 +123,10 @@ def stdout_summary(summary: pd.DataFrame, comparisons: pd.DataFrame, baseline: s
     header = ["configuration", "variant", "saved masks", "Δ masks", "Δ activations", "Δ throughput [CI]",
               "Δ task metric", "grad cosine"]
     rows = []
-    for key, group in comparisons.groupby([*analysis.GROUP_KEY[:-1], "variant"], sort=True):
+    for key, group in comparisons.groupby(list(analysis.GROUP_KEY), sort=True):
         mask = means.get((*key, "saved_mask_bytes"))
         cosine = means.get((*key, "grad_cosine_mean"))
-        mask_text = "—" if mask is None else analysis.METRICS["saved_mask_bytes"].with_unit(mask)
-        rows.append([f"{key[1]}/{key[2]}", key[3], mask_text,
+        rows.append([f"{key[1]}/{key[2]}", key[3], analysis.METRICS["saved_mask_bytes"].with_unit(mask),
                      _change(group, "saved_mask_bytes"), _change(group, "saved_activation_bytes"),
                      _change(group, "throughput_samples_per_s"), _task(group),
                      "—" if cosine is None or pd.isna(cosine) else f"{cosine:.6f}"])
@@ -158,7 +157,7 @@ def build_report(roots: list[Path], out: Path, settings: Settings, command: str)
     log_tables(frames, settings, provenance)
     log.info("report of %d runs written to %s (%d files, %d plots skipped)", len(runs), out,
              len(written.files) + 1, len(written.skipped_plots))
-    return frames | {"runs": runs.sort_values(list(RUN_KEY))}
+    return frames
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
