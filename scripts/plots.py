@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure  # figures without pyplot: no global state, rendered by Agg on save
+from matplotlib.ticker import ScalarFormatter
 
 from .analysis import METRICS, MiB, plot_unit
 from .load import CONFIG_KEY, read_history
@@ -167,6 +168,12 @@ def _sweeps(runs: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     return sweeps
 
 
+def _seq_len_axis(ax: Axes) -> None:
+    """Sequence lengths are mostly powers of two: a base-2 log axis with plain numbers."""
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+
+
 def _by_seq_len(group: pd.DataFrame, column: str) -> pd.DataFrame:
     return group.groupby("seq_len", sort=True)[column].agg(["mean", "std"]).reset_index()
 
@@ -180,6 +187,7 @@ def memory_vs_seq_len(data: PlotInput) -> Figure:
             ax.errorbar(points["seq_len"], points["mean"] * MiB, yerr=points["std"].fillna(0) * MiB, marker="o",
                         capsize=3, label=variant)
         ax.set(title=model, xlabel="sequence length [tokens]", ylabel="peak memory [MiB]")
+        _seq_len_axis(ax)
         ax.legend(fontsize=8)
     fig.suptitle("Peak memory against sequence length (mean ± std over seeds)", fontsize=11)
     return fig
@@ -197,8 +205,8 @@ def mask_bytes_vs_seq_len(data: PlotInput) -> Figure:
             if not model_line.empty:
                 line = model_line.groupby("seq_len")["predicted_mask_bytes"].first()
                 ax.plot(line.index, line.to_numpy() * MiB, "-", color=f"C{i}", alpha=0.6, label=f"{variant} predicted")
-        ax.set(title=model, xlabel="sequence length [tokens]", ylabel="saved dropout-mask bytes [MiB]",
-               xscale="log", yscale="log")
+        ax.set(title=model, xlabel="sequence length [tokens]", ylabel="saved dropout-mask bytes [MiB]", yscale="log")
+        _seq_len_axis(ax)
         ax.legend(fontsize=7)
     fig.suptitle("Dropout-mask bytes saved for backward: measured (points) and the analytic model (lines)", fontsize=11)
     return fig
