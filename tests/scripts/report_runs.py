@@ -15,11 +15,14 @@ TRAINER = {"batch_size": 4, "steps": 6, "lr": 2e-5, "warmup_steps": 1, "weight_d
 
 
 def make_results(
-    *, experiment="demo", model=TINYBERT, dataset=PAIRS, variant="baseline", seed=0, status="ok", **measured
+    *, experiment="demo", model=TINYBERT, dataset=PAIRS, variant="baseline", seed=0, status="ok", trainer=None,
+    **measured,
 ) -> dict:
-    """A results.json record: the runner's fields plus the trainer's measurements (``measured`` overrides)."""
+    """A results.json record: the runner's fields plus the trainer's measurements (``measured`` overrides them,
+    ``trainer`` the trainer config)."""
     config = {"seed": seed, "experiment_name": experiment, "runs_root": "runs", "force": False,
-              "variant": {"name": variant}, "model": dict(model), "dataset": dict(dataset), "trainer": dict(TRAINER),
+              "variant": {"name": variant}, "model": dict(model), "dataset": dict(dataset),
+              "trainer": TRAINER | (trainer or {}),
               "logger": {"backend": "none"}}
     run = {
         "experiment": experiment, "model": model["name"], "dataset": dataset["name"], "variant": variant,

@@ -76,3 +76,14 @@ def test_without_runs_nothing_is_filled_in(tmp_path):
     assert len(claims) == len(CLAIMS)
     assert (claims["status"] == "not run here").all() and (claims["ours"] == "—").all()
     assert claims["note"].str.len().gt(0).all()
+
+
+def test_bit_flip_runs_are_paired_with_the_same_run_without(tmp_path):
+    for seed in range(3):
+        clean = 0.85 + 0.01 * seed
+        write_run(tmp_path, variant="pmdrop", seed=seed, metrics={"f1": clean})
+        write_run(tmp_path, experiment="bitflips", variant="pmdrop", seed=seed, metrics={"f1": clean + 0.001 * seed},
+                  trainer={"bitflip_fraction": 0.05})
+    claims = _claims(tmp_path)
+    assert claims.loc["bitflip", "status"] == "reproduced"
+    assert claims.loc["bitflip", "ours"] == "f1 change +0.1 ± 0.1 points over 3 pair(s) at flip fraction(s) 0.05"
