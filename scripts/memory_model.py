@@ -23,6 +23,11 @@ A mask costs what the dropout variant stores per call: torch on CPU keeps the no
 (e bytes/element), torch on CUDA a bool mask (1 B), ``pmdrop`` ⌈n/8⌉ bytes, ``pmdrop_4bit`` ⌈n/4⌉, ``seeded``
 only the generator state (5056 B on CPU, 16 B on CUDA). On CPU a packed variant's output is decoded into a
 buffer of ⌈n/k⌉·k elements; where a later op keeps that output, the few padding elements count too.
+
+Checked byte for byte on CPU (tests/scripts/test_report_memory_model.py): BERT eager and SDPA (math path),
+classifier and MLM heads, fp32 and bf16 weights; timm ViT; Longformer with and without global attention. The
+CUDA-only terms (bool masks, fused-attention logsumexp, fp32 LayerNorm statistics) follow the kernels' saved
+tensors as documented but were not measured here (no GPU).
 """
 
 from __future__ import annotations

@@ -158,7 +158,8 @@ def memory_markdown(frame: pd.DataFrame) -> str:
         "(predicted − measured) / measured. The model follows transformers' BERT/Longformer and timm's ViT tensor "
         "by tensor; per BERT layer with eager attention it is bsh·e·8 + bsI·e·2 + bas²·e·2 + LayerNorm statistics "
         "for activations and (2bsh + bas²)·m for masks, which for e = 2, m = 1, I = 4h is Korthikanti et al.'s "
-        "sbh(34 + 5as/h).\n\n"
+        "sbh(34 + 5as/h). The model is exact on CPU (checked by the tests); its CUDA-only terms (bool masks, fused "
+        "attention) were not measured on a GPU here.\n\n"
     )
     return intro + markdown_table(MEMORY_HEADER, rows)
 
