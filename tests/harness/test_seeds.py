@@ -38,7 +38,7 @@ def test_malformed_range_is_an_error_naming_the_value(arg, message):
         expand_seed_ranges(["run.py", arg])
 
 
-def test_seed_range_launches_five_int_seeds(tmp_path):
+def test_rewritten_range_parses_as_five_int_seeds():
     """Through Hydra itself: the rewritten argument sweeps ints, not the string "0-4"."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -46,15 +46,14 @@ def test_seed_range_launches_five_int_seeds(tmp_path):
     assert list(override.sweep_iterator()) == [0, 1, 2, 3, 4]
 
 
-@pytest.mark.parametrize("arg", ["seed=4-0", "seed=a-b"])
-def test_run_py_exits_2_on_malformed_range_and_runs_nothing(tmp_path, arg):
+def test_run_py_exits_2_on_malformed_range_and_runs_nothing(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "run.py", "-m", arg, f"runs_root={tmp_path}"],
+        [sys.executable, "run.py", "-m", "seed=4-0", f"runs_root={tmp_path}"],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.strip().count("\n") == 0 and "malformed seed range" in proc.stderr
+    assert proc.stderr.strip() == "run.py: error: malformed seed range '4-0': start 4 > end 0; write seed=0-4"
     assert not any(tmp_path.iterdir())
