@@ -1,0 +1,287 @@
+"""Datasets as in-memory tensors, one builder per ``dataset.kind`` (a registry).
+
+Real loaders go through ``datasets`` (GLUE MRPC/SST-2, WikiText-103, LRA ListOps, an ImageNet folder) and
+take local ``data_files`` / ``path`` overrides so they run from a local copy; offline without one they stop
+with a sentence naming the override. The offline defaults need no download: ``synthetic_pairs`` (a sentence-pair
+task a small BERT learns in a few dozen steps), ``synthetic_lm`` (token sequences of any length, for memory
+and throughput at paper scale) and ``digits`` (scikit-learn's shipped 8x8 digits, upsampled, for a small ViT).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from .tokenizers import SPECIALS, TextTokenizer, load_tokenizer
+
+PAD, CLS, SEP, MASK = (SPECIALS.index(s) for s in ("[PAD]", "[CLS]", "[SEP]", "[MASK]"))
+
+
+@dataclass
+class TaskData:
+    """Train and eval tensors (dicts of equal-length tensors) plus what the model builder needs to know."""
+
+    task: str
+    train: dict[str, torch.Tensor]
+    eval: dict[str, torch.Tensor]
+    num_labels: int
+    vocab_size: int | None = None  # text tasks
+    seq_len: int | None = None
+    image_size: int | None = None  # image tasks
+    notes: list[str] = field(default_factory=list)
+
+    def batches(self, batch_size: int, generator: torch.Generator) -> Iterator[dict[str, torch.Tensor]]:
+        """Endless shuffled training batches; reshuffles each epoch from ``generator``."""
+        n = len(next(iter(self.train.values())))
+        while True:
+            order = torch.randperm(n, generator=generator)
+            for start in range(0, n - batch_size + 1, batch_size):
+                index = order[start : start + batch_size]
+                yield {key: value[index] for key, value in self.train.items()}
+
+    def eval_batches(self, batch_size: int, max_batches: int | None) -> Iterator[dict[str, torch.Tensor]]:
+        n = len(next(iter(self.eval.values())))
+        count = math.ceil(n / batch_size) if max_batches is None else min(max_batches, math.ceil(n / batch_size))
+        for i in range(count):
+            yield {key: value[i * batch_size : (i + 1) * batch_size] for key, value in self.eval.items()}
+
+
+DATASETS: dict[str, Callable[[DictConfig, DictConfig, int], TaskData]] = {}
+
+
+def register(kind: str):
+    def add(builder):
+        DATASETS[kind] = builder
+        return builder
+
+    return add
+
+
+def build_data(dataset: DictConfig, model: DictConfig, seed: int) -> TaskData:
+    if dataset.kind not in DATASETS:
+        raise ValueError(f"unknown dataset.kind {dataset.kind!r}; valid: {', '.join(DATASETS)}")
+    return DATASETS[dataset.kind](dataset, model, seed)
+
+
+def _offline_hint(dataset: DictConfig, error: Exception, override: str) -> RuntimeError:
+    return RuntimeError(
+        f"could not load dataset {dataset.name!r} from the Hugging Face hub ({type(error).__name__}); "
+        f"offline, point it at a local copy with {override}"
+    )
+
+
+# ----------------------------------------------------------------------------- offline synthetic tasks
+
+
+@register("synthetic_pairs")
+def synthetic_pairs(dataset: DictConfig, model: DictConfig, seed: int) -> TaskData:
+    """Sentence pairs ``[CLS] a [SEP] b [SEP]``: the label is the polarity of the pair's polar words.
+
+    Each word is polar with probability ``polar_fraction`` (from the positive or the negative band, as the
+    label says) or neutral; so the label is readable from any polar word of either sentence, which a freshly
+    initialised TinyBERT picks up within a few dozen steps. Data are fixed by ``dataset.data_seed``, not the
+    run's seed, so every seed and variant sees the same train and eval sets.
+    """
+    band, sentence = dataset.band_size, (dataset.seq_len - 3) // 2
+    if sentence < 1:
+        raise ValueError(f"dataset.seq_len={dataset.seq_len} is too short for a sentence pair (need >= 5)")
+    generator = torch.Generator().manual_seed(dataset.data_seed)
+
+    def make(n: int) -> dict[str, torch.Tensor]:
+        labels = torch.randint(0, 2, (n,), generator=generator)
+        polar = len(SPECIALS) + labels[:, None] * band + torch.randint(0, band, (n, 2 * sentence), generator=generator)
+        neutral = len(SPECIALS) + 2 * band + torch.randint(0, band, (n, 2 * sentence), generator=generator)
+        words = torch.where(torch.rand(n, 2 * sentence, generator=generator) < dataset.polar_fraction, polar, neutral)
+        column = torch.full((n, 1), 0)
+        ids = torch.cat([column + CLS, words[:, :sentence], column + SEP, words[:, sentence:], column + SEP], dim=1)
+        segment = torch.cat([torch.zeros(n, sentence + 2), torch.ones(n, sentence + 1)], dim=1).long()
+        return {"input_ids": ids, "token_type_ids": segment, "attention_mask": torch.ones_like(ids), "labels": labels}
+
+    return TaskData(
+        "pair_classification", make(dataset.train_size), make(dataset.eval_size), 2,
+        vocab_size=len(SPECIALS) + 3 * band, seq_len=2 * sentence + 3,
+    )
+
+
+@register("synthetic_lm")
+def synthetic_lm(dataset: DictConfig, model: DictConfig, seed: int) -> TaskData:
+    """Uniform random tokens of exactly ``seq_len``: for memory and throughput at the paper's shapes.
+
+    ``task: mlm`` masks 15 % of positions; ``task: classification`` labels a sequence by its first word, so
+    the loss still falls.
+    """
+    generator = torch.Generator().manual_seed(dataset.data_seed)
+    vocab = dataset.vocab_size
+
+    def make(n: int) -> dict[str, torch.Tensor]:
+        ids = torch.randint(len(SPECIALS), vocab, (n, dataset.seq_len), generator=generator)
+        batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        if dataset.task == "mlm":
+            return {**batch, **_mask_tokens(ids, generator)}
+        return {**batch, "labels": ids[:, 0] % dataset.num_labels}
+
+    return TaskData(dataset.task, make(dataset.train_size), make(dataset.eval_size),
+                    dataset.num_labels, vocab_size=vocab, seq_len=dataset.seq_len)
+
+
+def _mask_tokens(ids: torch.Tensor, generator: torch.Generator, fraction: float = 0.15) -> dict[str, torch.Tensor]:
+    """BERT's masked-LM targets: labels at masked positions, -100 elsewhere; masked inputs become [MASK]."""
+    masked = (torch.rand(ids.shape, generator=generator) < fraction) & (ids >= len(SPECIALS))
+    return {"input_ids": torch.where(masked, MASK, ids), "labels": torch.where(masked, ids, -100)}
+
+
+@register("digits")
+def digits(dataset: DictConfig, model: DictConfig, seed: int) -> TaskData:
+    """scikit-learn's 1,797 8x8 digit images (shipped with the package), upsampled to ``image_size``."""
+    from sklearn.datasets import load_digits
+
+    images, labels = load_digits(return_X_y=True)
+    pixels = torch.tensor(images, dtype=torch.float32).view(-1, 1, 8, 8) / 16.0
+    pixels = torch.nn.functional.interpolate(pixels, size=dataset.image_size, mode="bilinear").expand(-1, 3, -1, -1)
+    pixels = (pixels - 0.5) / 0.5
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(dataset.data_seed))
+    split = len(order) - dataset.eval_size
+    data = {"pixel_values": pixels.contiguous(), "labels": torch.tensor(labels)}
+    train = {k: v[order[:split]] for k, v in data.items()}
+    held_out = {k: v[order[split:]] for k, v in data.items()}
+    return TaskData("image_classification", train, held_out, 10, image_size=dataset.image_size)
+
+
+# ----------------------------------------------------------------------------- real datasets
+
+
+def _load_split_table(dataset: DictConfig, hub_args: tuple[str, ...]):
+    """A DatasetDict with train/validation splits: local ``data_files`` (csv/tsv/parquet/json) or the hub."""
+    import datasets
+
+    if dataset.get("data_files"):
+        files = {split: str(path) for split, path in dataset.data_files.items()}
+        suffix = next(iter(files.values())).rsplit(".", 1)[-1]
+        if suffix in ("tsv", "txt", "csv"):
+            # GLUE's TSVs contain unbalanced quotes: read them verbatim (csv.QUOTE_NONE).
+            return datasets.load_dataset("csv", data_files=files, delimiter="\t" if suffix != "csv" else ",",
+                                         quoting=3)
+        return datasets.load_dataset("parquet" if suffix == "parquet" else "json", data_files=files)
+    try:
+        return datasets.load_dataset(*hub_args)
+    except Exception as error:  # offline: ConnectionError, HFValidationError, DatasetNotFoundError...
+        raise _offline_hint(dataset, error, "dataset.data_files={train: PATH, validation: PATH}") from error
+
+
+def _column(table, names: list[str]) -> list:
+    for name in names:
+        if name in table.column_names:
+            return table[name]
+    raise ValueError(f"none of the columns {names} is in the data (columns: {table.column_names})")
+
+
+def _encode_text_pairs(dataset: DictConfig, model: DictConfig, tables, text_columns: list[list[str]]) -> TaskData:
+    """Tokenise one or two text columns and the label column of the train and validation splits."""
+    train_texts = [_column(tables["train"], names) for names in text_columns]
+    tokenizer = load_tokenizer(model, dataset, corpus=[t for column in train_texts for t in column])
+
+    def encode(table, texts) -> dict[str, torch.Tensor]:
+        encoded = tokenizer.encode(*texts, max_length=dataset.seq_len)
+        labels = torch.tensor([int(v) for v in _column(table, dataset.label_columns)])
+        return {**encoded, "labels": labels}
+
+    evaluation = tables[dataset.eval_split]
+    return TaskData(
+        dataset.task, encode(tables["train"], train_texts),
+        encode(evaluation, [_column(evaluation, names) for names in text_columns]),
+        dataset.num_labels, vocab_size=tokenizer.vocab_size, seq_len=dataset.seq_len, notes=[tokenizer.source],
+    )
+
+
+@register("glue")
+def glue(dataset: DictConfig, model: DictConfig, seed: int) -> TaskData:
+    """GLUE MRPC / SST-2: hub ``nyu-mll/glue`` or local files in GLUE's or the original TSV column names."""
+    tables = _load_split_table(dataset, ("nyu-mll/glue", dataset.glue_task))
+    return _encode_text_pairs(dataset, model, tables, [list(names) for names in dataset.text_columns])
+
+
+@register("wikitext")
+def wikitext(dataset: DictConfig, model: DictConfig, seed: int) -> TaskData:
+    """WikiText-103 for masked-LM perplexity: lines tokenised, concatenated and cut into ``seq_len`` blocks."""
+    import datasets
+
+    if dataset.get("data_files"):
+        files = {split: str(path) for split, path in dataset.data_files.items()}
+        tables = datasets.load_dataset("text", data_files=files)
+    else:
+        try:
+            tables = datasets.load_dataset("Salesforce/wikitext", "wikitext-103-raw-v1")
+        except Exception as error:
+            raise _offline_hint(dataset, error, "dataset.data_files={train: PATH.txt, validation: PATH.txt}") from error
+    lines = [line for line in tables["train"]["text"] if line.strip()]
+    tokenizer = load_tokenizer(model, dataset, corpus=lines)
+    generator = torch.Generator().manual_seed(dataset.data_seed)
+
+    def blocks(texts: list[str]) -> dict[str, torch.Tensor]:
+        stream = torch.tensor([i for text in texts if text.strip() for i in tokenizer.word_ids(text)])
+        width = dataset.seq_len
+        ids = stream[: len(stream) // width * width].view(-1, width)
+        if len(ids) == 0:
+            raise ValueError(f"the text has fewer than dataset.seq_len={width} tokens")
+        return {"attention_mask": torch.ones_like(ids), **_mask_tokens(ids, generator)}
+
+    return TaskData("mlm", blocks(lines), blocks(tables[dataset.eval_split]["text"]), 0,
+                    vocab_size=tokenizer.vocab_size, seq_len=dataset.seq_len, notes=[tokenizer.source])
+
+
+LISTOPS_VOCAB = [*SPECIALS, *[str(d) for d in range(10)], "[MIN", "[MAX", "[MED", "[SM", "]", "(", ")"]
+
+
+@register("listops")
+def listops(dataset: DictConfig, model: DictConfig, seed: int) -> TaskData:
+    """LRA ListOps from local TSVs (``Source`` expression, ``Target`` 0-9); the symbols are the vocabulary."""
+    if not dataset.get("data_files"):
+        raise RuntimeError(
+            "LRA ListOps is not on the hub: download the LRA release and set "
+            "dataset.data_files={train: basic_train.tsv, validation: basic_val.tsv}"
+        )
+    tables = _load_split_table(dataset, ())
+    index = {symbol: i for i, symbol in enumerate(LISTOPS_VOCAB)}
+
+    def encode(table) -> dict[str, torch.Tensor]:
+        ids = torch.full((len(table), dataset.seq_len), PAD)
+        for row, source in enumerate(table["Source"]):
+            tokens = [CLS] + [index[s] for s in source.replace("(", " ( ").replace(")", " ) ").split()]
+            tokens = tokens[: dataset.seq_len]
+            ids[row, : len(tokens)] = torch.tensor(tokens)
+        return {"input_ids": ids, "attention_mask": (ids != PAD).long(), "labels": torch.tensor(table["Target"])}
+
+    return TaskData("classification", encode(tables["train"]), encode(tables[dataset.eval_split]), 10,
+                    vocab_size=len(LISTOPS_VOCAB), seq_len=dataset.seq_len)
+
+
+@register("imagefolder")
+def imagefolder(dataset: DictConfig, model: DictConfig, seed: int) -> TaskData:
+    """ImageNet-1k (or any class-per-folder tree) from a local directory with ``train/`` and ``val/``."""
+    import datasets
+
+    if not dataset.get("path"):
+        raise RuntimeError("ImageNet-1k needs a local copy: set dataset.path=DIR (with train/ and val/ class folders)")
+    tables = datasets.load_dataset("imagefolder", data_dir=str(dataset.path))
+    size = dataset.image_size
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+
+    def encode(table) -> dict[str, torch.Tensor]:
+        pixels = []
+        for image in table["image"]:
+            array = torch.from_numpy(np.asarray(image.convert("RGB").resize((size, size)), dtype=np.float32))
+            pixels.append((array.permute(2, 0, 1) / 255.0 - mean) / std)
+        return {"pixel_values": torch.stack(pixels), "labels": torch.tensor(table["label"])}
+
+    eval_split = "validation" if "validation" in tables else "test"
+    return TaskData("image_classification", encode(tables["train"]), encode(tables[eval_split]),
+                    dataset.num_labels, image_size=size)
+
+
+__all__ = ["DATASETS", "TaskData", "TextTokenizer", "build_data"]
