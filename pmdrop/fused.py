@@ -1,0 +1,176 @@
+"""Fused CUDA variants: Triton kernels that draw the mask, apply it and write it packed in one pass.
+
+Registers two variants on import (``pmdrop.variant_names()`` lists them afterwards):
+
+* ``pmdrop_fused``: the forward kernel reads x, writes y and the mask at 1 bit per element (no byte
+  mask is ever materialised); the backward kernel reads the packed mask and the gradient and writes
+  the input gradient. :func:`fused_packed_variant` gives the same at 4, 2 or 1 masks per byte.
+* ``seeded_fused``: the same forward without the mask store; saves only the Philox seed and
+  counter (0 bytes of mask) and redraws the mask in the backward kernel.
+
+**Not bit-identical to torch.nn.Dropout** (``bit_exact=False``): the random bits come from Triton's
+Philox stream (see :mod:`pmdrop.triton_kernels`), not from the one ``native_dropout`` draws, so the
+masks differ from torch's for the same seed. What holds instead: the seed and counter come from
+torch's generator (``Generator.philox_state``, the reservation the built-in CUDA random kernels
+use), so ``torch.manual_seed`` reproduces the masks and later torch random ops are unaffected; each
+element is kept with probability ``1 - p`` (to within 2**-33); kept elements are scaled by
+``1 / (1 - p)`` exactly as torch rounds it; backward uses exactly the forward's mask.
+
+Inputs that are not contiguous are copied to a contiguous buffer first (one extra pass); the output
+and the input gradient are contiguous. CUDA graph capture is not supported (refused with an error).
+On CPU tensors the variants run only under Triton's interpreter (``TRITON_INTERPRET=1`` set before
+the kernels are first used), which exists for the tests; the other variants never import Triton.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+import sys
+from collections.abc import Callable
+from types import ModuleType
+
+import torch
+
+from .faults import corrupt
+from .packing import check_masks_per_byte, packed_numel
+from .variants import DropoutVariant, register_variant
+
+_KERNELS = "pmdrop.triton_kernels"
+
+
+def kernels_for(x: torch.Tensor, user: str) -> ModuleType:
+    """The Triton kernel module if it can run on ``x``'s device, else a one-line error (``user`` names the caller)."""
+    if x.device.type == "cuda":
+        return importlib.import_module(_KERNELS)
+    if x.device.type == "cpu" and (_KERNELS in sys.modules or os.environ.get("TRITON_INTERPRET") == "1"):
+        kernels = importlib.import_module(_KERNELS)
+        if kernels.INTERPRETED:
+            return kernels
+        raise RuntimeError(
+            f"{user} got a cpu tensor, but {_KERNELS} was imported without TRITON_INTERPRET=1 and compiled its "
+            "kernels for the GPU; set TRITON_INTERPRET=1 before its first use to run Triton's interpreter on CPU"
+        )
+    raise RuntimeError(
+        f"{user} needs a CUDA tensor (or TRITON_INTERPRET=1 to run Triton's interpreter on CPU, for tests), "
+        f"got a {x.device.type} tensor"
+    )
+
+
+def _cuda_philox_position(device: torch.device, increment: int) -> tuple[int, int]:
+    if torch.cuda.is_current_stream_capturing():
+        raise RuntimeError("pmdrop's fused variants do not support CUDA graph capture; use pmdrop or seeded")
+    generator = torch.cuda.default_generators[device.index if device.index is not None else 0]
+    seed, offset, intragraph = generator.philox_state(increment)
+    return seed.item(), ((offset.item() + intragraph.item()) & (2**64 - 1)) // 4
+
+
+def _interpreter_philox_position(device: torch.device, increment: int) -> tuple[int, int]:
+    # The CPU generator is not Philox-based: draw a seed from it, so torch.manual_seed still fixes the mask.
+    return int(torch.randint(2**63 - 1, (), dtype=torch.int64)), 0
+
+
+_PHILOX_POSITION = {"cuda": _cuda_philox_position, "cpu": _interpreter_philox_position}
+
+
+def philox_position(device: torch.device, kernels: ModuleType) -> tuple[int, int]:
+    """(seed, first counter) for one dropout call on ``device``, reserved from torch's generator."""
+    return _PHILOX_POSITION[device.type](device, kernels.CHUNK)
+
+
+@functools.lru_cache(maxsize=256)
+def _scale(p: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``1 / (1 - p)`` in the dtype torch's native_dropout multiplies in (float64 for float64, else float32)."""
+    accumulate = torch.float64 if dtype == torch.float64 else torch.float32
+    return torch.full((1,), 1.0 / (1.0 - p), dtype=accumulate, device=device)
+
+
+def _check_dtype(x: torch.Tensor, variant: str) -> None:
+    if x.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        raise TypeError(f"{variant} takes float16, bfloat16, float32 or float64 tensors, got {x.dtype}")
+
+
+def _fused_forward(ctx, x: torch.Tensor, p: float, inplace: bool, variant: DropoutVariant) -> torch.Tensor:
+    """Run the forward kernel; fills ``ctx`` with what both backwards need and returns y."""
+    kernels = kernels_for(x, variant.name)
+    _check_dtype(x, variant.name)
+    src = x.contiguous()
+    out = src if inplace else torch.empty_like(src, memory_format=torch.contiguous_format)
+    k = variant.masks_per_byte or 8  # seeded: no mask stored, any tile shape draws the same bits
+    packed = None if variant.masks_per_byte is None else x.new_empty(packed_numel(x.numel(), k), dtype=torch.uint8)
+    ctx.seed, ctx.counter_base = philox_position(x.device, kernels)
+    ctx.kernels, ctx.p, ctx.k, ctx.shape = kernels, p, k, x.shape
+    kernels.dropout(src.view(-1), out.view(-1), packed, _scale(p, x.dtype, x.device), p, ctx.seed, ctx.counter_base, k)
+    if packed is not None:
+        ctx.save_for_backward(corrupt(packed))
+    if not inplace:
+        return out
+    if out is not x:
+        x.copy_(out)
+    ctx.mark_dirty(x)
+    return x
+
+
+def _fused_backward(ctx, grad: torch.Tensor, noise_of: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """``grad * mask * scale``; ``noise_of(v)`` applies the stored or redrawn mask to a flat tensor ``v``."""
+    flat = grad.contiguous().view(-1)
+    if torch.is_grad_enabled():
+        # create_graph: a differentiable product with the noise (mask * scale in grad's dtype), as torch's
+        # derivative of native_dropout computes it then.
+        return grad * noise_of(torch.ones_like(flat)).view(ctx.shape)
+    return noise_of(flat).view(ctx.shape)
+
+
+class _FusedPackedFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, p: float, inplace: bool, variant: DropoutVariant) -> torch.Tensor:
+        return _fused_forward(ctx, x, p, inplace, variant)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
+        (packed,) = ctx.saved_tensors
+        scale = _scale(ctx.p, grad.dtype, grad.device)
+        return _fused_backward(ctx, grad, lambda v: ctx.kernels.masked_scale(v, packed, scale, ctx.k)), None, None, None
+
+
+class _FusedSeededFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, p: float, inplace: bool, variant: DropoutVariant) -> torch.Tensor:
+        return _fused_forward(ctx, x, p, inplace, variant)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
+        scale = _scale(ctx.p, grad.dtype, grad.device)
+
+        def redraw(v: torch.Tensor) -> torch.Tensor:
+            out = torch.empty_like(v)
+            ctx.kernels.dropout(v, out, None, scale, ctx.p, ctx.seed, ctx.counter_base, ctx.k)
+            return out
+
+        return _fused_backward(ctx, grad, redraw), None, None, None
+
+
+def fused_packed_variant(masks_per_byte: int) -> DropoutVariant:
+    """The fused packed variant at ``masks_per_byte`` in {8, 4, 2, 1}, registered on first use (8: ``pmdrop_fused``)."""
+    check_masks_per_byte(masks_per_byte)
+    name = "pmdrop_fused" if masks_per_byte == 8 else f"pmdrop_fused_k{masks_per_byte}"
+    return register_variant(
+        DropoutVariant(
+            name, _FusedPackedFn.apply,
+            f"Triton, CUDA: mask drawn, applied and packed {masks_per_byte} per byte in one pass; "
+            "own Philox stream, not bit-identical to nn.Dropout",
+            masks_per_byte=masks_per_byte, bit_exact=False,
+        )
+    )
+
+
+fused_packed_variant(8)
+register_variant(
+    DropoutVariant(
+        "seeded_fused", _FusedSeededFn.apply,
+        "Triton, CUDA: no mask, saves the Philox seed and counter and redraws it in backward; "
+        "own Philox stream, not bit-identical to nn.Dropout",
+        bit_exact=False,
+    )
+)

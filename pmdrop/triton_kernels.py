@@ -1,0 +1,172 @@
+"""Triton kernels of the fused path: dropout that writes its 1-bit mask in the same pass, and the pack kernel.
+
+Importing this module imports Triton; ``pmdrop.fused`` imports it lazily, on first use. Triton decides
+whether ``@triton.jit`` compiles for the GPU or runs in its CPU interpreter when the function is
+decorated, i.e. when this module is imported: set ``TRITON_INTERPRET=1`` before that to run the
+kernels on CPU tensors (tests), and check :data:`INTERPRETED` afterwards.
+
+Random stream (Philox4x32-10, :func:`triton.language.philox`, key = the generator's seed): the tensor
+is cut into chunks of :data:`CHUNK` elements, one program each. Chunk ``c`` draws from subsequence
+``c`` (counter words 2-3) at counters ``base + j`` for ``j < CHUNK // 4`` (words 0-1); each counter
+gives four 32-bit outputs, and output ``lane`` of counter ``j`` decides element ``lane * CHUNK // 4 + j``
+of the chunk. Four contiguous sub-tiles per chunk, one per output, keep every load and store
+contiguous without shuffling the random numbers. An element is kept when its output is
+``>= threshold`` (``threshold = round(p * 2**32)``). The mask of an element depends only on
+(seed, base, its index): not on the dtype, the packing density or the block sizes below.
+
+Mask layout, as :mod:`pmdrop.packing`: mask ``i`` goes to byte ``i // K`` at bit ``(i % K) * (8 // K)``,
+least significant first, bits past the last element zero.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from triton.runtime.interpreter import InterpretedFunction
+
+CHUNK = 2048  # elements per program of the random kernel; part of the random stream's definition
+PHILOX_OUTPUTS = 4  # 32-bit outputs per Philox4x32 counter
+COUNTERS_PER_CHUNK = CHUNK // PHILOX_OUTPUTS
+MASK_BLOCK_BYTES = 256  # packed bytes per program of the kernels that read or write masks without drawing
+NUM_WARPS = 4  # not tuned on a GPU yet (none was available): a starting point, not a measured optimum
+
+
+@triton.jit
+def _masked_scale(v, keep, scale):
+    # (v * mask) * scale in the accumulation type, as torch's native_dropout and its backward compute it:
+    # a dropped inf or nan still gives nan, as in torch.
+    return (v.to(scale.dtype) * keep.to(scale.dtype) * scale).to(v.dtype)
+
+
+@triton.jit
+def _pack_bits(keep, cols, K: tl.constexpr):
+    """[rows, K] booleans -> [rows] packed bytes."""
+    return tl.sum(keep.to(tl.int32) << (cols * (8 // K))[None, :], axis=1).to(tl.uint8)
+
+
+@triton.jit
+def _dropout_sub_tile(x_ptr, y_ptr, mask_ptr, start, n, bits, threshold, scale, K: tl.constexpr,
+                      STORE_MASK: tl.constexpr):
+    """Apply one Philox output (``bits``, [COUNTERS // K, K]) to the elements ``start ..`` of its sub-tile."""
+    rows = tl.arange(0, bits.shape[0])
+    cols = tl.arange(0, K)
+    offsets = start + rows[:, None] * K + cols[None, :]
+    inside = offsets < n
+    keep = (bits >= threshold) & inside  # bits past the end stay zero in the packed mask
+    x = tl.load(x_ptr + offsets, mask=inside)
+    tl.store(y_ptr + offsets, _masked_scale(x, keep, scale), mask=inside)
+    if STORE_MASK:
+        tl.store(mask_ptr + start // K + rows, _pack_bits(keep, cols, K), mask=start + rows * K < n)
+
+
+@triton.jit
+def dropout_kernel(x_ptr, y_ptr, mask_ptr, scale_ptr, n, seed, counter_base, threshold,
+                   COUNTERS: tl.constexpr, K: tl.constexpr, STORE_MASK: tl.constexpr):
+    """y = x * keep * scale for one chunk of 4 * COUNTERS elements, and (STORE_MASK) keep packed K per byte.
+
+    The seeded variant's backward runs this same kernel on the gradient without storing the mask.
+    """
+    chunk = tl.program_id(0).to(tl.int64)
+    rows = tl.arange(0, COUNTERS // K)
+    cols = tl.arange(0, K)
+    counter = counter_base + rows[:, None] * K + cols[None, :]
+    subsequence = chunk + counter * 0
+    bits0, bits1, bits2, bits3 = tl.philox(
+        seed, counter.to(tl.uint32), (counter >> 32).to(tl.uint32),
+        subsequence.to(tl.uint32), (subsequence >> 32).to(tl.uint32),
+    )
+    threshold = threshold.to(tl.uint32)
+    scale = tl.load(scale_ptr)
+    start = chunk * 4 * COUNTERS
+    _dropout_sub_tile(x_ptr, y_ptr, mask_ptr, start, n, bits0, threshold, scale, K, STORE_MASK)
+    _dropout_sub_tile(x_ptr, y_ptr, mask_ptr, start + COUNTERS, n, bits1, threshold, scale, K, STORE_MASK)
+    _dropout_sub_tile(x_ptr, y_ptr, mask_ptr, start + 2 * COUNTERS, n, bits2, threshold, scale, K, STORE_MASK)
+    _dropout_sub_tile(x_ptr, y_ptr, mask_ptr, start + 3 * COUNTERS, n, bits3, threshold, scale, K, STORE_MASK)
+
+
+@triton.jit
+def _mask_tile(block_bytes: tl.constexpr, K: tl.constexpr):
+    """Byte indices [block_bytes] of this program and element indices [block_bytes, K] they hold."""
+    rows = tl.program_id(0).to(tl.int64) * block_bytes + tl.arange(0, block_bytes)
+    cols = tl.arange(0, K)
+    return rows, cols, rows[:, None] * K + cols[None, :]
+
+
+@triton.jit
+def masked_scale_kernel(grad_ptr, mask_ptr, out_ptr, scale_ptr, n, n_bytes, BLOCK_BYTES: tl.constexpr,
+                        K: tl.constexpr):
+    """out = grad * unpacked mask * scale: the backward of the packed variant, reading 1/K byte per element."""
+    rows, cols, offsets = _mask_tile(BLOCK_BYTES, K)
+    packed = tl.load(mask_ptr + rows, mask=rows < n_bytes, other=0)
+    keep = ((packed[:, None] >> (cols * (8 // K))[None, :]) & 1) != 0
+    inside = offsets < n
+    grad = tl.load(grad_ptr + offsets, mask=inside)
+    tl.store(out_ptr + offsets, _masked_scale(grad, keep, tl.load(scale_ptr)), mask=inside)
+
+
+@triton.jit
+def pack_kernel(mask_ptr, out_ptr, n, n_bytes, BLOCK_BYTES: tl.constexpr, K: tl.constexpr):
+    """Pack a flat byte mask (bool viewed as uint8) K per byte: one read of n bytes, one write of n / K."""
+    rows, cols, offsets = _mask_tile(BLOCK_BYTES, K)
+    mask = tl.load(mask_ptr + offsets, mask=offsets < n, other=0)
+    tl.store(out_ptr + rows, _pack_bits(mask != 0, cols, K), mask=rows < n_bytes)
+
+
+INTERPRETED = isinstance(dropout_kernel, InterpretedFunction)
+
+
+def _check_flat(t: torch.Tensor, what: str) -> None:
+    if t.dim() != 1 or not t.is_contiguous():
+        raise ValueError(f"{what} must be a flat contiguous tensor, got shape {tuple(t.shape)} strides {t.stride()}")
+
+
+def philox_threshold(p: float) -> int:
+    """The 32-bit output below which an element is dropped: P(drop) = threshold / 2**32, within 2**-33 of p."""
+    return min(round(p * 2**32), 2**32 - 1)
+
+
+def dropout(
+    x: torch.Tensor, out: torch.Tensor, packed: torch.Tensor | None, scale: torch.Tensor, p: float,
+    seed: int, counter_base: int, masks_per_byte: int,
+) -> None:
+    """Launch :func:`dropout_kernel`: ``out = x * keep * scale`` (may alias ``x``); ``packed`` gets the mask if given.
+
+    ``x``, ``out``: flat, contiguous, same dtype; ``packed``: ``ceil(n / masks_per_byte)`` uint8; ``scale``: a
+    one-element tensor in the accumulation dtype (float64 for float64 inputs, float32 otherwise).
+    """
+    _check_flat(x, "x")
+    _check_flat(out, "out")
+    n = x.numel()
+    grid = (triton.cdiv(n, CHUNK),)
+    dropout_kernel[grid](
+        x, out, x if packed is None else packed, scale, n, seed, counter_base, philox_threshold(p),
+        COUNTERS=COUNTERS_PER_CHUNK, K=masks_per_byte, STORE_MASK=packed is not None, num_warps=NUM_WARPS,
+    )
+
+
+def masked_scale(grad: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, masks_per_byte: int) -> torch.Tensor:
+    """``grad * unpack(packed) * scale`` in one pass; ``grad`` flat and contiguous."""
+    _check_flat(grad, "grad")
+    out = torch.empty_like(grad)
+    grid = (triton.cdiv(packed.numel(), MASK_BLOCK_BYTES),)
+    masked_scale_kernel[grid](
+        grad, packed, out, scale, grad.numel(), packed.numel(),
+        BLOCK_BYTES=MASK_BLOCK_BYTES, K=masks_per_byte, num_warps=NUM_WARPS,
+    )
+    return out
+
+
+def pack(mask: torch.Tensor, masks_per_byte: int = 8) -> torch.Tensor:
+    """Triton twin of :func:`pmdrop.packing.pack_flat`, in one pass: ``mask`` flat, contiguous, bool or 0/1 uint8."""
+    _check_flat(mask, "mask")
+    if mask.dtype not in (torch.bool, torch.uint8):
+        raise TypeError(f"pack takes a bool or uint8 mask, got {mask.dtype}")
+    flat = mask.view(torch.uint8)
+    n_bytes = -(-flat.numel() // masks_per_byte)
+    out = torch.empty(n_bytes, dtype=torch.uint8, device=mask.device)
+    if n_bytes:
+        grid = (triton.cdiv(n_bytes, MASK_BLOCK_BYTES),)
+        pack_kernel[grid](flat, out, flat.numel(), n_bytes, BLOCK_BYTES=MASK_BLOCK_BYTES, K=masks_per_byte,
+                          num_warps=NUM_WARPS)
+    return out
