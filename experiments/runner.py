@@ -5,11 +5,13 @@ Run directory: ``<runs_root>/<experiment_name>/<model.name>/<dataset.name>/<vari
 and ``wandb/``. A run whose results.json says ``ok`` is skipped unless ``force=true``; anything else is run again
 from an empty directory. A run that raises is recorded as ``failed`` and the sweep goes on; ``RunOutcomes`` (a Hydra
 callback) then exits non-zero, listing the failed runs. Every job appends its outcome to ``runs.jsonl`` in Hydra's
-sweep directory, which is how the callback sees jobs that ran in other processes (joblib, submitit).
+sweep directory, which is how the callback sees jobs that ran in other processes (joblib, submitit). The callback
+also checks every job's config first, so a bad value anywhere in a sweep stops it before its first run.
 """
 
 from __future__ import annotations
 
+import copy
 import gc
 import importlib.metadata
 import json
@@ -29,11 +31,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import CompactHydraException
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+from omegaconf.errors import OmegaConfBaseException
 
 import pmdrop
 from experiments import tracking
@@ -43,7 +47,7 @@ RESULTS_FILE = "results.json"
 JOURNAL_FILE = "runs.jsonl"
 # Keys that do not change what a run computes: a finished run is still "the same run" when only these differ.
 _NOT_PART_OF_RUN = ("force", "logger", "runs_root")
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9_.+=-]+$")
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
 class InvalidConfig(CompactHydraException):
@@ -62,20 +66,22 @@ def check_run_config(cfg: DictConfig) -> None:
     for key in ("experiment_name", "model.name", "dataset.name", "variant.name"):
         name = OmegaConf.select(cfg, key)
         if not isinstance(name, str) or not _SAFE_NAME.match(name) or name in (".", ".."):
-            raise ValueError(f"{key}={name!r} names a directory: use letters, digits and _ . + = - only")
+            raise ValueError(f"{key}={name!r} names a directory: use letters, digits and _ . - only")
     if cfg.variant.name not in pmdrop.variant_names():
         raise ValueError(f"unknown variant.name {cfg.variant.name!r}; valid: {', '.join(pmdrop.variant_names())}")
     tracking.check_logger_config(cfg)
 
 
 def check_job_config(cfg: DictConfig) -> None:
-    """Everything a job validates before any work: the runner's keys and B's model/dataset/trainer checks."""
+    """What a job validates before any work: the runner's keys, then ``train.check_config`` (model/dataset/trainer)."""
     from experiments import train
 
+    resolved = copy.deepcopy(cfg)  # checks may detach sub-configs, whose interpolations would then dangle
     try:
-        check_run_config(cfg)
-        train.check_config(cfg)
-    except ValueError as error:
+        OmegaConf.resolve(resolved)
+        check_run_config(resolved)
+        train.check_config(resolved)
+    except (ValueError, OmegaConfBaseException) as error:
         raise InvalidConfig(str(error)) from None
 
 
@@ -187,6 +193,10 @@ def run_fields(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     }
 
 
+def _size(num_bytes: float) -> str:
+    return f"{num_bytes / 2**20:.2f} MiB" if num_bytes >= 2**20 else f"{num_bytes / 2**10:.1f} KiB"
+
+
 def summary_line(results: Mapping[str, Any]) -> str:
     """One line per run: where, status, headline metric, throughput, saved mask bytes."""
     where = f"{results['model']}/{results['dataset']}"
@@ -200,7 +210,7 @@ def summary_line(results: Mapping[str, Any]) -> str:
     parts = [
         f"{metric}={value:.4f}" if value is not None else f"{metric}=n/a",
         f"{throughput:.1f} samples/s" if throughput is not None else "throughput n/a",
-        f"saved masks {mask_bytes / 2**20:.2f} MiB" if mask_bytes is not None else "saved masks n/a",
+        f"saved masks {_size(mask_bytes)}" if mask_bytes is not None else "saved masks n/a",
         f"{results['wall_time_s']:.1f} s",
     ]
     return f"{head}: ok  " + "  ".join(parts)
@@ -246,7 +256,7 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     run_dir = run_dir_for(cfg)
     previous = read_results(run_dir)
     if previous is not None and previous.get("status") == "ok" and not cfg.force:
-        changed = config_differences(previous["config"], OmegaConf.to_container(cfg, resolve=True))
+        changed = config_differences(previous.get("config", {}), OmegaConf.to_container(cfg, resolve=True))
         if changed:
             shown = "; ".join(changed[:3]) + ("; ..." if len(changed) > 3 else "")
             error = (
@@ -308,27 +318,25 @@ def report_outcomes(journal: Path) -> int:
 
 
 def sweep_job_configs(config: DictConfig) -> list[DictConfig]:
-    """Every job config of a basic-sweeper multirun, composed the way the sweeper will compose it."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    """Every job config of a basic-sweeper multirun, composed as the sweeper will compose it (without ``hydra``)."""
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     loader = GlobalHydra.instance().config_loader()
     params = [f"{key}={value}" for key, value in (config.hydra.sweeper.get("params") or {}).items()]
-    arguments = params + list(config.hydra.overrides.task)
-    overrides = OverridesParser.create(config_loader=loader).parse_overrides(arguments)
-    jobs = [job for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
-    configs = []
-    for job in jobs:
-        job_config = loader.load_sweep_config(config, list(job))
-        with open_dict(job_config):  # what the task function receives: the config without its hydra node
-            del job_config["hydra"]
-        configs.append(job_config)
-    return configs
+    overrides = OverridesParser.create(config_loader=loader).parse_overrides(params + list(config.hydra.overrides.task))
+    job_configs = []
+    for batch in BasicSweeper.split_arguments(overrides, None):
+        for job in batch:
+            job_config = loader.load_sweep_config(config, list(job))
+            with read_write(job_config), open_dict(job_config):
+                del job_config["hydra"]
+            job_configs.append(job_config)
+    return job_configs
 
 
 class RunOutcomes(Callback):
-    """Validates every job of a sweep before the first one runs; exits 1 at the end if any run failed."""
+    """Checks every job's config before a sweep's first run; exits 1 at the end if any run failed, listing them."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         journal_path(config.hydra).unlink(missing_ok=True)
@@ -336,12 +344,12 @@ class RunOutcomes(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         journal_path(config.hydra).unlink(missing_ok=True)
         if not config.hydra.sweeper._target_.endswith(".BasicSweeper"):
-            return  # other sweepers choose jobs as they go; each job still validates itself before any work
+            return  # other sweepers choose jobs as they go; each job still checks itself before any work
         try:
             for job_config in sweep_job_configs(config):
                 check_job_config(job_config)
         except CompactHydraException as error:
-            # Hydra turns an exception raised by a callback into a warning and carries on: exit instead.
+            # Hydra turns an exception raised in a callback into a warning and carries on: exit instead.
             print(error, file=sys.stderr)
             sys.exit(1)
 

@@ -1,5 +1,6 @@
 import json
 import os
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,6 @@ TINY_RUN = [
     "model.num_attention_heads=2",
     "model.intermediate_size=64",
     "dataset=synthetic_pairs",
-    "dataset.seq_len=32",
     "trainer.batch_size=4",
     "trainer.steps=4",
     "trainer.warmup_steps=1",
@@ -26,6 +26,52 @@ TINY_RUN = [
     "trainer.eval_batches=1",
     "trainer.device=cpu",
 ]
+# What a stand-in ``run_training`` returns: the contract's measured fields.
+B_FIELDS = {
+    "device": "cpu",
+    "steps": 3,
+    "batch_size": 4,
+    "seq_len": 32,
+    "num_params": 1000,
+    "precision": "fp32",
+    "peak_memory_bytes": 10**8,
+    "peak_memory_kind": "cpu_peak_rss",
+    "saved_mask_bytes": 2**20,
+    "saved_activation_bytes": 2**22,
+    "saved_parameter_bytes": 4000,
+    "dropout_calls": {"pmdrop": 5, "torch": 0},
+    "throughput_samples_per_s": 123.4,
+    "tokens_per_s": 3948.8,
+    "step_time_s": 0.03,
+    "task_metric": "f1",
+    "metrics": {"f1": 0.75, "accuracy": 0.7},
+    "final_loss": 0.5,
+    "grad_cosine": None,
+}
+
+
+class StandInTraining:
+    """Stands in for ``train.run_training``: records its calls, logs 3 steps, raises ``failing[(variant, seed)]``."""
+
+    def __init__(self):
+        self.calls = []
+        self.failing = {}
+
+    def __call__(self, cfg, log_step):
+        self.calls.append((cfg.variant.name, cfg.seed))
+        for step in (1, 2, 3):
+            log_step(step, {"loss": 1.0 / step + cfg.seed, "lr": 1e-3})
+        error = self.failing.get((cfg.variant.name, cfg.seed))
+        if error is not None:
+            raise error
+        return dict(B_FIELDS)
+
+
+@pytest.fixture
+def training(monkeypatch: pytest.MonkeyPatch) -> StandInTraining:
+    stand_in = StandInTraining()
+    monkeypatch.setattr("experiments.train.run_training", stand_in)
+    return stand_in
 
 
 def harness_env() -> dict[str, str]:
@@ -62,3 +108,29 @@ def all_results(runs_root: Path) -> dict[str, dict]:
 @pytest.fixture
 def runs_root(tmp_path: Path) -> Path:
     return tmp_path / "runs"
+
+
+@pytest.fixture
+def launch(runs_root: Path, monkeypatch: pytest.MonkeyPatch):
+    """Run ``run.py`` in this process (basic launcher: jobs run here, so monkeypatches apply); returns the exit code.
+
+    Adds ``runs_root=<tmp>`` and, unless a logger is chosen, ``logger=disabled``; Hydra leaves logging alone.
+    """
+    from hydra.core.global_hydra import GlobalHydra
+
+    def run(*args: str) -> int:
+        argv = [str(REPO_ROOT / "run.py"), *args, f"runs_root={runs_root}"]
+        argv += ["hydra/job_logging=none", "hydra/hydra_logging=none"]
+        if not any(arg.startswith("logger=") for arg in args):
+            argv.append("logger=disabled")
+        monkeypatch.setattr(sys, "argv", argv)
+        GlobalHydra.instance().clear()
+        try:
+            runpy.run_path(argv[0], run_name="__main__")
+        except SystemExit as exit_:
+            return 0 if exit_.code is None else int(exit_.code)
+        finally:
+            GlobalHydra.instance().clear()
+        return 0
+
+    return run
