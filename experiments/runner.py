@@ -309,6 +309,8 @@ def read_outcomes(journal: Path) -> list[dict[str, Any]]:
 def report_outcomes(journal: Path) -> int:
     """Print the sweep's tally and its failed runs; returns the number of failed runs."""
     outcomes = read_outcomes(journal)
+    if not outcomes:  # no job got as far as a run (a config error, reported by Hydra)
+        return 0
     failed = [outcome for outcome in outcomes if outcome["status"] == "failed"]
     counts = {status: sum(o["status"] == status for o in outcomes) for status in ("ok", "skipped", "failed")}
     print(f"{len(outcomes)} runs: {counts['ok']} ok, {counts['skipped']} skipped (finished), {counts['failed']} failed")
