@@ -1,56 +1,71 @@
 """The analytic memory model against the harness's measured saved bytes, run configuration by configuration.
 
-Shapes come from each run's resolved config (``results.json["config"]``): the model group's architecture keys
-(transformers names for BERT/Longformer, timm ``create_model`` names for ViT; looked up in the model group or
-a ``config``/``overrides``/``kwargs`` mapping inside it), the dataset's task, and the measured batch size and
-sequence length. Runs the model does not cover (gradient checkpointing, torch.compile, an unknown variant or
-family, autocast on CPU; under autocast on CUDA the activations only) get a reason instead of a number.
+Shapes come from each run's resolved config (``results.json["config"]``) read the way ``experiments/models.py``
+builds the model: the model group's transformers keys (BERT/Longformer) or timm architecture name and overrides
+(ViT), the dataset group's task, classes, vocabulary and image size, and the measured batch size and sequence
+length. Runs the model does not cover (gradient checkpointing, torch.compile, an unknown variant or family,
+autocast on CPU; under autocast on CUDA the activations only) get a reason instead of a number.
 """
 
 from __future__ import annotations
+
+import re
 
 import pandas as pd
 
 from .load import CONFIG_KEY
 from .memory_model import Shapes, Storage, mask_storage, predict
 
-_NESTED = ("config", "overrides", "kwargs")
 _ACTIVATION_BYTES = {"fp32": 4}  # bf16/fp16 runs use autocast, which keeps mixed-dtype copies
 _COLUMNS = ["predicted_layer_activation_bytes", "predicted_layer_mask_bytes", "predicted_activation_bytes",
             "predicted_mask_bytes", "measured_activation_bytes", "measured_mask_bytes", "activation_rel_error",
             "mask_rel_error", "note"]
+# Facts of the data kinds (experiments/data.py) that their dataset configs do not spell out.
+_KIND_LABELS = {"synthetic_pairs": 2, "digits": 10, "listops": 10}
+_KINDS_WITH_TOKEN_TYPES = ("synthetic_pairs", "glue")  # tokenised pairs pass token_type_ids to BERT
+# timm ViT sizes: (embed_dim, depth, num_heads); names are vit_<size>_patch<p>_<img>, MLP ratio 4.
+_VIT_SIZES = {"tiny": (192, 12, 3), "small": (384, 12, 6), "base": (768, 12, 12), "large": (1024, 24, 16),
+              "huge": (1280, 32, 16)}
 
 
 class NotModelled(ValueError):
     """The run is outside what the analytic model covers; the message says why."""
 
 
-def _lookup(model: dict, *names: str, default: object = None) -> object:
-    scopes = [model, *(model[k] for k in _NESTED if isinstance(model.get(k), dict))]
-    for name in names:
-        for scope in scopes:
-            if scope.get(name) is not None:
-                return scope[name]
-    if default is None:
-        raise NotModelled(f"model config lacks {' / '.join(names)}")
-    return default
+def _required(group: dict, key: str, where: str) -> object:
+    if group.get(key) is None:
+        raise NotModelled(f"{where} config lacks {key}")
+    return group[key]
+
+
+def _num_labels(dataset: dict) -> int:
+    labels = dataset.get("num_labels") or _KIND_LABELS.get(dataset.get("kind"))
+    if labels is None:
+        raise NotModelled(f"dataset kind {dataset.get('kind')!r} does not say its number of classes")
+    return max(int(labels), 1)
 
 
 def _text_shapes(results: dict, family: str) -> Shapes:
     config = results["config"]
     model, dataset = config["model"], config.get("dataset", {})
-    hidden_p = float(_lookup(model, "hidden_dropout_prob", default=0.1))
-    window = _lookup(model, "attention_window", default=512)
+    seq, head = int(results["seq_len"]), "mlm" if dataset.get("task") == "mlm" else "cls"
+    vocab = dataset.get("vocab_size") or 0
+    if family == "longformer":
+        vocab = max(int(model.get("vocab_size") or 0), vocab)
+    if head == "mlm" and not vocab:
+        raise NotModelled("the vocabulary size of this masked-LM run is not in its config")
+    window = model.get("attention_window", 512)
     return Shapes(
-        family=family, batch=int(results["batch_size"]), seq=int(results["seq_len"]),
-        hidden=int(_lookup(model, "hidden_size")), heads=int(_lookup(model, "num_attention_heads")),
-        intermediate=int(_lookup(model, "intermediate_size")), layers=int(_lookup(model, "num_hidden_layers")),
-        head="mlm" if dataset.get("task") == "mlm" else "cls",
-        num_labels=int(dataset.get("num_labels") or _lookup(model, "num_labels", default=2)),
-        vocab=int(_lookup(model, "vocab_size", default=30522)),
-        max_positions=int(_lookup(model, "max_position_embeddings", default=512)),
-        hidden_p=hidden_p, attn_p=float(_lookup(model, "attention_probs_dropout_prob", default=0.1)),
-        classifier_p=_lookup(model, "classifier_dropout", default=hidden_p),
+        family=family, batch=int(results["batch_size"]), seq=seq,
+        hidden=int(_required(model, "hidden_size", "model")),
+        heads=int(_required(model, "num_attention_heads", "model")),
+        intermediate=int(_required(model, "intermediate_size", "model")),
+        layers=int(_required(model, "num_hidden_layers", "model")), head=head,
+        num_labels=1 if head == "mlm" else _num_labels(dataset), vocab=int(vocab or 1),
+        max_positions=max(int(model.get("max_position_embeddings", 512)), seq),
+        hidden_p=float(model.get("hidden_dropout_prob", 0.1)),
+        attn_p=float(model.get("attention_probs_dropout_prob", 0.1)),
+        token_type_ids=dataset.get("kind") in _KINDS_WITH_TOKEN_TYPES,
         window=int(window[0] if isinstance(window, list) else window),
     )
 
@@ -58,20 +73,20 @@ def _text_shapes(results: dict, family: str) -> Shapes:
 def _vit_shapes(results: dict, family: str) -> Shapes:
     config = results["config"]
     model, dataset = config["model"], config.get("dataset", {})
-    hidden = int(_lookup(model, "embed_dim"))
+    arch = str(_required(model, "arch", "model"))
+    match = re.fullmatch(r"vit_(\w+?)_patch(\d+)_\d+", arch)
+    if match is None or match.group(1) not in _VIT_SIZES:
+        raise NotModelled(f"timm architecture {arch!r} is not one of vit_{{{', '.join(_VIT_SIZES)}}}_patch<p>_<img>")
+    embed_dim, depth, heads = _VIT_SIZES[match.group(1)]
+    arch_kwargs = {"embed_dim": embed_dim, "depth": depth, "num_heads": heads, "mlp_ratio": 4.0,
+                   "patch_size": int(match.group(2))} | dict(model.get("arch_overrides") or {})
+    drop = float(model.get("drop_rate", 0.0))  # the harness sets every timm dropout rate to it
     return Shapes(
-        family=family, batch=int(results["batch_size"]), seq=0, hidden=hidden,
-        heads=int(_lookup(model, "num_heads")),
-        intermediate=int(hidden * float(_lookup(model, "mlp_ratio", default=4.0))),
-        layers=int(_lookup(model, "depth")),
-        num_labels=int(dataset.get("num_labels") or _lookup(model, "num_classes", default=1000)),
-        hidden_p=float(_lookup(model, "proj_drop_rate", default=0.0)),
-        attn_p=float(_lookup(model, "attn_drop_rate", default=0.0)),
-        classifier_p=float(_lookup(model, "drop_rate", default=0.0)),
-        pos_p=float(_lookup(model, "pos_drop_rate", default=0.0)),
-        image_size=int(_lookup(model, "img_size", "image_size", default=224)),
-        patch_size=int(_lookup(model, "patch_size", default=16)),
-        channels=int(_lookup(model, "in_chans", default=3)),
+        family=family, batch=int(results["batch_size"]), seq=0, hidden=int(arch_kwargs["embed_dim"]),
+        heads=int(arch_kwargs["num_heads"]), intermediate=int(arch_kwargs["embed_dim"] * arch_kwargs["mlp_ratio"]),
+        layers=int(arch_kwargs["depth"]), num_labels=_num_labels(dataset), hidden_p=drop, attn_p=drop,
+        classifier_p=drop, pos_p=drop, image_size=int(_required(dataset, "image_size", "dataset")),
+        patch_size=int(arch_kwargs["patch_size"]), label_smoothing=float(model.get("label_smoothing", 0.0)),
     )
 
 

@@ -125,6 +125,7 @@ class Shapes:
     patch_size: int = 16
     channels: int = 3
     pos_p: float = 0.0  # ViT position-embedding dropout
+    label_smoothing: float = 0.0  # cross-entropy label smoothing (the harness's ViT)
 
     def __post_init__(self) -> None:
         if self.head not in HEADS:
@@ -175,10 +176,14 @@ def _ln(name: str, s: Shapes, st: Storage, rows: int) -> list[Item]:
 
 
 def _loss(s: Shapes, st: Storage, rows: int, classes: int) -> list[Item]:
-    """Cross-entropy: log-softmax output, int64 targets, the total-weight scalar."""
+    """Cross-entropy: log-softmax output, int64 targets, the total-weight scalar; label smoothing adds the
+    ignore-index mask and the int64 count of targets it averages over."""
     e = st.activation_bytes
-    return [Saved("log-softmax output", rows * classes * e), Saved("labels", rows * INDEX_BYTES),
-            Saved("loss total weight", e)]
+    items: list[Item] = [Saved("log-softmax output", rows * classes * e), Saved("labels", rows * INDEX_BYTES),
+                         Saved("loss total weight", e)]
+    if s.label_smoothing:
+        items += [Saved("ignore-index mask (bool)", rows), Saved("target count", INDEX_BYTES)]
+    return items
 
 
 def _ffn(s: Shapes, st: Storage, rows: int, prefix: str = "") -> list[Item]:

@@ -3,12 +3,13 @@
 import json
 from pathlib import Path
 
+# conf/model/tinybert.yaml and conf/dataset/synthetic_pairs.yaml, shrunk
 TINYBERT = {"name": "tinybert", "family": "bert", "attn_implementation": "eager", "pretrained": False,
             "checkpoint": "huawei-noah/TinyBERT_General_4L_312D", "hidden_size": 32, "num_hidden_layers": 2,
-            "num_attention_heads": 4, "intermediate_size": 64, "vocab_size": 100, "max_position_embeddings": 64,
+            "num_attention_heads": 4, "intermediate_size": 64, "max_position_embeddings": 64,
             "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1}
-PAIRS = {"name": "synthetic_pairs", "kind": "synthetic_pairs", "task": "pair_classification", "seq_len": 16,
-         "num_labels": 2}
+PAIRS = {"name": "synthetic_pairs", "kind": "synthetic_pairs", "task": "pair_classification", "metric": "f1",
+         "seq_len": 16}
 TRAINER = {"batch_size": 4, "steps": 6, "lr": 2e-5, "warmup_steps": 1, "weight_decay": 0.01, "precision": "fp32",
            "grad_checkpointing": False, "compile": False, "device": "cpu", "log_every": 2, "throughput_window": 4,
            "measure_step": 1, "eval_batches": 2, "paired": True, "grad_cosine_every": 2}

@@ -19,10 +19,10 @@ PROVENANCE = re.compile(r"command|device|commit|generated")
 
 def _measure_tinybert(variant: str) -> dict:
     """Saved bytes of the TINYBERT fake config's model at the fake runs' shape (batch 4, seq 16), measured."""
-    keys = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size",
-            "max_position_embeddings")
+    keys = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "max_position_embeddings")
     torch.manual_seed(0)
-    model = BertForSequenceClassification(BertConfig(attn_implementation="eager", **{k: TINYBERT[k] for k in keys}))
+    model = BertForSequenceClassification(BertConfig(vocab_size=100, attn_implementation="eager",
+                                                     **{k: TINYBERT[k] for k in keys}))
     pmdrop.convert(model.train(), variant)
     ids = torch.randint(0, 100, (4, 16))
     with pmdrop.track_saved_tensors(model.parameters()) as saved:

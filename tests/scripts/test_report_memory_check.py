@@ -2,13 +2,16 @@
 
 import pandas as pd
 import pytest
-from report_runs import TINYBERT, TRAINER, make_results, write_run
+from report_runs import PAIRS, TINYBERT, TRAINER, make_results, write_run
 
 from scripts.load import load_runs
 from scripts.memory_check import NotModelled, predictions, shapes_from_results, storage_from_results
 from scripts.memory_model import Shapes, Storage, mask_storage, predict
 
 GPU = "NVIDIA H100 80GB HBM3"
+VIT = {"name": "vit_tiny", "family": "vit", "arch": "vit_tiny_patch16_224", "attn_implementation": "eager",
+       "pretrained": False, "drop_rate": 0.1, "label_smoothing": 0.1, "arch_overrides": {"patch_size": 4}}
+DIGITS = {"name": "digits", "kind": "digits", "task": "image_classification", "seq_len": None, "image_size": 32}
 
 
 def _row(tmp_path, **fields):
@@ -18,13 +21,20 @@ def _row(tmp_path, **fields):
 
 def test_shapes_and_storage_come_from_the_resolved_config():
     results = make_results(variant="pmdrop")
-    assert shapes_from_results(results) == Shapes("bert", 4, 16, 32, 4, 64, 2, num_labels=2, vocab=100,
-                                                  max_positions=64, classifier_p=0.1)
+    assert shapes_from_results(results) == Shapes("bert", 4, 16, 32, 4, 64, 2, num_labels=2, vocab=1,
+                                                  max_positions=64)
     storage = storage_from_results(results)
     assert (storage.activation_bytes, storage.mask.name, storage.attention) == (4, "packed 8/byte", "eager")
     sdpa_gpu = make_results(model=dict(TINYBERT, attn_implementation="sdpa"), device=GPU, variant="baseline")
     storage = storage_from_results(sdpa_gpu)
     assert (storage.attention, storage.mask.name, storage.stat) == ("sdpa_fused", "torch bool mask", 4)
+
+
+def test_vit_shapes_from_the_timm_architecture_name_and_overrides():
+    shapes = shapes_from_results(make_results(model=VIT, dataset=DIGITS))
+    assert (shapes.hidden, shapes.layers, shapes.heads, shapes.intermediate) == (192, 12, 3, 768)
+    assert (shapes.patch_size, shapes.image_size, shapes.num_labels) == (4, 32, 10)
+    assert shapes.hidden_p == shapes.attn_p == shapes.classifier_p == shapes.pos_p == shapes.label_smoothing == 0.1
 
 
 def test_autocast_on_cuda_predicts_masks_only(tmp_path):
@@ -40,6 +50,8 @@ def test_autocast_on_cuda_predicts_masks_only(tmp_path):
     ({"variant": "pmdrop_fused"}, "no mask-storage model for variant 'pmdrop_fused'"),
     ({"model": dict(TINYBERT, family="gpt2")}, "no memory model for family 'gpt2'"),
     ({"model": {k: v for k, v in TINYBERT.items() if k != "hidden_size"}}, "model config lacks hidden_size"),
+    ({"dataset": dict(PAIRS, task="mlm")}, "vocabulary size of this masked-LM run is not in its config"),
+    ({"model": dict(VIT, arch="deit_small_patch16_224")}, "timm architecture 'deit_small_patch16_224' is not"),
 ])
 def test_runs_outside_the_model_say_why(tmp_path, fields, reason):
     row = _row(tmp_path, **fields)

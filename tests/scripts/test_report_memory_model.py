@@ -95,16 +95,16 @@ def test_bert_masked_lm_bf16_exact():
 
 
 class _ImageClassifier(torch.nn.Module):
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: torch.nn.Module, label_smoothing: float) -> None:
         super().__init__()
-        self.model = model
+        self.model, self.label_smoothing = model, label_smoothing
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(self.model(images), labels)
+        return F.cross_entropy(self.model(images), labels, label_smoothing=self.label_smoothing)
 
 
-@pytest.mark.parametrize("head_p", [0.0, 0.1])
-def test_vit_eager_exact(head_p):
+@pytest.mark.parametrize(("head_p", "label_smoothing"), [(0.0, 0.0), (0.1, 0.1)])
+def test_vit_eager_exact(head_p, label_smoothing):
     fused = timm.layers.use_fused_attn()
     timm.layers.set_fused_attn(False)
     try:
@@ -115,9 +115,9 @@ def test_vit_eager_exact(head_p):
     finally:
         timm.layers.set_fused_attn(fused)
     shapes = Shapes("vit", 3, 0, 32, 4, 64, 2, num_labels=5, image_size=32, patch_size=8, classifier_p=head_p,
-                    pos_p=0.1)
+                    pos_p=0.1, label_smoothing=label_smoothing)
     inputs = {"images": torch.randn(3, 3, 32, 32), "labels": torch.randint(0, 5, (3,))}
-    check(_ImageClassifier(vit.train()), shapes, inputs)
+    check(_ImageClassifier(vit.train(), label_smoothing), shapes, inputs)
 
 
 @pytest.mark.parametrize(("batch", "seq", "window", "head"), [(3, 40, 16, "cls"), (1, 64, 8, "mlm"), (1, 32, 8, "cls")])
