@@ -5,7 +5,7 @@ whether ``@triton.jit`` compiles for the GPU or runs in its CPU interpreter when
 decorated, i.e. when this module is imported: set ``TRITON_INTERPRET=1`` before that to run the
 kernels on CPU tensors (tests), and check :data:`INTERPRETED` afterwards.
 
-Random stream (Philox4x32-10, :func:`triton.language.philox`, key = the generator's seed): the tensor
+Random stream (Philox4x32-10, as curand and ``tl.philox`` compute it; key = the generator's seed): the tensor
 is cut into chunks of :data:`CHUNK` elements, one program each. Chunk ``c`` draws from subsequence
 ``c`` (counter words 2-3) at counters ``base + j`` for ``j < CHUNK // 4`` (words 0-1); each counter
 gives four 32-bit outputs, and output ``lane`` of counter ``j`` decides element ``lane * CHUNK // 4 + j``
@@ -30,6 +30,33 @@ PHILOX_OUTPUTS = 4  # 32-bit outputs per Philox4x32 counter
 COUNTERS_PER_CHUNK = CHUNK // PHILOX_OUTPUTS
 MASK_BLOCK_BYTES = 256  # packed bytes per program of the kernels that read or write masks without drawing
 NUM_WARPS = 4  # not tuned on a GPU yet (none was available): a starting point, not a measured optimum
+_ROUND_A: tl.constexpr = tl.constexpr(0xD2511F53)
+_ROUND_B: tl.constexpr = tl.constexpr(0xCD9E8D57)
+_KEY_A: tl.constexpr = tl.constexpr(0x9E3779B9)
+_KEY_B: tl.constexpr = tl.constexpr(0xBB67AE85)
+
+# The kernels call only jit functions of this module (not tl.philox, tl.sum): Triton's interpreter can run
+# only functions decorated while TRITON_INTERPRET=1 was set, and triton.language's own were decorated when
+# triton was first imported, which may have been earlier (torch.compile imports it).
+
+
+@triton.jit
+def philox4x32(c0, c1, c2, c3, k0, k1):
+    """Philox4x32-10 (Salmon et al., SC'11) on uint32 counter words c0..c3 and key k0, k1: four uint32 outputs."""
+    for _ in tl.static_range(10):
+        _c0, _c2 = c0, c2
+        c0 = tl.umulhi(_ROUND_B, _c2) ^ c1 ^ k0
+        c2 = tl.umulhi(_ROUND_A, _c0) ^ c3 ^ k1
+        c1 = tl.mul(_ROUND_B, _c2, sanitize_overflow=False)
+        c3 = tl.mul(_ROUND_A, _c0, sanitize_overflow=False)
+        k0 = tl.add(k0, _KEY_A, sanitize_overflow=False)
+        k1 = tl.add(k1, _KEY_B, sanitize_overflow=False)
+    return c0, c1, c2, c3
+
+
+@triton.jit
+def _bit_or(a, b):
+    return a | b
 
 
 @triton.jit
@@ -42,7 +69,7 @@ def _masked_scale(v, keep, scale):
 @triton.jit
 def _pack_bits(keep, cols, K: tl.constexpr):
     """[rows, K] booleans -> [rows] packed bytes."""
-    return tl.sum(keep.to(tl.int32) << (cols * (8 // K))[None, :], axis=1).to(tl.uint8)
+    return tl.reduce(keep.to(tl.uint8) << (cols * (8 // K)).to(tl.uint8)[None, :], 1, _bit_or)
 
 
 @triton.jit
@@ -70,11 +97,12 @@ def dropout_kernel(x_ptr, y_ptr, mask_ptr, scale_ptr, n, seed, counter_base, thr
     chunk = tl.program_id(0).to(tl.int64)
     rows = tl.arange(0, COUNTERS // K)
     cols = tl.arange(0, K)
-    counter = counter_base + rows[:, None] * K + cols[None, :]
+    counter = tl.to_tensor(counter_base).to(tl.int64) + rows[:, None] * K + cols[None, :]
     subsequence = chunk + counter * 0
-    bits0, bits1, bits2, bits3 = tl.philox(
-        seed, counter.to(tl.uint32), (counter >> 32).to(tl.uint32),
-        subsequence.to(tl.uint32), (subsequence >> 32).to(tl.uint32),
+    seed = tl.to_tensor(seed).to(tl.uint64)
+    bits0, bits1, bits2, bits3 = philox4x32(
+        counter.to(tl.uint32), (counter >> 32).to(tl.uint32), subsequence.to(tl.uint32),
+        (subsequence >> 32).to(tl.uint32), seed.to(tl.uint32), (seed >> 32).to(tl.uint32),
     )
     threshold = threshold.to(tl.uint32)
     scale = tl.load(scale_ptr)
