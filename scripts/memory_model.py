@@ -21,13 +21,14 @@ which keeps the same tensors as eager attention and stores its dropout noise as 
 
 A mask costs what the dropout variant stores per call: torch on CPU keeps the noise in the input's dtype
 (e bytes/element), torch on CUDA a bool mask (1 B), ``pmdrop`` ⌈n/8⌉ bytes, ``pmdrop_4bit`` ⌈n/4⌉, ``seeded``
-only the generator state (5056 B on CPU, 16 B on CUDA). On CPU a packed variant's output is decoded into a
+only the generator state (5056 B on CPU, 16 B on CUDA), the fused Triton ``pmdrop_fused`` ⌈n/8⌉ bytes and
+``seeded_fused`` nothing. On CPU a packed variant's output is decoded into a
 buffer of ⌈n/k⌉·k elements; where a later op keeps that output, the few padding elements count too.
 
 Checked byte for byte on CPU (tests/scripts/test_report_memory_model.py): BERT eager and SDPA (math path),
 classifier and MLM heads, fp32 and bf16 weights; timm ViT; Longformer with and without global attention. The
-CUDA-only terms (bool masks, fused-attention logsumexp, fp32 LayerNorm statistics) follow the kernels' saved
-tensors as documented but were not measured here (no GPU).
+CUDA-only terms (bool masks, fused-attention logsumexp, fp32 LayerNorm statistics, the fused Triton variants)
+follow the kernels' saved tensors as read from their sources but were not measured here (no GPU).
 """
 
 from __future__ import annotations
@@ -67,13 +68,16 @@ def _rng_state(device_type: str) -> MaskStorage:
     return MaskStorage("generator state", lambda n, e: state)
 
 
-# Variant name -> its mask storage on a device type ("cpu" or "cuda").
+# Variant name -> its mask storage on a device type ("cpu" or "cuda"). The fused Triton variants write their
+# output into a buffer of exactly n elements; seeded_fused keeps its Philox seed and counter as Python ints.
 MASK_STORAGE: dict[str, Callable[[str], MaskStorage]] = {
     "baseline": _torch_mask,
     "pmdrop": lambda device: _packed(8, device),
     "pmdrop_nocache": lambda device: _packed(8, device),
     "pmdrop_4bit": lambda device: _packed(4, device),
     "seeded": _rng_state,
+    "pmdrop_fused": lambda device: MaskStorage("packed 8/byte (fused kernel)", lambda n, e: math.ceil(n / 8)),
+    "seeded_fused": lambda device: MaskStorage("nothing (seed in the autograd context)", lambda n, e: 0),
 }
 
 

@@ -47,7 +47,7 @@ def test_autocast_on_cuda_predicts_masks_only(tmp_path):
 
 @pytest.mark.parametrize(("fields", "reason"), [
     ({"precision": "bf16"}, "autocast on CPU"),
-    ({"variant": "pmdrop_fused"}, "no mask-storage model for variant 'pmdrop_fused'"),
+    ({"variant": "pmdrop_k2"}, "no mask-storage model for variant 'pmdrop_k2'"),
     ({"model": dict(TINYBERT, family="gpt2")}, "no memory model for family 'gpt2'"),
     ({"model": {k: v for k, v in TINYBERT.items() if k != "hidden_size"}}, "model config lacks hidden_size"),
     ({"dataset": dict(PAIRS, task="mlm")}, "vocabulary size of this masked-LM run is not in its config"),

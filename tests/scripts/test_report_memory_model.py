@@ -54,11 +54,13 @@ def test_mask_bytes_scale_with_storage_per_element():
                  for v in ("baseline", "pmdrop", "pmdrop_4bit")}
     assert per_layer["baseline"] == 8 * per_layer["pmdrop"] == 4 * per_layer["pmdrop_4bit"]
     assert predict(shapes, Storage(4, mask_storage("seeded", "cuda"))).layer_mask_bytes == 3 * 16
+    assert predict(shapes, Storage(4, mask_storage("pmdrop_fused", "cuda"))).layer_mask_bytes == per_layer["pmdrop"]
+    assert predict(shapes, Storage(4, mask_storage("seeded_fused", "cuda"))).layer_mask_bytes == 0
 
 
 def test_bad_choices_name_the_valid_ones():
     with pytest.raises(ValueError, match="modelled: baseline, pmdrop"):
-        mask_storage("pmdrop_fused", "cuda")
+        mask_storage("pmdrop_k2", "cuda")
     with pytest.raises(ValueError, match="valid: eager, sdpa_math, sdpa_fused"):
         Storage(4, mask_storage("pmdrop", "cpu"), "flash")
     with pytest.raises(ValueError, match="valid: bert, vit, longformer"):
