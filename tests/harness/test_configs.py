@@ -164,7 +164,13 @@ def test_gpu_campaign_covers_every_shape_attention_and_variant(scale, variants):
             ("longformer_base-eager", 16384, 2),
         } <= shapes
         assert {(job.trainer.precision, job.trainer.device) for job in jobs} == {("bf16", "cuda")}
+        for job in jobs:  # full scale keeps each model's own depth
+            own = compose(config_name="config", overrides=[f"model={job.model.name.split('-')[0]}"]).model
+            assert job.model.get("num_hidden_layers") == own.get("num_hidden_layers")
+            assert job.model.get("arch_overrides") == own.get("arch_overrides")
     else:
+        assert {job.model.get("num_hidden_layers", 2) for job in jobs} == {2}
+        assert {job.model.arch_overrides.depth for job in jobs if job.model.family == "vit"} == {2}
         assert max(seq_len or 0 for _, seq_len, _ in shapes) <= 2048 and max(batch for *_, batch in shapes) <= 2
         assert {job.trainer.device for job in jobs} == {"cpu"}
 
