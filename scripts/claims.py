@@ -57,8 +57,8 @@ class Scope:
 
 
 ANY = Scope(description="any configuration")
-TINYBERT = Scope(r"tiny", None, "TinyBERT, any pair-classification data")
-TINYBERT_MRPC = Scope(r"tiny", r"mrpc", "TinyBERT on GLUE MRPC")
+TINYBERT = Scope(r"tinybert", None, "TinyBERT, any data")
+TINYBERT_MRPC = Scope(r"tinybert", r"mrpc", "TinyBERT on GLUE MRPC")
 BERT_BASE = Scope(r"bert.?base", None, "BERT-Base, any data")
 BERT_BASE_SST2 = Scope(r"bert.?base", r"sst", "BERT-Base on SST-2")
 BERT_LARGE = Scope(r"bert.?large", None, "BERT-Large, any data")
