@@ -5,8 +5,8 @@ equal to the baseline's seed by seed, which is the strongest possible finding ("
 pairs") and one where a t statistic is 0/0. ``Comparison.case`` says which situation applies:
 
 * ``none``      no seed finished in both groups;
-* ``single``    one pair: a difference, no spread, no test;
-* ``identical`` every pair equal;
+* ``identical`` every pair equal (also when there is only one);
+* ``single``    one pair that differs: a difference, no spread, no test;
 * ``constant``  every pair differs by the same amount (zero variance of the differences);
 * ``varied``    the ordinary case, where the t-based tests apply.
 """
@@ -165,10 +165,10 @@ def compare(
     diffs = v - b
     mean_diff = float(diffs.mean())
     common |= {"baseline_mean": float(b.mean()), "variant_mean": float(v.mean()), "mean_diff": mean_diff}
-    if len(seeds) == 1:
-        return Comparison("single", **common)
     if np.all(diffs == 0):
         return Comparison("identical", **common, diff_ci=(0.0, 0.0), bootstrap_ci=(0.0, 0.0))
+    if len(seeds) == 1:
+        return Comparison("single", **common)
     if np.all(diffs == diffs[0]):
         return Comparison("constant", **common, diff_ci=(mean_diff, mean_diff), bootstrap_ci=(mean_diff, mean_diff))
     t_ci = stats.t.interval(confidence, diffs.size - 1, loc=mean_diff, scale=diffs.std(ddof=1) / math.sqrt(diffs.size))
@@ -218,7 +218,8 @@ def verdict(c: Comparison, alpha: float = 0.05, fmt=lambda x: f"{x:.4g}") -> str
     if c.case == "none":
         return "no seed finished in both groups: nothing to pair" + unpaired
     if c.case == "identical":
-        return f"identical in all {c.n_pairs} pairs" + unpaired
+        pairs = "the one pair (no test)" if c.n_pairs == 1 else f"all {c.n_pairs} pairs"
+        return f"identical in {pairs}" + unpaired
     if c.case == "single":
         return f"one pair only (difference {fmt(c.mean_diff)}): no test" + unpaired
     if c.case == "constant":

@@ -116,6 +116,11 @@ def test_constant_difference_has_no_t_test_but_checks_the_margin():
     assert "outside" in verdict(compare(BASE, shifted, Margin("absolute", 0.1)))
 
 
+def test_one_equal_pair_is_identical_without_a_test():
+    c = compare({0: 1.0}, {0: 1.0})
+    assert c.case == "identical" and verdict(c) == "identical in the one pair (no test)"
+
+
 def test_single_pair_and_unpaired_seeds():
     single = compare({0: 1.0, 1: 2.0}, {1: 2.5, 5: 9.0})
     assert single.case == "single" and single.n_pairs == 1 and single.unpaired_seeds == (0, 5)
