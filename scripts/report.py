@@ -111,7 +111,7 @@ def _task(rows: pd.DataFrame) -> str:
         return "—"
     r = row.iloc[0]
     if r["case"] == "identical":
-        return f"identical ({r['n_pairs']} pairs)"
+        return f"identical ({r['n_pairs']} pair{'' if r['n_pairs'] == 1 else 's'})"
     return "—" if pd.isna(r["mean_diff"]) else f"{r['mean_diff']:+.3g} ({r['case']}, n={r['n_pairs']})"
 
 
