@@ -20,6 +20,8 @@ least significant first, bits past the last element zero.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import triton
 import triton.language as tl
@@ -144,6 +146,12 @@ def pack_kernel(mask_ptr, out_ptr, n, n_bytes, BLOCK_BYTES: tl.constexpr, K: tl.
 INTERPRETED = isinstance(dropout_kernel, InterpretedFunction)
 
 
+def _launch(kernel, n_programs: int, *args, **constexprs) -> None:
+    # Triton launches on the current CUDA device, which need not be the tensors' (args[0] is one of them).
+    with torch.cuda.device(args[0].device) if args[0].is_cuda else contextlib.nullcontext():
+        kernel[(n_programs,)](*args, **constexprs, num_warps=NUM_WARPS)
+
+
 def _check_flat(t: torch.Tensor, what: str) -> None:
     if t.dim() != 1 or not t.is_contiguous():
         raise ValueError(f"{what} must be a flat contiguous tensor, got shape {tuple(t.shape)} strides {t.stride()}")
@@ -166,10 +174,9 @@ def dropout(
     _check_flat(x, "x")
     _check_flat(out, "out")
     n = x.numel()
-    grid = (triton.cdiv(n, CHUNK),)
-    dropout_kernel[grid](
-        x, out, x if packed is None else packed, scale, n, seed, counter_base, philox_threshold(p),
-        COUNTERS=COUNTERS_PER_CHUNK, K=masks_per_byte, STORE_MASK=packed is not None, num_warps=NUM_WARPS,
+    _launch(
+        dropout_kernel, triton.cdiv(n, CHUNK), x, out, x if packed is None else packed, scale, n, seed, counter_base,
+        philox_threshold(p), COUNTERS=COUNTERS_PER_CHUNK, K=masks_per_byte, STORE_MASK=packed is not None,
     )
 
 
@@ -177,10 +184,9 @@ def masked_scale(grad: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, 
     """``grad * unpack(packed) * scale`` in one pass; ``grad`` flat and contiguous."""
     _check_flat(grad, "grad")
     out = torch.empty_like(grad)
-    grid = (triton.cdiv(packed.numel(), MASK_BLOCK_BYTES),)
-    masked_scale_kernel[grid](
-        grad, packed, out, scale, grad.numel(), packed.numel(),
-        BLOCK_BYTES=MASK_BLOCK_BYTES, K=masks_per_byte, num_warps=NUM_WARPS,
+    _launch(
+        masked_scale_kernel, triton.cdiv(packed.numel(), MASK_BLOCK_BYTES), grad, packed, out, scale, grad.numel(),
+        packed.numel(), BLOCK_BYTES=MASK_BLOCK_BYTES, K=masks_per_byte,
     )
     return out
 
@@ -194,7 +200,8 @@ def pack(mask: torch.Tensor, masks_per_byte: int = 8) -> torch.Tensor:
     n_bytes = -(-flat.numel() // masks_per_byte)
     out = torch.empty(n_bytes, dtype=torch.uint8, device=mask.device)
     if n_bytes:
-        grid = (triton.cdiv(n_bytes, MASK_BLOCK_BYTES),)
-        pack_kernel[grid](flat, out, flat.numel(), n_bytes, BLOCK_BYTES=MASK_BLOCK_BYTES, K=masks_per_byte,
-                          num_warps=NUM_WARPS)
+        _launch(
+            pack_kernel, triton.cdiv(n_bytes, MASK_BLOCK_BYTES), flat, out, flat.numel(), n_bytes,
+            BLOCK_BYTES=MASK_BLOCK_BYTES, K=masks_per_byte,
+        )
     return out

@@ -232,6 +232,23 @@ def test_create_graph_gives_the_same_gradient_and_a_second_derivative(variant):
     assert torch.equal(x.grad, 2 * noise * noise)
 
 
+@pytest.mark.parametrize("variant", ["pmdrop_fused", "seeded_fused"])
+def test_activation_checkpointing_recomputes_the_same_mask(variant):
+    x0 = nonzero_randn(SHAPES[1])
+
+    def block(x: torch.Tensor) -> torch.Tensor:
+        return pmdrop.dropout(x * 2, 0.3, variant=variant).sin()
+
+    results = []
+    for checkpointed in (False, True):
+        torch.manual_seed(0)
+        x = x0.clone().requires_grad_()
+        y = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False) if checkpointed else block(x)
+        y.sum().backward()
+        results.append((y.detach(), x.grad))
+    assert all(map(torch.equal, *results))
+
+
 @pytest.mark.parametrize("masks_per_byte", [8, 4, 2, 1])
 def test_pack_kernel_matches_pack_flat(masks_per_byte):
     generator = torch.Generator().manual_seed(masks_per_byte)
@@ -304,6 +321,60 @@ for step in ("plain", "compiled"):
         "compiled its kernels for the GPU; set TRITON_INTERPRET=1 before its first use to run Triton's interpreter "
         "on CPU",
     ]
+
+
+AOT_COMPILE = """
+import os, re, subprocess, sys, tempfile
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+import pmdrop.triton_kernels as tk
+
+def compile_for(arch, kernel, signature, constexprs):
+    # as Triton specializes a launch whose pointers are 16-byte aligned and sizes multiples of 16
+    specialized = [i for i, name in enumerate(signature) if name.endswith("_ptr") or name in ("n", "n_bytes")]
+    aligned = {(i,): [["tt.divisibility", 16]] for i in specialized}
+    source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=aligned)
+    compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options={"num_warps": tk.NUM_WARPS})
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as cubin:
+        cubin.write(compiled.asm["cubin"])
+        cubin.flush()
+        tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+        usage = subprocess.run([tool, "--dump-resource-usage", cubin.name], capture_output=True, text=True).stdout
+    ptx = compiled.asm["ptx"]
+    wide = "ld.global.v4.b32" in ptx and "st.global.v4.b32" in ptx
+    print(kernel.__name__, arch, constexprs, "128-bit" if wide else "narrow", re.search(r"LOCAL:\\d+", usage)[0])
+
+def tensors(dtype, **names):
+    return {name: kind.replace("T", dtype) for name, kind in names.items()}
+
+for arch in (90, 80):
+    compile_for(arch, tk.dropout_kernel, {
+        **tensors("fp32", x_ptr="*T", y_ptr="*T", mask_ptr="*u8", scale_ptr="*T"), "n": "i32", "seed": "i64",
+        "counter_base": "i64", "threshold": "u32", "COUNTERS": "constexpr", "K": "constexpr",
+        "STORE_MASK": "constexpr"}, {"COUNTERS": tk.COUNTERS_PER_CHUNK, "K": 8, "STORE_MASK": True})
+compile_for(90, tk.masked_scale_kernel, {
+    **tensors("fp32", grad_ptr="*T", mask_ptr="*u8", out_ptr="*T", scale_ptr="*T"), "n": "i32", "n_bytes": "i32",
+    "BLOCK_BYTES": "constexpr", "K": "constexpr"}, {"BLOCK_BYTES": tk.MASK_BLOCK_BYTES, "K": 4})
+compile_for(90, tk.pack_kernel, {"mask_ptr": "*u8", "out_ptr": "*u8", "n": "i32", "n_bytes": "i32",
+    "BLOCK_BYTES": "constexpr", "K": "constexpr"}, {"BLOCK_BYTES": tk.MASK_BLOCK_BYTES, "K": 8})
+"""
+
+
+def test_kernels_compile_to_gpu_code_without_a_gpu():
+    """The interpreter never lowers to GPU code: compile for sm_90 and sm_80 ahead of time (Triton's bundled ptxas).
+
+    The fp32 random kernel and the backward must use 128-bit loads and stores, and no kernel may spill.
+    """
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", AOT_COMPILE], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    assert [line.split(" ")[:2] for line in lines] == [
+        ["dropout_kernel", "90"], ["dropout_kernel", "80"], ["masked_scale_kernel", "90"], ["pack_kernel", "90"],
+    ]
+    assert all(line.endswith("LOCAL:0") for line in lines), lines
+    assert all("128-bit" in line for line in lines[:3]), lines
 
 
 def test_bench_gpu_smoke_runs_and_cpu_timing_is_refused():
