@@ -10,11 +10,12 @@ Registers two variants on import (``pmdrop.variant_names()`` lists them afterwar
 
 **Not bit-identical to torch.nn.Dropout** (``bit_exact=False``): the random bits come from Triton's
 Philox stream (see :mod:`pmdrop.triton_kernels`), not from the one ``native_dropout`` draws, so the
-masks differ from torch's for the same seed. What holds instead: the seed and counter come from
-torch's generator (``Generator.philox_state``, the reservation the built-in CUDA random kernels
-use), so ``torch.manual_seed`` reproduces the masks and later torch random ops are unaffected; each
-element is kept with probability ``1 - p`` (to within 2**-33); kept elements are scaled by
-``1 / (1 - p)`` exactly as torch rounds it; backward uses exactly the forward's mask.
+masks differ from torch's for the same seed. What holds instead: the seed and counters are reserved
+from torch's CUDA generator (``Generator.philox_state``, the protocol of the built-in CUDA random
+kernels), so ``torch.manual_seed`` reproduces the masks and they never reuse numbers another random
+op draws; each element is kept with probability ``1 - p`` (to within 2**-32); kept elements are
+scaled by ``1 / (1 - p)`` computed as torch computes it (float32, float64 for float64 inputs);
+backward uses exactly the forward's mask.
 
 Inputs that are not contiguous are copied to a contiguous buffer first (one extra pass); the output
 and the input gradient are contiguous. CUDA graph capture is not supported (refused with an error).

@@ -258,6 +258,18 @@ def test_pack_kernel_matches_pack_flat(masks_per_byte):
             assert torch.equal(kernels.pack(flat, masks_per_byte), pmdrop.packing.pack_flat(flat, masks_per_byte))
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_masked_scale_kernel_is_native_dropout_backward(dtype):
+    """So the exact route could run its backward straight from the packed mask (the hook in the report)."""
+    if kernels.INTERPRETED and dtype == torch.bfloat16:
+        pytest.skip("the interpreter truncates float32 to bfloat16 where torch and a GPU round to nearest")
+    grad = nonzero_randn((3, 1367), dtype)
+    mask = torch.rand(3, 1367, device=DEVICE) < 0.7
+    scale = torch.tensor([1 / 0.7], dtype=torch.float64 if dtype == torch.float64 else torch.float32, device=DEVICE)
+    ours = kernels.masked_scale(grad.view(-1), pmdrop.packing.pack_flat(mask.view(-1)), scale, 8)
+    assert torch.equal(ours, torch.ops.aten.native_dropout_backward(grad, mask, 1 / 0.7).view(-1))
+
+
 def test_pack_kernel_refuses_other_inputs():
     with pytest.raises(TypeError, match=r"bool or uint8 mask, got torch\.float32"):
         kernels.pack(torch.zeros(8, device=DEVICE))
