@@ -24,8 +24,9 @@ def harness_runs(tmp_path_factory) -> Path:
     overrides = ["model=tinybert", "dataset=synthetic_pairs", "model.hidden_size=32", "model.num_attention_heads=4",
                  "model.intermediate_size=64", "model.num_hidden_layers=2", "trainer.paired=true",
                  "trainer.grad_cosine_every=1", "variant=baseline,pmdrop", "seed=0,1"]
-    subprocess.run([sys.executable, "run.py", "-m", *overrides, *TINY, f"runs_root={root}"], cwd=REPO, check=True,
-                   capture_output=True, timeout=300)
+    done = subprocess.run([sys.executable, "run.py", "-m", *overrides, *TINY, f"runs_root={root}"], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
     return root
 
 
