@@ -80,11 +80,12 @@ def _offline_hint(dataset: DictConfig, error: Exception, override: str) -> Runti
 
 @register("synthetic_pairs")
 def synthetic_pairs(dataset: DictConfig, model: DictConfig, seed: int) -> TaskData:
-    """Sentence pairs ``[CLS] a [SEP] b [SEP]``: the label is the polarity of the pair's polar words.
+    """Sentence pairs ``[CLS] a [SEP] b [SEP]``: the label is the polarity of the pair's polar words,
+    flipped for a fraction ``label_noise`` of the pairs.
 
     Each word is polar with probability ``polar_fraction`` (from the positive or the negative band, as the
-    label says) or neutral; so the label is readable from any polar word of either sentence, which a freshly
-    initialised TinyBERT picks up within a few dozen steps. Data are fixed by ``dataset.data_seed``, not the
+    pair's polarity says) or neutral; so the polarity is readable from any polar word of either sentence, which
+    a freshly initialised TinyBERT picks up within a few dozen steps. Data are fixed by ``dataset.data_seed``, not the
     run's seed, so every seed and variant sees the same train and eval sets.
     """
     band, sentence = dataset.band_size, (dataset.seq_len - 3) // 2
@@ -93,13 +94,15 @@ def synthetic_pairs(dataset: DictConfig, model: DictConfig, seed: int) -> TaskDa
     generator = torch.Generator().manual_seed(dataset.data_seed)
 
     def make(n: int) -> dict[str, torch.Tensor]:
-        labels = torch.randint(0, 2, (n,), generator=generator)
-        polar = len(SPECIALS) + labels[:, None] * band + torch.randint(0, band, (n, 2 * sentence), generator=generator)
+        polarity = torch.randint(0, 2, (n,), generator=generator)
+        offset = torch.randint(0, band, (n, 2 * sentence), generator=generator)
+        polar = len(SPECIALS) + polarity[:, None] * band + offset
         neutral = len(SPECIALS) + 2 * band + torch.randint(0, band, (n, 2 * sentence), generator=generator)
         words = torch.where(torch.rand(n, 2 * sentence, generator=generator) < dataset.polar_fraction, polar, neutral)
         column = torch.full((n, 1), 0)
         ids = torch.cat([column + CLS, words[:, :sentence], column + SEP, words[:, sentence:], column + SEP], dim=1)
         segment = torch.cat([torch.zeros(n, sentence + 2), torch.ones(n, sentence + 1)], dim=1).long()
+        labels = polarity ^ (torch.rand(n, generator=generator) < dataset.label_noise).long()
         return {"input_ids": ids, "token_type_ids": segment, "attention_mask": torch.ones_like(ids), "labels": labels}
 
     return TaskData(
