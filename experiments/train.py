@@ -8,12 +8,20 @@ trains, evaluates and returns the measured fields of results.json. Measurements:
   (``cpu_peak_rss``, a high-water mark of the whole process, earlier jobs of a sweep included);
 * throughput: mean over the last ``throughput_window`` steps, warm-up steps excluded, CUDA synchronised;
 * paired mode: a baseline copy from the same initial weights steps in lockstep from the same RNG state, and the
-  cosine of the two flattened gradients is recorded every ``grad_cosine_every`` steps.
+  cosine of the two flattened gradients is recorded every ``grad_cosine_every`` steps;
+* ``param_sha256``: a digest of the final parameters, equal across runs that end bit-identical (composability);
+* DDP (``torchrun``, see experiments/distributed.py): throughput summed over ranks, peak memory per rank (and the
+  largest as ``peak_memory_bytes``), the rest from rank 0;
+* robustness (experiments/robustness.py): bit flips in packed masks while training, FGSM after it.
+
+A config with a ``maxfit`` block searches for the largest batch or sequence length instead (experiments/maxfit.py).
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
+import hashlib
 import math
 import resource
 import time
@@ -28,7 +36,9 @@ from tqdm import tqdm
 
 import pmdrop
 
+from . import distributed, robustness
 from .data import DATASETS, TaskData, build_data
+from .distributed import Ranks
 from .models import MODELS, build_model
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -58,6 +68,9 @@ class TrainerSchema:
     paired: bool = False
     grad_cosine_every: int = 100
     threads: int | None = None
+    compile_fallback_random: bool = True
+    bitflip_fraction: float = 0.0
+    fgsm_epsilon: float | None = None
 
 
 def _choice(key: str, value, valid) -> None:
@@ -86,9 +99,21 @@ def check_config(cfg: DictConfig) -> None:
         raise ValueError("trainer.device=cuda but no CUDA device is visible; use trainer.device=auto or cpu")
     if cfg.dataset.get("seq_len") is not None and cfg.dataset.seq_len < 1:
         raise ValueError(f"dataset.seq_len={cfg.dataset.seq_len} must be >= 1")
+    if not 0.0 <= trainer.bitflip_fraction <= 1.0:
+        raise ValueError(f"trainer.bitflip_fraction={trainer.bitflip_fraction} must be between 0 and 1")
+    robustness.check_bitflip_variant(trainer.bitflip_fraction, cfg.variant.name)
+    if trainer.fgsm_epsilon is not None and trainer.fgsm_epsilon < 0:
+        raise ValueError(f"trainer.fgsm_epsilon={trainer.fgsm_epsilon} must be >= 0")
+    if trainer.fgsm_epsilon is not None and cfg.dataset.task != "image_classification":
+        raise ValueError(f"trainer.fgsm_epsilon={trainer.fgsm_epsilon} needs an image task, not dataset.task="
+                         f"{cfg.dataset.task!r}; valid: image_classification")
+    if cfg.get("maxfit") is not None:
+        from .maxfit import check_maxfit_config  # maxfit builds on this module
+
+        check_maxfit_config(cfg)
 
 
-def _device(name: str) -> torch.device:
+def resolve_device(name: str) -> torch.device:
     return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else "cpu" if name == "auto" else name)
 
 
@@ -144,13 +169,24 @@ class Learner:
         self.optimizer.zero_grad(set_to_none=True)
 
 
-def _prepare(model: torch.nn.Module, trainer: DictConfig) -> torch.nn.Module:
+def prepare(model: torch.nn.Module, trainer: DictConfig, device: torch.device, ranks: Ranks) -> torch.nn.Module:
+    """Activation checkpointing, torch.compile, then DDP around it when there are several ranks."""
     if trainer.grad_checkpointing:
         if hasattr(model, "gradient_checkpointing_enable"):
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         else:
             model.net.set_grad_checkpointing(True)
-    return torch.compile(model) if trainer.compile else model
+    return distributed.wrap(torch.compile(model) if trainer.compile else model, device, ranks)
+
+
+def compile_settings(trainer: DictConfig):
+    """Inductor draws random numbers with its own RNG unless ``fallback_random`` is set: compiled dropout (torch's
+    and pmdrop's) then matches eager dropout bit for bit only with it (see the README's torch.compile notes)."""
+    if not trainer.compile:
+        return nullcontext()
+    import torch._inductor.config as inductor_config
+
+    return inductor_config.patch(fallback_random=trainer.compile_fallback_random)
 
 
 def evaluate(model: torch.nn.Module, data: TaskData, trainer: DictConfig, device: torch.device,
@@ -190,84 +226,124 @@ def _peak_memory(device: torch.device) -> tuple[int, str]:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "cpu_peak_rss"
 
 
+def parameter_digest(model: torch.nn.Module) -> str:
+    """SHA-256 of every parameter's bytes in order: equal digests mean bit-identical parameters."""
+    digest = hashlib.sha256()
+    for parameter in model.parameters():
+        digest.update(parameter.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _rank_data(data: TaskData, batch_size: int, ranks: Ranks) -> TaskData:
+    """This rank's shard of the training data; it must hold a whole batch (the batch iterator yields only full ones)."""
+    data = dataclasses.replace(data, train=distributed.shard(data.train, ranks))
+    samples = len(next(iter(data.train.values())))
+    if samples < batch_size:
+        where = f" on rank {ranks.rank} of {ranks.world_size}" if ranks.world_size > 1 else ""
+        raise ValueError(f"the training data hold {samples} samples{where}, fewer than trainer.batch_size={batch_size}")
+    return data
+
+
 def run_training(cfg: DictConfig, log_step: Callable[[int, dict], None]) -> dict:
-    trainer, device = cfg.trainer, _device(cfg.trainer.device)
+    if cfg.get("maxfit") is not None:
+        from .maxfit import run_search  # maxfit builds on this module
+
+        return run_search(cfg, log_step)
+    trainer, ranks = cfg.trainer, distributed.current()
+    device = distributed.device_for(ranks, resolve_device(trainer.device))
     if trainer.get("threads"):
         torch.set_num_threads(trainer.threads)
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     if device.type == "cuda":
-        torch.cuda.manual_seed_all(cfg.seed)
         torch.cuda.reset_peak_memory_stats(device)
-    data = build_data(cfg.dataset, cfg.model, cfg.seed)
+    data = _rank_data(build_data(cfg.dataset, cfg.model, cfg.seed), trainer.batch_size, ranks)
     model = build_model(cfg.model, data).to(device)
+    torch.manual_seed(cfg.seed + ranks.rank)  # each rank its own dropout masks, reproducibly
     variant = cfg.variant.name
     # Paired mode pairs a variant with the baseline; the baseline's own run has nothing to pair with.
     paired = trainer.paired and variant != "baseline"
-    reference = Learner(_prepare(pmdrop.convert(copy.deepcopy(model), "baseline"), trainer), trainer, device) \
-        if paired else None
-    learner = Learner(_prepare(pmdrop.convert(model, variant), trainer), trainer, device)
+    reference = Learner(prepare(pmdrop.convert(copy.deepcopy(model), "baseline"), trainer, device, ranks), trainer,
+                        device) if paired else None
+    learner = Learner(prepare(pmdrop.convert(model, variant), trainer, device, ranks), trainer, device)
     batches: Iterator = data.batches(trainer.batch_size, torch.Generator().manual_seed(cfg.seed))
 
     saved = pmdrop.SavedBytes()
     step_times, grad_cosine, loss = [], [], math.nan
     warmup = min(trainer.warmup_steps, trainer.steps // 2, 3) if trainer.steps > 1 else 0
     bar = tqdm(range(1, trainer.steps + 1), desc=f"{cfg.model.name}/{variant}/seed{cfg.seed}", leave=False,
-               mininterval=1.0)
-    for step in bar:
-        batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
-        if reference is not None:
-            state = _rng_state(device)
-            reference.backward(reference.forward(batch))
-            _set_rng_state(state, device)
-        _sync(device)
-        start = time.perf_counter()
-        if step == trainer.measure_step:
-            with pmdrop.track_saved_tensors(learner.model.parameters()) as saved:
+               mininterval=1.0, disable=not ranks.is_main)
+    with compile_settings(trainer), robustness.bitflip_injection(trainer.bitflip_fraction, cfg.seed,
+                                                                 ranks.rank) as flips:
+        for step in bar:
+            batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
+            if reference is not None:
+                state = _rng_state(device)
+                reference.backward(reference.forward(batch))
+                _set_rng_state(state, device)
+            _sync(device)
+            start = time.perf_counter()
+            if step == trainer.measure_step:
+                with pmdrop.track_saved_tensors(learner.model.parameters()) as saved:
+                    loss_tensor = learner.forward(batch)
+            else:
                 loss_tensor = learner.forward(batch)
-        else:
-            loss_tensor = learner.forward(batch)
-        loss = learner.backward(loss_tensor)
-        del loss_tensor  # let the graph go before the optimizer step, as a training loop does
-        if reference is not None and (step % trainer.grad_cosine_every == 0 or step == 1):
-            cosine = torch.nn.functional.cosine_similarity(_flat_grad(learner.model), _flat_grad(reference.model),
-                                                           dim=0).item()
-            grad_cosine.append([step, cosine])
-            log_step(step, {"grad_cosine": cosine})
-        learner.update()
-        _sync(device)
-        step_times.append(time.perf_counter() - start)
-        if reference is not None:
-            reference.update()
-        if step % trainer.log_every == 0 or step == trainer.steps:
-            rate = trainer.batch_size / step_times[-1]
-            bar.set_postfix(loss=f"{loss:.4f}", samples_per_s=f"{rate:.1f}")
-            log_step(step, {"loss": loss, "lr": learner.scheduler.get_last_lr()[0], "step_time_s": step_times[-1],
-                            "samples_per_s": rate})
+            loss = learner.backward(loss_tensor)
+            del loss_tensor  # let the graph go before the optimizer step, as a training loop does
+            if reference is not None and (step % trainer.grad_cosine_every == 0 or step == 1):
+                cosine = torch.nn.functional.cosine_similarity(_flat_grad(learner.model), _flat_grad(reference.model),
+                                                               dim=0).item()
+                grad_cosine.append([step, cosine])
+                log_step(step, {"grad_cosine": cosine})
+            learner.update()
+            _sync(device)
+            step_times.append(time.perf_counter() - start)
+            if reference is not None:
+                reference.update()
+            if step % trainer.log_every == 0 or step == trainer.steps:
+                rate = trainer.batch_size * ranks.world_size / step_times[-1]
+                bar.set_postfix(loss=f"{loss:.4f}", samples_per_s=f"{rate:.1f}")
+                log_step(step, {"loss": loss, "lr": learner.scheduler.get_last_lr()[0],
+                                "step_time_s": step_times[-1], "samples_per_s": rate})
     bar.close()
 
     timed = step_times[warmup:][-trainer.throughput_window:] or step_times
     step_time = sum(timed) / len(timed)
-    metrics = evaluate(learner.model, data, trainer, device, learner.autocast)
-    peak, peak_kind = _peak_memory(device)
+    # Every rank's replica is the same; rank 0 evaluates alone, the others wait for its metrics.
+    metrics = None
+    if ranks.is_main:
+        with compile_settings(trainer):
+            metrics = evaluate(distributed.unwrap(learner.model), data, trainer, device, learner.autocast)
+        if trainer.fgsm_epsilon is not None:
+            metrics |= robustness.fgsm_metrics(distributed.unwrap(learner.model), data, trainer, device,
+                                               learner.autocast, metrics["accuracy"])
+    metrics = distributed.broadcast_from_main(metrics)
+    per_rank = distributed.gather({"peak": _peak_memory(device), "step_time": step_time, "loss": loss})
+    peaks = [rank["peak"][0] for rank in per_rank]
+    throughput = sum(trainer.batch_size / rank["step_time"] for rank in per_rank)
     return {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "world_size": ranks.world_size,
         "steps": trainer.steps,
-        "batch_size": trainer.batch_size,
+        "batch_size": trainer.batch_size,  # per rank
+        "global_batch_size": trainer.batch_size * ranks.world_size,
         "seq_len": data.seq_len,
         "num_params": sum(p.numel() for p in model.parameters()),
         "precision": trainer.precision,
-        "peak_memory_bytes": peak,
-        "peak_memory_kind": peak_kind,
+        "peak_memory_bytes": max(peaks),
+        "peak_memory_bytes_per_rank": peaks,
+        "peak_memory_kind": per_rank[0]["peak"][1],
         "saved_mask_bytes": saved.mask_bytes,
         "saved_activation_bytes": saved.activation_bytes,
         "saved_parameter_bytes": saved.parameter_bytes,
         "dropout_calls": dict(saved.dropout_calls),
-        "throughput_samples_per_s": trainer.batch_size / step_time,
-        "tokens_per_s": trainer.batch_size * data.seq_len / step_time if data.seq_len else None,
-        "step_time_s": step_time,
+        "throughput_samples_per_s": throughput,
+        "tokens_per_s": throughput * data.seq_len if data.seq_len else None,
+        "step_time_s": sum(rank["step_time"] for rank in per_rank) / len(per_rank),
         "task_metric": _headline_metric(data.task, cfg.dataset),
         "metrics": metrics,
-        "final_loss": loss,
+        "final_loss": sum(rank["loss"] for rank in per_rank) / len(per_rank),
         "grad_cosine": grad_cosine if paired else None,
+        "param_sha256": parameter_digest(model),
+        "bitflips": None if flips is None else {"fraction": flips.fraction, "bits": flips.bits, "masks": flips.masks},
         "notes": data.notes,
     }
