@@ -106,7 +106,7 @@ def dropout_kernel(x_ptr, y_ptr, mask_ptr, scale_ptr, n, seed, counter_base, thr
         counter.to(tl.uint32), (counter >> 32).to(tl.uint32), subsequence.to(tl.uint32),
         (subsequence >> 32).to(tl.uint32), seed.to(tl.uint32), (seed >> 32).to(tl.uint32),
     )
-    threshold = threshold.to(tl.uint32)
+    threshold = tl.to_tensor(threshold).to(tl.uint32)  # a launch value of 1 arrives as a constexpr
     scale = tl.load(scale_ptr)
     start = chunk * 4 * COUNTERS
     _dropout_sub_tile(x_ptr, y_ptr, mask_ptr, start, n, bits0, threshold, scale, K, STORE_MASK)

@@ -370,6 +370,11 @@ compile_for(90, tk.masked_scale_kernel, {
     "BLOCK_BYTES": "constexpr", "K": "constexpr"}, {"BLOCK_BYTES": tk.MASK_BLOCK_BYTES, "K": 4})
 compile_for(90, tk.pack_kernel, {"mask_ptr": "*u8", "out_ptr": "*u8", "n": "i32", "n_bytes": "i32",
     "BLOCK_BYTES": "constexpr", "K": "constexpr"}, {"BLOCK_BYTES": tk.MASK_BLOCK_BYTES, "K": 8})
+# Triton turns an int argument equal to 1 into a constexpr: threshold 1 is a launch with p ~ 2.3e-10.
+compile_for(90, tk.dropout_kernel, {
+    **tensors("bf16", x_ptr="*T", y_ptr="*T", mask_ptr="*u8"), "scale_ptr": "*fp32", "n": "i32", "seed": "i64",
+    "counter_base": "i64", "threshold": "constexpr", "COUNTERS": "constexpr", "K": "constexpr",
+    "STORE_MASK": "constexpr"}, {"threshold": 1, "COUNTERS": tk.COUNTERS_PER_CHUNK, "K": 8, "STORE_MASK": True})
 """
 
 
@@ -384,6 +389,7 @@ def test_kernels_compile_to_gpu_code_without_a_gpu():
     lines = done.stdout.splitlines()
     assert [line.split(" ")[:2] for line in lines] == [
         ["dropout_kernel", "90"], ["dropout_kernel", "80"], ["masked_scale_kernel", "90"], ["pack_kernel", "90"],
+        ["dropout_kernel", "90"],
     ]
     assert all(line.endswith("LOCAL:0") for line in lines), lines
     assert all("128-bit" in line for line in lines[:3]), lines
