@@ -12,6 +12,11 @@ per-repetition ratios. Bandwidth: the bytes the variant must move at least (read
 mask; read the gradient and the mask, write the input gradient) over its time, as a fraction of the
 bandwidth of ``y.copy_(x)`` measured in the same run.
 
+Exact-route pieces: the two steps a CUDA hook could hand to Triton in the bit-exact ``pmdrop`` route, each
+timed against the torch ops the core runs now (after checking that both give the same bytes): packing
+``native_dropout``'s bool mask (``pack_flat`` vs the pack kernel) and the backward from the packed mask
+(``unpack_flat`` + ``native_dropout_backward`` vs the masked-scale kernel). A ratio below 1 supports the hook.
+
 On a machine without CUDA, timing is refused; ``--smoke`` then runs the fused kernels under Triton's
 interpreter on small CPU tensors and checks them (no timing).
 """
@@ -31,7 +36,7 @@ import torch
 
 from .bench import DTYPES, device_name, git_commit, saved_bytes_per_element
 from .modules import PackedDropout
-from .packing import pack_flat, unpack_mask
+from .packing import pack_flat, unpack_flat, unpack_mask
 from .variants import get_variant, variant_names
 
 PAPER_SHAPES = {
@@ -43,6 +48,7 @@ TARGETS = {  # fwd+bwd ratio to nn.Dropout at most, fraction of copy bandwidth a
     "pmdrop_fused": {"fwd_bwd_ratio": 0.85, "copy_bandwidth_fraction": 0.80},
     "pmdrop": {"fwd_bwd_ratio": 1.10},
 }
+PIECE_MASKS_PER_BYTE = (8, 4)  # pmdrop and pmdrop_4bit
 _SLEEP_CYCLES = 2_000_000  # ~1 ms of GPU time: longer than the host needs to queue one op
 _L2_FLUSH_BYTES = 256 * 2**20
 
@@ -63,6 +69,20 @@ class Row:
     mask_bytes_per_element: float
     copy_bandwidth_fraction: float
     meets_targets: bool | None  # None: no target for this variant
+
+
+@dataclass
+class PieceRow:
+    shape: str
+    dtype: str
+    piece: str  # "pack" or "backward"
+    masks_per_byte: int
+    torch_ms: float  # the core's torch ops, median
+    triton_ms: float  # pmdrop.triton_kernels, median
+    ratio: float  # median over interleaved repetitions of triton / torch
+
+
+Timer = Callable[[Callable[[], object]], float]
 
 
 class _GpuTimer:
@@ -149,9 +169,59 @@ def _format_row(r: Row) -> str:
     )
 
 
-def run(shapes: list[str], dtypes: list[str], variants: list[str], p: float, reps: int) -> list[Row]:
-    timer = _GpuTimer()
+def _interleaved(timer: Timer, torch_op: Callable[[], object], triton_op: Callable[[], object], reps: int):
+    """Median seconds of each op and median of the per-repetition ratios triton / torch (order alternating)."""
+    for op in (torch_op, triton_op):  # warm-up: Triton compilation, decode tables
+        timer(op)
+    torch_s, triton_s = [], []
+    for i in range(reps):
+        for op, times in ((torch_op, torch_s), (triton_op, triton_s))[:: 1 if i % 2 == 0 else -1]:
+            times.append(timer(op))
+    ratios = [b / a for a, b in zip(torch_s, triton_s, strict=True)]
+    return statistics.median(torch_s), statistics.median(triton_s), statistics.median(ratios)
+
+
+def exact_route_pieces(x: torch.Tensor, p: float, masks_per_byte: int, reps: int, timer: Timer) -> list[PieceRow]:
+    """Time the steps of the exact route that Triton kernels could replace, after checking they agree bit for bit."""
+    from .fused import _scale, kernels_for
+
+    kernels = kernels_for(x, "bench_gpu")
+    mask = torch.ops.aten.native_dropout(x.detach(), p, True)[1].view(-1)
+    grad = torch.randn_like(x.detach()).view(-1)
+    packed = pack_flat(mask, masks_per_byte)
+    scale = _scale(p, x.dtype, x.device)
+    pieces = {
+        "pack": (lambda: pack_flat(mask, masks_per_byte), lambda: kernels.pack(mask, masks_per_byte)),
+        "backward": (
+            lambda: torch.ops.aten.native_dropout_backward(
+                grad, unpack_flat(packed, mask.numel(), masks_per_byte), 1 / (1 - p)
+            ),
+            lambda: kernels.masked_scale(grad, packed, scale, masks_per_byte),
+        ),
+    }
     rows = []
+    for piece, (torch_op, triton_op) in pieces.items():
+        if not torch.equal(torch_op(), triton_op()):
+            raise SystemExit(f"{piece} kernel differs from the core's torch ops at masks_per_byte={masks_per_byte}")
+        torch_s, triton_s, ratio = _interleaved(timer, torch_op, triton_op, reps)
+        rows.append(PieceRow("x".join(map(str, x.shape)), {v: k for k, v in DTYPES.items()}[x.dtype], piece,
+                             masks_per_byte, torch_s * 1e3, triton_s * 1e3, ratio))
+    return rows
+
+
+_PIECE_HEADER = f"{'shape':<18}{'dtype':<6}{'piece':<10}{'k':>3}{'torch ms':>10}{'triton ms':>11}{'triton/torch':>14}"
+
+
+def _format_piece(r: PieceRow) -> str:
+    return (f"{r.shape:<18}{r.dtype:<6}{r.piece:<10}{r.masks_per_byte:>3}{r.torch_ms:>10.3f}{r.triton_ms:>11.3f}"
+            f"{r.ratio:>13.3f}x")
+
+
+def run(
+    shapes: list[str], dtypes: list[str], variants: list[str], p: float, reps: int
+) -> tuple[list[Row], list[PieceRow]]:
+    timer = _GpuTimer()
+    rows, pieces = [], []
     for shape_name in shapes:
         for dtype_name in dtypes:
             x = torch.randn(PAPER_SHAPES[shape_name], dtype=DTYPES[dtype_name], device="cuda", requires_grad=True)
@@ -159,9 +229,15 @@ def run(shapes: list[str], dtypes: list[str], variants: list[str], p: float, rep
             for variant in variants:
                 rows.append(measure(variant, x, p, reps, timer, copy_s))
                 print(_format_row(rows[-1]), flush=True)
+            for k in PIECE_MASKS_PER_BYTE:
+                pieces += exact_route_pieces(x, p, k, reps, timer)
             del x
             torch.cuda.empty_cache()
-    return rows
+    print("\n# exact-route pieces: the core's torch ops vs the Triton kernels a CUDA hook would call")
+    print(_PIECE_HEADER)
+    for piece in pieces:
+        print(_format_piece(piece))
+    return rows, pieces
 
 
 def smoke(device: str) -> list[str]:
@@ -240,10 +316,11 @@ def main(argv: list[str] | None = None) -> None:
     print("# ratios: median over interleaved repetitions of (variant GPU time / nn.Dropout GPU time); "
           "copy bw: minimum bytes moved / time, as a fraction of y.copy_(x)'s bandwidth")
     print(_HEADER)
-    rows = run(args.shapes, args.dtype, variants, args.p, args.reps)
+    rows, pieces = run(args.shapes, args.dtype, variants, args.p, args.reps)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"provenance": provenance, "rows": [asdict(r) for r in rows]}, f, indent=2)
+            json.dump({"provenance": provenance, "rows": [asdict(r) for r in rows],
+                       "exact_route_pieces": [asdict(r) for r in pieces]}, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -405,6 +405,29 @@ def test_bench_gpu_smoke_runs_and_cpu_timing_is_refused():
             bench_gpu.main([])
 
 
+def test_bench_gpu_exact_route_pieces_check_and_time_both_routes():
+    """Checks both routes agree, then times them with any timer: here wall-clock on the interpreter."""
+    import time
+
+    from pmdrop import bench_gpu
+
+    calls = []
+
+    def timer(op):
+        calls.append(op)
+        start = time.perf_counter()
+        op()
+        return time.perf_counter() - start
+
+    x = nonzero_randn((3, 700), torch.float16).requires_grad_()
+    rows = bench_gpu.exact_route_pieces(x, 0.1, 4, reps=3, timer=timer)
+    assert [(r.shape, r.dtype, r.piece, r.masks_per_byte) for r in rows] == [
+        ("3x700", "fp16", "pack", 4), ("3x700", "fp16", "backward", 4),
+    ]
+    assert all(r.torch_ms > 0 and r.triton_ms > 0 and r.ratio > 0 for r in rows)
+    assert len(calls) == 2 * (2 + 2 * 3)  # per piece: one warm-up each, then both ops every repetition
+
+
 @pytest.mark.cuda
 @requires_cuda
 def test_cuda_seed_and_counter_come_from_torch_generator():
