@@ -43,7 +43,7 @@ def summary_cell(row: pd.Series) -> str:
     metric = METRICS[row["metric"]]
     n = int(row["n"])
     if n == 0:
-        return "— (no finished run)"
+        return "— (not measured)" if row["n_ok"] else "— (no finished run)"
     (mean, std, low, high), unit = metric.text([row["mean"], row["std"], row["ci_low"], row["ci_high"]])
     unit = f" {unit}" if unit else ""
     if n == 1:

@@ -58,16 +58,38 @@ def test_task_metric_claims(tmp_path):
     assert worse.loc["indistinguishable", "status"] == "contradicted"
 
 
-def test_context_extension_from_an_out_of_memory_sweep(tmp_path):
-    for seq_len, variant, status in [(4096, "baseline", "ok"), (8192, "baseline", "failed"), (4096, "pmdrop", "ok"),
-                                     (5632, "pmdrop", "ok")]:
-        dataset = {**LISTOPS, "name": f"listops_{seq_len}", "seq_len": seq_len}
-        fields = {"error": "torch.OutOfMemoryError: CUDA out of memory"} if status == "failed" else {"device": GPU}
-        write_run(tmp_path, model=LONGFORMER, dataset=dataset, variant=variant, status=status, **fields)
-    claims = _claims(tmp_path)
-    assert claims.loc["longformer_context", "status"] == "reproduced"
-    assert claims.loc["longformer_context", "ours"] == "seq_len 4096 → 5632 (1.38×)"
-    assert claims.loc["listops_batch", "status"] == "not run here"
+def _searches(root, budget, largest):
+    for variant, size in largest.items():
+        write_run(root, experiment="maxfit", model=LONGFORMER, dataset=LISTOPS, variant=variant, device=GPU,
+                  seq_len=size, task_metric=None, metrics={},
+                  maxfit={"axis": "seq_len", "largest": size, "budget": budget, "probes": []})
+
+
+def test_context_extension_from_the_harness_maxfit_search(tmp_path):
+    _searches(tmp_path / "gpu", "cuda_memory", {"baseline": 4096, "pmdrop": 5632})
+    gpu = _claims(tmp_path / "gpu")
+    assert gpu.loc["longformer_context", "status"] == "reproduced"
+    assert gpu.loc["longformer_context", "ours"] == ("longformer_base/listops (cuda_memory budget): "
+                                                     "seq_len 4096 → 5632 (1.38×)")
+    assert gpu.loc["listops_batch", "status"] == "not run here"  # a seq_len search says nothing about batch size
+    _searches(tmp_path / "gpu_far", "cuda_memory", {"baseline": 4096, "pmdrop": 4096})
+    assert _claims(tmp_path / "gpu_far").loc["longformer_context", "status"] == "contradicted"
+    _searches(tmp_path / "cpu", "saved_bytes", {"baseline": 4096, "pmdrop": 5632})
+    cpu = _claims(tmp_path / "cpu").loc["longformer_context"]
+    assert cpu["status"] == "not run here" and "(1.38×)" in cpu["ours"] and "stand-in" in cpu["note"]
+
+
+def test_fgsm_drop_compares_variants_paired_by_seed(tmp_path):
+    vit = {**TINYBERT, "name": "vit_tiny", "family": "vit"}
+    digits = {"name": "digits", "kind": "digits", "task": "image_classification", "seq_len": None}
+    for seed in range(3):
+        for variant in ("baseline", "pmdrop"):
+            write_run(tmp_path, model=vit, dataset=digits, variant=variant, seed=seed, task_metric="accuracy",
+                      metrics={"accuracy": 0.9, "fgsm_accuracy": 0.8, "fgsm_drop": 0.1 + 0.01 * seed})
+    fgsm = _claims(tmp_path).loc["fgsm"]
+    assert fgsm["status"] == "reproduced"
+    assert fgsm["ours"] == "digits: top-1 drop 11 % (baseline) vs 11 % (pmdrop) over 3 pair(s)"
+    assert "not ImageNet" in fgsm["note"]
 
 
 def test_without_runs_nothing_is_filled_in(tmp_path):
