@@ -144,7 +144,7 @@ def predictions(runs: pd.DataFrame) -> pd.DataFrame:
 
     Measured values are the mean over finished seeds (CPU accounting is deterministic, so they agree)."""
     rows = []
-    ok = runs[runs["status"] == "ok"]
+    ok = runs[(runs["status"] == "ok") & runs["saved_mask_bytes"].notna()]  # searches (maxfit) measure no bytes
     keys = [*CONFIG_KEY, "variant", "batch_size", "seq_len"]
     for key, group in ok.groupby(keys, sort=True, dropna=False):
         results = group.iloc[0]["results"]

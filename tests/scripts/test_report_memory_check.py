@@ -64,3 +64,9 @@ def test_gradient_checkpointing_is_not_modelled():
     results["config"]["trainer"] = dict(TRAINER, grad_checkpointing=True)
     with pytest.raises(NotModelled, match="grad_checkpointing is on"):
         storage_from_results(results)
+
+
+def test_runs_without_measured_bytes_are_left_out(tmp_path):
+    write_run(tmp_path, variant="baseline")
+    write_run(tmp_path, variant="pmdrop", saved_mask_bytes=None, saved_activation_bytes=None, maxfit={"axis": "x"})
+    assert list(predictions(load_runs([tmp_path]))["variant"]) == ["baseline"]
