@@ -4,7 +4,7 @@ Registers two variants on import (``pmdrop.variant_names()`` lists them afterwar
 
 * ``pmdrop_fused``: the forward kernel reads x, writes y and the mask at 1 bit per element (no byte
   mask is ever materialised); the backward kernel reads the packed mask and the gradient and writes
-  the input gradient. :func:`fused_packed_variant` gives the same at 4, 2 or 1 masks per byte.
+  the input gradient. :func:`fused_packed_variant` builds the same at 4, 2 or 1 masks per byte.
 * ``seeded_fused``: the same forward without the mask store; saves only the Philox seed and
   counter (0 bytes of mask) and redraws the mask in the backward kernel.
 
@@ -153,20 +153,21 @@ class _FusedSeededFn(torch.autograd.Function):
 
 
 def fused_packed_variant(masks_per_byte: int) -> DropoutVariant:
-    """The fused packed variant at ``masks_per_byte`` in {8, 4, 2, 1}, registered on first use (8: ``pmdrop_fused``)."""
+    """The fused packed variant at ``masks_per_byte`` in {8, 4, 2, 1}; 8 is ``pmdrop_fused``.
+
+    Pass it to :func:`pmdrop.dropout` as is, or register it (:func:`pmdrop.register_variant`) to use it by
+    name in :func:`pmdrop.convert`.
+    """
     check_masks_per_byte(masks_per_byte)
-    name = "pmdrop_fused" if masks_per_byte == 8 else f"pmdrop_fused_k{masks_per_byte}"
-    return register_variant(
-        DropoutVariant(
-            name, _FusedPackedFn.apply,
-            f"Triton, CUDA: mask drawn, applied and packed {masks_per_byte} per byte in one pass; "
-            "own Philox stream, not bit-identical to nn.Dropout",
-            masks_per_byte=masks_per_byte, bit_exact=False,
-        )
+    return DropoutVariant(
+        "pmdrop_fused" if masks_per_byte == 8 else f"pmdrop_fused_k{masks_per_byte}", _FusedPackedFn.apply,
+        f"Triton, CUDA: mask drawn, applied and packed {masks_per_byte} per byte in one pass; "
+        "own Philox stream, not bit-identical to nn.Dropout",
+        masks_per_byte=masks_per_byte, bit_exact=False,
     )
 
 
-fused_packed_variant(8)
+register_variant(fused_packed_variant(8))
 register_variant(
     DropoutVariant(
         "seeded_fused", _FusedSeededFn.apply,

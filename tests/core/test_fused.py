@@ -45,12 +45,15 @@ def _import_kernels():
 kernels = _import_kernels()
 from pmdrop import fused  # noqa: E402 - after the kernels are decorated in the mode chosen above
 
-K4 = fused.fused_packed_variant(4).name
-PACKED = {"pmdrop_fused": 8, K4: 4}  # variant -> masks per byte
-VARIANTS = [*PACKED, "seeded_fused"]
+K4 = fused.fused_packed_variant(4)  # not registered: the registry stays what the harness's configs list
+VARIANTS = ["pmdrop_fused", K4, "seeded_fused"]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 SHAPES = [(7,), (3, 5, 143), (2, 2049)]  # below one byte; one chunk + a ragged tail; two chunks + a tail
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def name_of(value) -> str:
+    return value.name if isinstance(value, pmdrop.DropoutVariant) else str(value)
 
 
 def nonzero_randn(shape, dtype=torch.float32, seed=0):
@@ -75,18 +78,20 @@ def forward(variant: str, x: torch.Tensor, p: float = 0.3, seed: int = 0):
     """Output and the mask it applied: decoded from the saved packed bytes, or y != 0 for seeded_fused."""
     torch.manual_seed(seed)
     y = pmdrop.dropout(x, p, variant=variant)
-    if variant not in PACKED:
+    masks_per_byte = pmdrop.get_variant(variant).masks_per_byte
+    if masks_per_byte is None:
         assert y.grad_fn.saved_tensors == ()
         return y, y.detach() != 0
     (packed,) = y.grad_fn.saved_tensors
-    keep = pmdrop.unpack_mask(packed, x.shape, PACKED[variant])
-    assert torch.equal(pmdrop.pack_mask(keep, PACKED[variant]), packed), "bits past the last element must be zero"
+    keep = pmdrop.unpack_mask(packed, x.shape, masks_per_byte)
+    assert torch.equal(pmdrop.pack_mask(keep, masks_per_byte), packed), "bits past the last element must be zero"
     return y, keep
 
 
 def test_registered_as_not_bit_exact():
     pmdrop_fused, seeded_fused = pmdrop.get_variant("pmdrop_fused"), pmdrop.get_variant("seeded_fused")
-    assert {"pmdrop_fused", "seeded_fused", K4} <= set(pmdrop.variant_names())
+    assert {"pmdrop_fused", "seeded_fused"} <= set(pmdrop.variant_names())
+    assert fused.fused_packed_variant(8) == pmdrop_fused and K4.masks_per_byte == 4 and K4.name == "pmdrop_fused_k4"
     assert not pmdrop_fused.bit_exact and not seeded_fused.bit_exact
     assert (pmdrop_fused.masks_per_byte, seeded_fused.masks_per_byte) == (8, None)
     assert "not bit-identical" in pmdrop_fused.summary
@@ -96,7 +101,7 @@ def test_registered_as_not_bit_exact():
 
 @pytest.mark.parametrize("shape", SHAPES[:2], ids=str)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", VARIANTS, ids=name_of)
 def test_output_packed_mask_and_gradient(variant, dtype, shape):
     x = nonzero_randn(shape, dtype).requires_grad_()
     y, keep = forward(variant, x)
@@ -113,7 +118,7 @@ def test_same_seed_same_mask_across_variants_and_seeds():
     x = nonzero_randn(SHAPES[1]).requires_grad_()
     first = forward("pmdrop_fused", x, seed=0)[0]
     for variant in VARIANTS:  # the mask depends on the seed and index only, not on how it is stored
-        assert torch.equal(forward(variant, x, seed=0)[0], first), variant
+        assert torch.equal(forward(variant, x, seed=0)[0], first), name_of(variant)
     assert not torch.equal(pmdrop.dropout(x, 0.3, variant="pmdrop_fused"), first), "a second call redraws"
     assert not torch.equal(forward("pmdrop_fused", x, seed=1)[0], first)
 
@@ -200,7 +205,9 @@ def test_inplace_writes_into_the_input(variant, transposed):
     assert torch.equal(view(leaf.grad), expected(grad, keep, 0.3))
 
 
-@pytest.mark.parametrize(("variant", "mask_bytes"), [("pmdrop_fused", 1 / 8), (K4, 1 / 4), ("seeded_fused", 0)])
+@pytest.mark.parametrize(
+    ("variant", "mask_bytes"), [("pmdrop_fused", 1 / 8), (K4, 1 / 4), ("seeded_fused", 0)], ids=name_of
+)
 def test_saved_bytes(variant, mask_bytes):
     x = torch.randn(1001, device=DEVICE, requires_grad=True)
     with pmdrop.track_saved_tensors() as saved:
