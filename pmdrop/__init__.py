@@ -4,9 +4,11 @@
     model = pmdrop.convert(model, "pmdrop")      # every nn.Dropout and F.dropout of the model
     y = pmdrop.dropout(x, p=0.1, variant="seeded")
 
-Variants (``pmdrop.variant_names()``): baseline, pmdrop, pmdrop_nocache, pmdrop_4bit, seeded.
+Variants (``pmdrop.variant_names()``): baseline, pmdrop, pmdrop_nocache, pmdrop_4bit, seeded (bit-exact),
+and pmdrop_fused, seeded_fused (Triton, CUDA; their own random stream, so not bit-exact).
 """
 
+from . import fused as _fused  # noqa: F401 - registers pmdrop_fused, seeded_fused; imports Triton only on first use
 from .accounting import SavedBytes, track_saved_tensors
 from .faults import BitflipLog, inject_bitflips
 from .functional import dropout, packed_variant
