@@ -116,8 +116,9 @@ def read_results(run_dir: Path) -> dict[str, Any] | None:
         return None
 
 
-def config_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
-    """``["trainer.steps: 10 -> 20", ...]`` over the keys that define a run."""
+def config_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+    """Over the keys that define a run: ``["trainer.steps: 10 -> 20", ...]`` for keys both configs have, and the
+    keys only one of them has (the config schema grew or shrank since the old run, e.g. a new trainer option)."""
 
     def flat(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         items: dict[str, Any] = {}
@@ -131,11 +132,12 @@ def config_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[s
         return items
 
     old_flat, new_flat = flat(old), flat(new)
-    return [
-        f"{key}: {old_flat.get(key, '<absent>')!r} -> {new_flat.get(key, '<absent>')!r}"
-        for key in sorted(old_flat.keys() | new_flat.keys())
-        if old_flat.get(key, "<absent>") != new_flat.get(key, "<absent>")
+    changed = [
+        f"{key}: {old_flat[key]!r} -> {new_flat[key]!r}"
+        for key in sorted(old_flat.keys() & new_flat.keys())
+        if old_flat[key] != new_flat[key]
     ]
+    return changed, sorted(old_flat.keys() ^ new_flat.keys())
 
 
 # ----------------------------------------------------------------------------- run fields
@@ -256,7 +258,7 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     run_dir = run_dir_for(cfg)
     previous = read_results(run_dir)
     if previous is not None and previous.get("status") == "ok" and not cfg.force:
-        changed = config_differences(previous.get("config", {}), OmegaConf.to_container(cfg, resolve=True))
+        changed, unmatched = config_differences(previous.get("config", {}), OmegaConf.to_container(cfg, resolve=True))
         if changed:
             shown = "; ".join(changed[:3]) + ("; ..." if len(changed) > 3 else "")
             error = (
@@ -266,7 +268,9 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
             print(f"{run_dir}: failed: {error}", flush=True)
             record_outcome(run_dir, "failed", error)
             return {**previous, "status": "failed", "error": error}
-        print(f"{summary_line(previous)}  skipped (finished)", flush=True)
+        # Keys that only one side has come from a schema change since (new options, at their defaults): same run.
+        since = f"; keys new or gone since it ran: {', '.join(unmatched)}" if unmatched else ""
+        print(f"{summary_line(previous)}  skipped (finished){since}", flush=True)
         record_outcome(run_dir, "skipped", None)
         return previous
 

@@ -100,6 +100,20 @@ def test_finished_run_with_a_different_config_is_not_overwritten(launch, trainin
     assert all_results(runs_root) == before
 
 
+def test_finished_run_from_an_older_config_schema_is_still_skipped(launch, training, runs_root, capsys):
+    """A key the old run's config lacks (a trainer option added since, at its default) does not make it another run."""
+    assert launch("seed=0") == 0
+    (path,) = runs_root.rglob("results.json")
+    results = json.loads(path.read_text())
+    del results["config"]["trainer"]["grad_cosine_every"]
+    path.write_text(json.dumps(results))
+    capsys.readouterr()
+
+    assert launch("seed=0") == 0
+    assert "skipped (finished); keys new or gone since it ran: trainer.grad_cosine_every" in capsys.readouterr().out
+    assert len(training.calls) == 1
+
+
 def test_single_run_failure_exits_nonzero(launch, training, runs_root):
     training.failing[("seeded", 3)] = KeyError("x")
     assert launch("variant=seeded", "seed=3") == 1
