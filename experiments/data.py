@@ -10,14 +10,16 @@ and throughput at paper scale) and ``digits`` (scikit-learn's shipped 8x8 digits
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import MISSING, DictConfig
 
-from .tokenizers import SPECIALS, TextTokenizer, load_tokenizer
+from .schema import check_choice, check_range, typed
+from .tokenizers import SPECIALS, load_tokenizer
 
 PAD, CLS, SEP, MASK = (SPECIALS.index(s) for s in ("[PAD]", "[CLS]", "[SEP]", "[MASK]"))
 
@@ -51,21 +53,117 @@ class TaskData:
             yield {key: value[i * batch_size : (i + 1) * batch_size] for key, value in self.eval.items()}
 
 
-DATASETS: dict[str, Callable[[DictConfig, DictConfig, int], TaskData]] = {}
+@dataclass
+class DatasetSchema:
+    """The keys every dataset config has."""
+
+    name: str = MISSING
+    kind: str = MISSING
+    task: str = MISSING
+    seq_len: int | None = MISSING  # null for images
+    metric: str | None = None  # the headline metric; None: the task's default
 
 
-def register(kind: str):
-    def add(builder):
-        DATASETS[kind] = builder
-        return builder
+@dataclass
+class SyntheticPairsSchema(DatasetSchema):
+    band_size: int = MISSING
+    polar_fraction: float = MISSING
+    label_noise: float = 0.0
+    train_size: int = MISSING
+    eval_size: int = MISSING
+    data_seed: int = MISSING
+
+
+@dataclass
+class SyntheticLMSchema(DatasetSchema):
+    num_labels: int = MISSING
+    vocab_size: int = MISSING
+    train_size: int = MISSING
+    eval_size: int = MISSING
+    data_seed: int = MISSING
+
+
+@dataclass
+class DigitsSchema(DatasetSchema):
+    num_labels: int = 10  # the digits 0 .. num_labels - 1
+    image_size: int = MISSING
+    eval_size: int = MISSING
+    data_seed: int = MISSING
+
+
+@dataclass
+class LocalFilesSchema(DatasetSchema):
+    """Real datasets: the hub, or local ``data_files`` ({split: path}) read with ``datasets``."""
+
+    num_labels: int = MISSING
+    eval_split: str = "validation"
+    data_files: dict[str, Any] | None = None
+
+
+@dataclass
+class GlueSchema(LocalFilesSchema):
+    glue_task: str = MISSING
+    text_columns: list[list[str]] = MISSING  # per text, the column names to look for (GLUE's, then the original's)
+    label_columns: list[str] = MISSING
+    vocab_size: int = 30522  # of the offline WordPiece tokenizer
+
+
+@dataclass
+class WikitextSchema(LocalFilesSchema):
+    vocab_size: int = 30522
+    data_seed: int = MISSING
+
+
+@dataclass
+class ImageFolderSchema(DatasetSchema):
+    num_labels: int = MISSING
+    image_size: int = MISSING
+    path: str | None = None
+    mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+
+
+Builder = Callable[[DictConfig, DictConfig, int], TaskData]
+
+
+@dataclass(frozen=True)
+class DatasetKind:
+    build: Builder
+    schema: type[DatasetSchema]
+    tasks: tuple[str, ...]
+
+
+DATASETS: dict[str, DatasetKind] = {}
+
+
+def register(kind: str, schema: type[DatasetSchema], tasks: tuple[str, ...]):
+    def add(build: Builder) -> Builder:
+        DATASETS[kind] = DatasetKind(build, schema, tasks)
+        return build
 
     return add
 
 
+def check_dataset_config(dataset: DictConfig) -> None:
+    """One-line ValueError for a wrong key, type or choice of the dataset config."""
+    check_choice("dataset.kind", dataset.kind, DATASETS)
+    kind = DATASETS[dataset.kind]
+    dataset = typed(kind.schema, dataset, "dataset")
+    check_choice("dataset.task", dataset.task, kind.tasks)
+    if dataset.seq_len is not None:
+        check_range("dataset.seq_len", dataset.seq_len, 1)
+    for key in ("polar_fraction", "label_noise"):
+        if key in dataset:
+            check_range(f"dataset.{key}", dataset[key], 0.0, 1.0)
+
+
 def build_data(dataset: DictConfig, model: DictConfig, seed: int) -> TaskData:
-    if dataset.kind not in DATASETS:
-        raise ValueError(f"unknown dataset.kind {dataset.kind!r}; valid: {', '.join(DATASETS)}")
-    return DATASETS[dataset.kind](dataset, model, seed)
+    check_choice("dataset.kind", dataset.kind, DATASETS)
+    data = DATASETS[dataset.kind].build(dataset, model, seed)
+    if model.get("type_vocab_size") == 1:  # one segment embedding (Longformer): pairs are told apart by [SEP] alone
+        for split in (data.train, data.eval):
+            split.pop("token_type_ids", None)
+    return data
 
 
 def _offline_hint(dataset: DictConfig, error: Exception, override: str) -> RuntimeError:
@@ -78,7 +176,7 @@ def _offline_hint(dataset: DictConfig, error: Exception, override: str) -> Runti
 # ----------------------------------------------------------------------------- offline synthetic tasks
 
 
-@register("synthetic_pairs")
+@register("synthetic_pairs", SyntheticPairsSchema, ("pair_classification",))
 def synthetic_pairs(dataset: DictConfig, model: DictConfig, seed: int) -> TaskData:
     """Sentence pairs ``[CLS] a [SEP] b [SEP]``: the label is the polarity of the pair's polar words,
     flipped for a fraction ``label_noise`` of the pairs.
@@ -111,7 +209,7 @@ def synthetic_pairs(dataset: DictConfig, model: DictConfig, seed: int) -> TaskDa
     )
 
 
-@register("synthetic_lm")
+@register("synthetic_lm", SyntheticLMSchema, ("classification", "mlm"))
 def synthetic_lm(dataset: DictConfig, model: DictConfig, seed: int) -> TaskData:
     """Uniform random tokens of exactly ``seq_len``: for memory and throughput at the paper's shapes.
 
@@ -125,25 +223,34 @@ def synthetic_lm(dataset: DictConfig, model: DictConfig, seed: int) -> TaskData:
         ids = torch.randint(len(SPECIALS), vocab, (n, dataset.seq_len), generator=generator)
         batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
         if dataset.task == "mlm":
-            return {**batch, **_mask_tokens(ids, generator)}
+            return {**batch, **_mask_tokens(ids, generator, MASK, range(len(SPECIALS)), vocab)}
         return {**batch, "labels": ids[:, 0] % dataset.num_labels}
 
     return TaskData(dataset.task, make(dataset.train_size), make(dataset.eval_size),
                     dataset.num_labels, vocab_size=vocab, seq_len=dataset.seq_len)
 
 
-def _mask_tokens(ids: torch.Tensor, generator: torch.Generator, fraction: float = 0.15) -> dict[str, torch.Tensor]:
-    """BERT's masked-LM targets: labels at masked positions, -100 elsewhere; masked inputs become [MASK]."""
-    masked = (torch.rand(ids.shape, generator=generator) < fraction) & (ids >= len(SPECIALS))
-    return {"input_ids": torch.where(masked, MASK, ids), "labels": torch.where(masked, ids, -100)}
+def _mask_tokens(ids: torch.Tensor, generator: torch.Generator, mask_id: int, special_ids: Sequence[int],
+                 vocab_size: int, fraction: float = 0.15) -> dict[str, torch.Tensor]:
+    """BERT's masked-LM targets, drawn once: ``fraction`` of the non-special tokens are targets (labels; -100
+    elsewhere), and of those 80 % become ``mask_id``, 10 % a random token, 10 % stay as they are."""
+    targets = (torch.rand(ids.shape, generator=generator) < fraction) & ~torch.isin(ids, torch.tensor(special_ids))
+    draw = torch.rand(ids.shape, generator=generator)
+    random_ids = torch.randint(0, vocab_size, ids.shape, generator=generator)
+    inputs = torch.where(targets & (draw < 0.8), mask_id, ids)
+    inputs = torch.where(targets & (draw >= 0.8) & (draw < 0.9), random_ids, inputs)
+    return {"input_ids": inputs, "labels": torch.where(targets, ids, -100)}
 
 
-@register("digits")
+@register("digits", DigitsSchema, ("image_classification",))
 def digits(dataset: DictConfig, model: DictConfig, seed: int) -> TaskData:
-    """scikit-learn's 1,797 8x8 digit images (shipped with the package), upsampled to ``image_size``."""
+    """scikit-learn's 1,797 8x8 digit images (shipped with the package), upsampled to ``image_size``; the
+    classes are the digits ``0 .. num_labels - 1``."""
     from sklearn.datasets import load_digits
 
     images, labels = load_digits(return_X_y=True)
+    kept = labels < dataset.num_labels
+    images, labels = images[kept], labels[kept]
     pixels = torch.tensor(images, dtype=torch.float32).view(-1, 1, 8, 8) / 16.0
     pixels = torch.nn.functional.interpolate(pixels, size=dataset.image_size, mode="bilinear").expand(-1, 3, -1, -1)
     pixels = (pixels - 0.5) / 0.5
@@ -152,7 +259,7 @@ def digits(dataset: DictConfig, model: DictConfig, seed: int) -> TaskData:
     data = {"pixel_values": pixels.contiguous(), "labels": torch.tensor(labels)}
     train = {k: v[order[:split]] for k, v in data.items()}
     held_out = {k: v[order[split:]] for k, v in data.items()}
-    return TaskData("image_classification", train, held_out, 10, image_size=dataset.image_size)
+    return TaskData("image_classification", train, held_out, dataset.num_labels, image_size=dataset.image_size)
 
 
 # ----------------------------------------------------------------------------- real datasets
@@ -189,7 +296,7 @@ def _encode_text_pairs(dataset: DictConfig, model: DictConfig, tables, text_colu
     tokenizer = load_tokenizer(model, dataset, corpus=[t for column in train_texts for t in column])
 
     def encode(table, texts) -> dict[str, torch.Tensor]:
-        encoded = tokenizer.encode(*texts, max_length=dataset.seq_len)
+        encoded = tokenizer.encode(texts[0], texts[1] if len(texts) > 1 else None, max_length=dataset.seq_len)
         labels = torch.tensor([int(v) for v in _column(table, dataset.label_columns)])
         return {**encoded, "labels": labels}
 
@@ -201,14 +308,14 @@ def _encode_text_pairs(dataset: DictConfig, model: DictConfig, tables, text_colu
     )
 
 
-@register("glue")
+@register("glue", GlueSchema, ("pair_classification", "classification"))
 def glue(dataset: DictConfig, model: DictConfig, seed: int) -> TaskData:
     """GLUE MRPC / SST-2: hub ``nyu-mll/glue`` or local files in GLUE's or the original TSV column names."""
     tables = _load_split_table(dataset, ("nyu-mll/glue", dataset.glue_task))
     return _encode_text_pairs(dataset, model, tables, [list(names) for names in dataset.text_columns])
 
 
-@register("wikitext")
+@register("wikitext", WikitextSchema, ("mlm",))
 def wikitext(dataset: DictConfig, model: DictConfig, seed: int) -> TaskData:
     """WikiText-103 for masked-LM perplexity: lines tokenised, concatenated and cut into ``seq_len`` blocks."""
     import datasets
@@ -226,12 +333,13 @@ def wikitext(dataset: DictConfig, model: DictConfig, seed: int) -> TaskData:
     generator = torch.Generator().manual_seed(dataset.data_seed)
 
     def blocks(texts: list[str]) -> dict[str, torch.Tensor]:
-        stream = torch.tensor([i for text in texts if text.strip() for i in tokenizer.word_ids(text)])
+        stream = tokenizer.stream([text for text in texts if text.strip()])
         width = dataset.seq_len
         ids = stream[: len(stream) // width * width].view(-1, width)
         if len(ids) == 0:
-            raise ValueError(f"the text has fewer than dataset.seq_len={width} tokens")
-        return {"attention_mask": torch.ones_like(ids), **_mask_tokens(ids, generator)}
+            raise ValueError(f"the text has {len(stream)} tokens, fewer than dataset.seq_len={width}")
+        masked = _mask_tokens(ids, generator, tokenizer.mask_id, tokenizer.special_ids, tokenizer.vocab_size)
+        return {"attention_mask": torch.ones_like(ids), **masked}
 
     return TaskData("mlm", blocks(lines), blocks(tables[dataset.eval_split]["text"]), 0,
                     vocab_size=tokenizer.vocab_size, seq_len=dataset.seq_len, notes=[tokenizer.source])
@@ -240,7 +348,7 @@ def wikitext(dataset: DictConfig, model: DictConfig, seed: int) -> TaskData:
 LISTOPS_VOCAB = [*SPECIALS, *[str(d) for d in range(10)], "[MIN", "[MAX", "[MED", "[SM", "]", "(", ")"]
 
 
-@register("listops")
+@register("listops", LocalFilesSchema, ("classification",))
 def listops(dataset: DictConfig, model: DictConfig, seed: int) -> TaskData:
     """LRA ListOps from local TSVs (``Source`` expression, ``Target`` 0-9); the symbols are the vocabulary."""
     if not dataset.get("data_files"):
@@ -263,28 +371,42 @@ def listops(dataset: DictConfig, model: DictConfig, seed: int) -> TaskData:
                     vocab_size=len(LISTOPS_VOCAB), seq_len=dataset.seq_len)
 
 
-@register("imagefolder")
+@register("imagefolder", ImageFolderSchema, ("image_classification",))
 def imagefolder(dataset: DictConfig, model: DictConfig, seed: int) -> TaskData:
-    """ImageNet-1k (or any class-per-folder tree) from a local directory with ``train/`` and ``val/``."""
+    """ImageNet-1k (or any class-per-folder tree) from a local directory with ``train/`` and ``val/``.
+
+    Each image is resized (shorter side to ``image_size / 0.875``), centre-cropped to ``image_size`` and
+    normalised with ``mean``/``std`` (0.5: the augreg ViT checkpoints'), once, into memory: fine for a subset,
+    not for all of ImageNet-1k (1.28 M images are ~770 GB as fp32 tensors at 224 px).
+    """
     import datasets
 
     if not dataset.get("path"):
         raise RuntimeError("ImageNet-1k needs a local copy: set dataset.path=DIR (with train/ and val/ class folders)")
     tables = datasets.load_dataset("imagefolder", data_dir=str(dataset.path))
+    classes = tables["train"].features["label"].num_classes
+    if classes != dataset.num_labels:
+        raise ValueError(f"dataset.num_labels={dataset.num_labels} but {dataset.path}/train has {classes} class "
+                         f"folders; set dataset.num_labels={classes}")
     size = dataset.image_size
-    mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
-    std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+    mean, std = (torch.tensor(list(values)).view(3, 1, 1) for values in (dataset.mean, dataset.std))
+
+    def pixels(image) -> torch.Tensor:
+        image = image.convert("RGB")
+        scale = size / 0.875 / min(image.size)
+        width, height = round(image.width * scale), round(image.height * scale)
+        left, top = (width - size) // 2, (height - size) // 2
+        image = image.resize((width, height)).crop((left, top, left + size, top + size))
+        array = torch.from_numpy(np.asarray(image, dtype=np.float32)).permute(2, 0, 1)
+        return (array / 255.0 - mean) / std
 
     def encode(table) -> dict[str, torch.Tensor]:
-        pixels = []
-        for image in table["image"]:
-            array = torch.from_numpy(np.asarray(image.convert("RGB").resize((size, size)), dtype=np.float32))
-            pixels.append((array.permute(2, 0, 1) / 255.0 - mean) / std)
-        return {"pixel_values": torch.stack(pixels), "labels": torch.tensor(table["label"])}
+        return {"pixel_values": torch.stack([pixels(image) for image in table["image"]]),
+                "labels": torch.tensor(table["label"])}
 
     eval_split = "validation" if "validation" in tables else "test"
-    return TaskData("image_classification", encode(tables["train"]), encode(tables[eval_split]),
-                    dataset.num_labels, image_size=size)
+    return TaskData("image_classification", encode(tables["train"]), encode(tables[eval_split]), classes,
+                    image_size=size)
 
 
-__all__ = ["DATASETS", "TaskData", "TextTokenizer", "build_data"]
+__all__ = ["DATASETS", "TaskData", "build_data"]

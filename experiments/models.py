@@ -1,111 +1,185 @@
 """Model builders, one per ``model.family`` (a registry). Every model is called as ``model(**batch)`` and
 returns an object with ``.loss`` and ``.logits``.
 
-Built from config offline (``pretrained: false``); ``pretrained: true`` loads the hub checkpoint, and offline
-fails with one sentence saying what to do. ``attn_implementation``: ``eager`` applies attention-probability
-dropout as a separate call (a stored mask, which pmdrop packs); ``sdpa`` runs it inside the fused kernel.
+Built from config offline (``pretrained: false``); ``pretrained: true`` loads ``model.checkpoint`` (a hub id or a
+local directory), and offline fails with one sentence saying what to do. ``attn_implementation``: ``eager`` applies
+attention-probability dropout as a separate call (a stored mask, which pmdrop packs); ``sdpa`` runs it inside the
+fused kernel. Each family declares its config keys (a dataclass checked by ``check_model_config``), the tasks it
+has heads for and its attention implementations.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import MISSING, DictConfig
 from torch import nn
 
 from .data import TaskData
+from .schema import check_choice, check_range, typed
 
-MODELS: dict[str, Callable[[DictConfig, TaskData], nn.Module]] = {}
+Builder = Callable[[DictConfig, TaskData], nn.Module]
 
 
-def register(family: str):
-    def add(builder):
-        MODELS[family] = builder
-        return builder
+@dataclass
+class ModelSchema:
+    """The keys every model config has."""
+
+    name: str = MISSING
+    family: str = MISSING
+    checkpoint: str = MISSING  # hub id or local directory, read when pretrained
+    pretrained: bool = False
+    attn_implementation: str = "eager"
+
+
+@dataclass
+class BertSchema(ModelSchema):
+    hidden_size: int = MISSING
+    num_hidden_layers: int = MISSING
+    num_attention_heads: int = MISSING
+    intermediate_size: int = MISSING
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    max_position_embeddings: int = 512  # grown from config to the dataset's seq_len when that is longer
+    type_vocab_size: int = 2
+
+
+@dataclass
+class LongformerSchema(BertSchema):
+    vocab_size: int = 50265
+    attention_window: int = 512
+    type_vocab_size: int = 1
+
+
+@dataclass
+class VitSchema(ModelSchema):
+    arch: str = MISSING  # a timm model name
+    drop_rate: float = 0.1  # timm's drop_rate, proj_drop_rate, attn_drop_rate and pos_drop_rate (timm defaults: 0)
+    label_smoothing: float = 0.0
+    arch_overrides: dict[str, Any] | None = None  # further timm.create_model kwargs: embed_dim, depth, patch_size...
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    build: Builder
+    schema: type[ModelSchema]
+    tasks: tuple[str, ...]  # dataset tasks it has a head for
+    attention: tuple[str, ...]  # attn_implementation choices
+
+
+MODELS: dict[str, ModelFamily] = {}
+
+
+def register(family: str, schema: type[ModelSchema], tasks: tuple[str, ...], attention: tuple[str, ...]):
+    def add(build: Builder) -> Builder:
+        MODELS[family] = ModelFamily(build, schema, tasks, attention)
+        return build
 
     return add
 
 
+def _family(name: str) -> ModelFamily:
+    check_choice("model.family", name, MODELS)
+    return MODELS[name]
+
+
+def check_model_config(model: DictConfig, task: str) -> None:
+    """One-line ValueError for a wrong key, type or choice of the model config, or a task it has no head for."""
+    family = _family(model.family)
+    model = typed(family.schema, model, "model")
+    check_choice("model.attn_implementation", model.attn_implementation, family.attention)
+    _check_task(model.family, task)
+    for key in ("hidden_dropout_prob", "attention_probs_dropout_prob", "drop_rate", "label_smoothing"):
+        if key in model:
+            check_range(f"model.{key}", model[key], 0.0, 1.0)
+
+
+def _check_task(family: str, task: str) -> None:
+    if task not in MODELS[family].tasks:
+        raise ValueError(f"model.family={family} has no head for dataset.task={task!r}; valid: "
+                         f"{', '.join(MODELS[family].tasks)}")
+
+
 def build_model(model: DictConfig, data: TaskData) -> nn.Module:
-    if model.family not in MODELS:
-        raise ValueError(f"unknown model.family {model.family!r}; valid: {', '.join(MODELS)}")
-    return MODELS[model.family](model, data)
+    family = _family(model.family)
+    _check_task(model.family, data.task)
+    return family.build(model, data)
 
 
 def _offline_error(model: DictConfig, error: Exception) -> RuntimeError:
     return RuntimeError(
-        f"could not load {model.checkpoint!r} from the hub ({type(error).__name__}): set model.pretrained=false to "
+        f"could not load {model.checkpoint!r} ({type(error).__name__}; offline?): set model.pretrained=false to "
         "build it from config, or point model.checkpoint at a local directory holding the checkpoint"
     )
 
 
-def _hf_head(data: TaskData, families: dict[str, type]):
-    if data.task not in families:
-        raise ValueError(f"this model family has no head for task {data.task!r}; valid: {', '.join(families)}")
-    return families[data.task]
+def _check_positions(model: DictConfig, available: int, needed: int) -> None:
+    """A checkpoint's position table cannot grow; say so instead of failing on an index deep inside the model."""
+    if needed > available:
+        raise ValueError(f"{model.checkpoint!r} has {available} positions but dataset.seq_len needs {needed}: use a "
+                         "shorter dataset.seq_len or model.pretrained=false (the table is then sized from seq_len)")
 
 
-def _hf_model(model: DictConfig, data: TaskData, config, heads: dict[str, type]) -> nn.Module:
-    head = _hf_head(data, heads)
-    if model.pretrained:
-        try:
-            return head.from_pretrained(model.checkpoint, config=config, attn_implementation=model.attn_implementation)
-        except OSError as error:
-            raise _offline_error(model, error) from error
-    return head(config)
-
-
-def _bert_config(model: DictConfig, data: TaskData):
-    from transformers import BertConfig
-
-    fields = dict(
-        hidden_size=model.hidden_size, num_hidden_layers=model.num_hidden_layers,
-        num_attention_heads=model.num_attention_heads, intermediate_size=model.intermediate_size,
-        hidden_dropout_prob=model.hidden_dropout_prob, attention_probs_dropout_prob=model.attention_probs_dropout_prob,
-        max_position_embeddings=max(model.max_position_embeddings, data.seq_len or 0),
-        num_labels=max(data.num_labels, 1), attn_implementation=model.attn_implementation,
-    )
-    if model.pretrained:
-        return BertConfig.from_pretrained(model.checkpoint, num_labels=fields["num_labels"])
-    return BertConfig(vocab_size=data.vocab_size, **fields)
-
-
-@register("bert")
-def bert(model: DictConfig, data: TaskData) -> nn.Module:
-    from transformers import BertForMaskedLM, BertForSequenceClassification
-
-    heads = {"pair_classification": BertForSequenceClassification, "classification": BertForSequenceClassification,
-             "mlm": BertForMaskedLM}
+def _hf_model(model: DictConfig, data: TaskData, config_class, heads: dict[str, type], needed_positions: int,
+              **from_config) -> nn.Module:
+    """A transformers model: ``config_class(**from_config)`` and a fresh head, or the checkpoint's."""
+    head = heads[data.task]
+    num_labels = max(data.num_labels, 1)
+    if not model.pretrained:
+        return head(config_class(num_labels=num_labels, attn_implementation=model.attn_implementation, **from_config))
     try:
-        config = _bert_config(model, data)
+        config = config_class.from_pretrained(model.checkpoint, num_labels=num_labels)
+        _check_positions(model, config.max_position_embeddings, needed_positions)
+        return head.from_pretrained(model.checkpoint, config=config, attn_implementation=model.attn_implementation)
     except OSError as error:
         raise _offline_error(model, error) from error
-    return _hf_model(model, data, config, heads)
 
 
-@register("longformer")
+def _text_heads(sequence_classification: type, masked_lm: type) -> dict[str, type]:
+    return {"pair_classification": sequence_classification, "classification": sequence_classification,
+            "mlm": masked_lm}
+
+
+TEXT_TASKS = ("pair_classification", "classification", "mlm")
+
+
+@register("bert", BertSchema, TEXT_TASKS, attention=("eager", "sdpa"))
+def bert(model: DictConfig, data: TaskData) -> nn.Module:
+    """BERT of any size; the position table grows to the dataset's seq_len when built from config."""
+    from transformers import BertConfig, BertForMaskedLM, BertForSequenceClassification
+
+    seq_len = data.seq_len or 0
+    return _hf_model(
+        model, data, BertConfig, _text_heads(BertForSequenceClassification, BertForMaskedLM), seq_len,
+        vocab_size=data.vocab_size, hidden_size=model.hidden_size, num_hidden_layers=model.num_hidden_layers,
+        num_attention_heads=model.num_attention_heads, intermediate_size=model.intermediate_size,
+        hidden_dropout_prob=model.hidden_dropout_prob, attention_probs_dropout_prob=model.attention_probs_dropout_prob,
+        max_position_embeddings=max(model.max_position_embeddings, seq_len), type_vocab_size=model.type_vocab_size,
+    )
+
+
+@register("longformer", LongformerSchema, TEXT_TASKS, attention=("eager",))
 def longformer(model: DictConfig, data: TaskData) -> nn.Module:
-    """Longformer-Base; the position table grows to ``seq_len + 2`` (ids start at pad + 1 = 2) past 4098."""
+    """Longformer (no sdpa path in transformers). It pads inputs to a multiple of the attention window and its
+    position ids start at pad + 1 = 2, so a table built from config holds ``padded seq_len + 2`` positions."""
     from transformers import LongformerConfig, LongformerForMaskedLM, LongformerForSequenceClassification
 
-    heads = {"classification": LongformerForSequenceClassification,
-             "pair_classification": LongformerForSequenceClassification, "mlm": LongformerForMaskedLM}
-    config = LongformerConfig(
-        vocab_size=max(model.vocab_size, data.vocab_size or 0), hidden_size=model.hidden_size,
+    window = model.attention_window
+    positions = -(-(data.seq_len or 0) // window) * window + 2
+    return _hf_model(
+        model, data, LongformerConfig, _text_heads(LongformerForSequenceClassification, LongformerForMaskedLM),
+        positions, vocab_size=max(model.vocab_size, data.vocab_size or 0), hidden_size=model.hidden_size,
         num_hidden_layers=model.num_hidden_layers, num_attention_heads=model.num_attention_heads,
         intermediate_size=model.intermediate_size, hidden_dropout_prob=model.hidden_dropout_prob,
-        attention_probs_dropout_prob=model.attention_probs_dropout_prob, type_vocab_size=1,
-        layer_norm_eps=1e-5, max_position_embeddings=max(model.max_position_embeddings, (data.seq_len or 0) + 2),
-        attention_window=model.attention_window, num_labels=max(data.num_labels, 1), pad_token_id=0,
+        attention_probs_dropout_prob=model.attention_probs_dropout_prob, type_vocab_size=model.type_vocab_size,
+        layer_norm_eps=1e-5, max_position_embeddings=max(model.max_position_embeddings, positions),
+        attention_window=window, pad_token_id=0,
     )
-    if model.pretrained:
-        try:
-            return _hf_head(data, heads).from_pretrained(model.checkpoint, num_labels=config.num_labels)
-        except OSError as error:
-            raise _offline_error(model, error) from error
-    return _hf_head(data, heads)(config)
 
 
 class VisionClassifier(nn.Module):
@@ -121,21 +195,36 @@ class VisionClassifier(nn.Module):
                                                                       label_smoothing=self.label_smoothing)
         return SimpleNamespace(loss=loss, logits=logits)
 
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict | None = None) -> None:
+        """transformers' name for it, so the trainer treats every family alike (timm checkpoints non-reentrantly)."""
+        self.net.set_grad_checkpointing(True)
 
-@register("vit")
+
+def _timm_weights(checkpoint: str) -> dict[str, str]:
+    """Where timm reads pretrained weights: a local file or directory, else a hub repository."""
+    path = Path(checkpoint)
+    if path.is_dir():
+        path = next((path / name for name in ("model.safetensors", "pytorch_model.bin") if (path / name).exists()),
+                    path / "model.safetensors")
+        return {"file": str(path)}
+    return {"file": str(path)} if path.exists() else {"hf_hub_id": checkpoint}
+
+
+@register("vit", VitSchema, ("image_classification",), attention=("eager", "sdpa"))
 def vit(model: DictConfig, data: TaskData) -> nn.Module:
-    """timm ViT; its dropout rates default to 0, so they come from config. ``eager`` turns fused attention off."""
+    """timm ViT; its dropout rates default to 0, so they come from config. ``eager`` turns fused attention off.
+    A checkpoint's classifier is kept when the dataset has its class count (1000 for the ImageNet ones); for any
+    other count timm starts a fresh head."""
     import timm
 
-    if data.task != "image_classification":
-        raise ValueError(f"model.family=vit needs an image dataset, got task {data.task!r}")
     previous = timm.layers.use_fused_attn()
     timm.layers.set_fused_attn(model.attn_implementation == "sdpa")  # read when the Attention modules are built
     try:
         net = timm.create_model(
             model.arch, pretrained=model.pretrained, num_classes=data.num_labels, img_size=data.image_size,
             drop_rate=model.drop_rate, pos_drop_rate=model.drop_rate, attn_drop_rate=model.drop_rate,
-            proj_drop_rate=model.drop_rate, **dict(model.get("arch_overrides") or {}),
+            proj_drop_rate=model.drop_rate, pretrained_cfg_overlay=_timm_weights(model.checkpoint),
+            **dict(model.get("arch_overrides") or {}),
         )
     except (OSError, RuntimeError) as error:
         if not model.pretrained:

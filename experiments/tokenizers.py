@@ -1,80 +1,103 @@
-"""Text to token ids: the checkpoint's own tokenizer when it can be loaded, else a word-level one built offline.
+"""Text to token ids: the checkpoint's own tokenizer for a pretrained model, else a WordPiece vocabulary trained
+offline on the training text with the ``tokenizers`` library.
 
 A model built from config (``pretrained: false``) has freshly initialised embeddings, so any consistent
-vocabulary serves; the offline tokenizer takes the training text's most frequent words. The choice is recorded
-in the run's notes so nobody mistakes one for the other.
+vocabulary serves. Which tokenizer a run used is logged and kept in the run's notes, so nobody mistakes one for
+the other.
 """
 
 from __future__ import annotations
 
-import re
-from collections import Counter
+import itertools
+import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from omegaconf import DictConfig
 
-SPECIALS = ("[PAD]", "[CLS]", "[SEP]", "[MASK]", "[UNK]")
-_WORDS = re.compile(r"\w+|[^\w\s]")
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+SPECIALS = ("[PAD]", "[CLS]", "[SEP]", "[MASK]", "[UNK]")  # ids 0-4 of every offline vocabulary
+_CHUNK = 10_000  # texts per tokenizer call when streaming a corpus (bounds the Python lists alive at once)
+
+log = logging.getLogger(__name__)
 
 
+@dataclass
 class TextTokenizer:
-    """``encode`` single texts or pairs to padded ``input_ids``/``token_type_ids``/``attention_mask`` tensors."""
+    """A Hugging Face tokenizer and where it came from (``source``, for the log and the run's notes)."""
 
-    def __init__(self, vocab: Sequence[str] | None = None, pretrained=None, source: str = "") -> None:
-        self.pretrained = pretrained
-        self.index = {word: i for i, word in enumerate(vocab or ())}
-        self.source = source
+    tokenizer: PreTrainedTokenizerBase
+    source: str
 
     @property
     def vocab_size(self) -> int:
-        return len(self.pretrained) if self.pretrained is not None else len(self.index)
+        return len(self.tokenizer)
 
-    def word_ids(self, text: str) -> list[int]:
-        if self.pretrained is not None:
-            return self.pretrained.encode(text, add_special_tokens=False)
-        unknown = self.index["[UNK]"]
-        return [self.index.get(word, unknown) for word in _WORDS.findall(text.lower())]
+    @property
+    def mask_id(self) -> int:
+        return self.tokenizer.mask_token_id
 
-    def encode(self, first: Sequence[str], second: Sequence[str] | None = None, max_length: int = 128):
-        if self.pretrained is not None:
-            encoded = self.pretrained(list(first), None if second is None else list(second), truncation=True,
-                                      max_length=max_length, padding="max_length", return_tensors="pt")
-            return {k: v for k, v in encoded.items() if k in ("input_ids", "token_type_ids", "attention_mask")}
-        rows = len(first)
-        ids = torch.full((rows, max_length), SPECIALS.index("[PAD]"))
-        segments = torch.zeros((rows, max_length), dtype=torch.long)
-        cls, sep = SPECIALS.index("[CLS]"), SPECIALS.index("[SEP]")
-        for row in range(rows):
-            a = [cls, *self.word_ids(first[row]), sep]
-            b = [*self.word_ids(second[row]), sep] if second is not None else []
-            while len(a) + len(b) > max_length:  # trim the longer sentence, keeping its [SEP]
-                longer = a if len(a) > len(b) else b
-                del longer[-2]
-            tokens = a + b
-            ids[row, : len(tokens)] = torch.tensor(tokens)
-            segments[row, len(a) : len(tokens)] = 1
-        return {"input_ids": ids, "token_type_ids": segments, "attention_mask": (ids != 0).long()}
+    @property
+    def special_ids(self) -> list[int]:
+        return self.tokenizer.all_special_ids
+
+    def encode(self, first: Sequence[str], second: Sequence[str] | None, max_length: int) -> dict[str, torch.Tensor]:
+        """Single texts or pairs, truncated and padded to ``max_length``, with segment ids."""
+        encoded = self.tokenizer(list(first), None if second is None else list(second), truncation=True,
+                                 max_length=max_length, padding="max_length", return_token_type_ids=True,
+                                 return_tensors="pt")
+        return {key: encoded[key] for key in ("input_ids", "token_type_ids", "attention_mask")}
+
+    def stream(self, texts: Sequence[str]) -> torch.Tensor:
+        """All texts' token ids, concatenated, without special tokens (for language-model blocks)."""
+        chunks = []
+        for start in range(0, len(texts), _CHUNK):
+            ids = self.tokenizer(list(texts[start : start + _CHUNK]), add_special_tokens=False, verbose=False)
+            chunks.append(np.fromiter(itertools.chain.from_iterable(ids["input_ids"]), dtype=np.int64))
+        return torch.from_numpy(np.concatenate(chunks)) if chunks else torch.zeros(0, dtype=torch.long)
 
 
-def build_word_vocab(corpus: Sequence[str], size: int) -> list[str]:
-    counts = Counter(word for text in corpus for word in _WORDS.findall(text.lower()))
-    return [*SPECIALS, *(word for word, _ in counts.most_common(size - len(SPECIALS)))]
+def train_wordpiece(corpus: Sequence[str], vocab_size: int) -> PreTrainedTokenizerBase:
+    """A BERT-style (lower-cased WordPiece) fast tokenizer trained on ``corpus``; ``SPECIALS`` get ids 0-4."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    backend.normalizer = normalizers.BertNormalizer(lowercase=True)
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    backend.train_from_iterator(
+        corpus, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(SPECIALS), show_progress=False)
+    )
+    cls, sep = SPECIALS.index("[CLS]"), SPECIALS.index("[SEP]")
+    backend.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
+                                   mask_token="[MASK]", unk_token="[UNK]")
 
 
 def load_tokenizer(model: DictConfig, dataset: DictConfig, corpus: Sequence[str]) -> TextTokenizer:
-    """The checkpoint's tokenizer for a pretrained model; else a word-level vocabulary of the training text."""
+    """The checkpoint's tokenizer for a pretrained model; else WordPiece trained on the training text."""
     if model.pretrained:
         from transformers import AutoTokenizer
 
         try:
-            tokenizer = AutoTokenizer.from_pretrained(model.checkpoint)
+            tokenizer = TextTokenizer(AutoTokenizer.from_pretrained(model.checkpoint),
+                                      f"tokenizer: {model.checkpoint}")
         except OSError as error:
             raise RuntimeError(
                 f"could not load the tokenizer of {model.checkpoint!r} (offline?): set model.pretrained=false to "
-                "build the model from config with an offline word-level tokenizer, or point model.checkpoint at a "
+                "build the model from config with an offline WordPiece tokenizer, or point model.checkpoint at a "
                 "local directory"
             ) from error
-        return TextTokenizer(pretrained=tokenizer, source=f"tokenizer: {model.checkpoint}")
-    vocab = build_word_vocab(corpus, dataset.get("vocab_size") or 30522)
-    return TextTokenizer(vocab, source=f"tokenizer: offline word-level, {len(vocab)} words from the training text")
+    else:
+        vocab = train_wordpiece(corpus, dataset.vocab_size)
+        tokenizer = TextTokenizer(vocab, f"tokenizer: offline WordPiece, {len(vocab)} tokens trained on the "
+                                         f"training text of {dataset.name} (model.pretrained=false)")
+    log.info(tokenizer.source)
+    return tokenizer
