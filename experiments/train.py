@@ -5,10 +5,12 @@ trains, evaluates and returns the measured fields of results.json. Measurements:
 
 * saved-for-backward bytes: ``pmdrop.track_saved_tensors`` around the forward of step ``measure_step``;
 * peak memory: CUDA ``max_memory_allocated`` after ``reset_peak_memory_stats``; on CPU the process's peak RSS
-  (``cpu_peak_rss``, a high-water mark of the whole process, earlier jobs of a sweep included);
-* throughput: mean over the last ``throughput_window`` steps, warm-up steps excluded, CUDA synchronised;
+  (``cpu_peak_rss``: the high-water mark, reset at the start of the run on Linux; elsewhere the process's);
+* throughput: mean over the last ``throughput_window`` steps after ``timing_warmup_steps``, the instrumented
+  ``measure_step`` and the gradient-cosine computation left out, CUDA synchronised;
 * paired mode: a baseline copy from the same initial weights steps in lockstep from the same RNG state, and the
-  cosine of the two flattened gradients is recorded every ``grad_cosine_every`` steps;
+  cosine of the two flattened gradients is recorded every ``grad_cosine_every`` steps. A baseline run is paired
+  too (with a second baseline: the control), so every run of a paired sweep holds two models in memory;
 * ``param_sha256``: a digest of the final parameters, equal across runs that end bit-identical (composability);
 * DDP (``torchrun``, see experiments/distributed.py): throughput summed over ranks, peak memory per rank (and the
   largest as ``peak_memory_bytes``), the rest from rank 0;
@@ -23,28 +25,28 @@ import copy
 import dataclasses
 import hashlib
 import math
+import re
 import resource
 import time
 from collections.abc import Callable, Iterator
-from contextlib import nullcontext
+from contextlib import nullcontext, suppress
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf import DictConfig
 from tqdm import tqdm
 
 import pmdrop
 
 from . import distributed, robustness
-from .data import DATASETS, TaskData, build_data
+from .data import TaskData, build_data, check_dataset_config
 from .distributed import Ranks
-from .models import MODELS, build_model
+from .models import build_model, check_model_config
+from .schema import check_choice, typed
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 DEVICES = ("auto", "cpu", "cuda")
-ATTENTION = ("eager", "sdpa")
-TASKS = ("pair_classification", "classification", "mlm", "image_classification")
 
 
 @dataclass
@@ -63,6 +65,7 @@ class TrainerSchema:
     device: str = "auto"
     log_every: int = 10
     throughput_window: int = 20
+    timing_warmup_steps: int = 2
     measure_step: int = 2
     eval_batches: int | None = None
     paired: bool = False
@@ -73,23 +76,13 @@ class TrainerSchema:
     fgsm_epsilon: float | None = None
 
 
-def _choice(key: str, value, valid) -> None:
-    if value not in valid:
-        raise ValueError(f"{key}={value!r} is not valid; valid: {', '.join(map(str, valid))}")
-
-
 def check_config(cfg: DictConfig) -> None:
     """One-line ValueError for a bad model/dataset/trainer value, before any work."""
-    try:
-        trainer = OmegaConf.merge(OmegaConf.structured(TrainerSchema), cfg.trainer)
-    except OmegaConfBaseException as error:
-        raise ValueError(f"trainer: {str(error).splitlines()[0]}") from None
-    _choice("model.family", cfg.model.family, list(MODELS))
-    _choice("model.attn_implementation", cfg.model.attn_implementation, ATTENTION)
-    _choice("dataset.kind", cfg.dataset.kind, list(DATASETS))
-    _choice("dataset.task", cfg.dataset.task, TASKS)
-    _choice("trainer.precision", trainer.precision, list(PRECISIONS))
-    _choice("trainer.device", trainer.device, DEVICES)
+    trainer = typed(TrainerSchema, cfg.trainer, "trainer")
+    check_dataset_config(cfg.dataset)
+    check_model_config(cfg.model, cfg.dataset.task)
+    check_choice("trainer.precision", trainer.precision, PRECISIONS)
+    check_choice("trainer.device", trainer.device, DEVICES)
     for key in ("batch_size", "steps", "log_every", "throughput_window", "measure_step", "grad_cosine_every"):
         if trainer[key] < 1:
             raise ValueError(f"trainer.{key}={trainer[key]} must be >= 1")
@@ -97,8 +90,6 @@ def check_config(cfg: DictConfig) -> None:
         raise ValueError(f"trainer.measure_step={trainer.measure_step} is past trainer.steps={trainer.steps}")
     if trainer.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("trainer.device=cuda but no CUDA device is visible; use trainer.device=auto or cpu")
-    if cfg.dataset.get("seq_len") is not None and cfg.dataset.seq_len < 1:
-        raise ValueError(f"dataset.seq_len={cfg.dataset.seq_len} must be >= 1")
     if not 0.0 <= trainer.bitflip_fraction <= 1.0:
         raise ValueError(f"trainer.bitflip_fraction={trainer.bitflip_fraction} must be between 0 and 1")
     robustness.check_bitflip_variant(trainer.bitflip_fraction, cfg.variant.name)
@@ -171,11 +162,8 @@ class Learner:
 
 def prepare(model: torch.nn.Module, trainer: DictConfig, device: torch.device, ranks: Ranks) -> torch.nn.Module:
     """Activation checkpointing, torch.compile, then DDP around it when there are several ranks."""
-    if trainer.grad_checkpointing:
-        if hasattr(model, "gradient_checkpointing_enable"):
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        else:
-            model.net.set_grad_checkpointing(True)
+    if trainer.grad_checkpointing:  # every family has transformers' method (models.VisionClassifier for timm)
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     return distributed.wrap(torch.compile(model) if trainer.compile else model, device, ranks)
 
 
@@ -220,10 +208,30 @@ def _headline_metric(task: str, dataset: DictConfig) -> str:
     return {"mlm": "perplexity", "pair_classification": "f1"}.get(task, "accuracy")
 
 
+def _reset_peak_memory(device: torch.device) -> None:
+    """Start this run's peak afresh: a sweep runs its jobs one after another in the same process."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    with suppress(OSError):  # not Linux: _peak_memory falls back to the process's lifetime peak
+        Path("/proc/self/clear_refs").write_text("5")  # Linux: resets the RSS high-water mark (VmHWM)
+
+
 def _peak_memory(device: torch.device) -> tuple[int, str]:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device), "cuda_max_memory_allocated"
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "cpu_peak_rss"
+    try:
+        return int(re.search(r"VmHWM:\s+(\d+) kB", Path("/proc/self/status").read_text())[1]) * 1024, "cpu_peak_rss"
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "cpu_peak_rss"
+
+
+def _steady_step_times(step_times: list[float], trainer: DictConfig) -> list[float]:
+    """The last ``throughput_window`` steps after ``timing_warmup_steps`` (allocator growth, lazy init, compiling),
+    without ``measure_step`` (its saved-tensor hooks slow it down); every step when that leaves none."""
+    steady = [seconds for step, seconds in enumerate(step_times, 1)
+              if step > trainer.timing_warmup_steps and step != trainer.measure_step]
+    return steady[-trainer.throughput_window:] or step_times
 
 
 def parameter_digest(model: torch.nn.Module) -> str:
@@ -254,14 +262,12 @@ def run_training(cfg: DictConfig, log_step: Callable[[int, dict], None]) -> dict
     if trainer.get("threads"):
         torch.set_num_threads(trainer.threads)
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    _reset_peak_memory(device)
     data = _rank_data(build_data(cfg.dataset, cfg.model, cfg.seed), trainer.batch_size, ranks)
     model = build_model(cfg.model, data).to(device)
     torch.manual_seed(cfg.seed + ranks.rank)  # each rank its own dropout masks, reproducibly
     variant = cfg.variant.name
-    # Paired mode pairs a variant with the baseline; the baseline's own run has nothing to pair with.
-    paired = trainer.paired and variant != "baseline"
+    paired = trainer.paired  # a baseline run is paired with a second baseline: the control
     reference = Learner(prepare(pmdrop.convert(copy.deepcopy(model), "baseline"), trainer, device, ranks), trainer,
                         device) if paired else None
     learner = Learner(prepare(pmdrop.convert(model, variant), trainer, device, ranks), trainer, device)
@@ -269,7 +275,6 @@ def run_training(cfg: DictConfig, log_step: Callable[[int, dict], None]) -> dict
 
     saved = pmdrop.SavedBytes()
     step_times, grad_cosine, loss = [], [], math.nan
-    warmup = min(trainer.warmup_steps, trainer.steps // 2, 3) if trainer.steps > 1 else 0
     bar = tqdm(range(1, trainer.steps + 1), desc=f"{cfg.model.name}/{variant}/seed{cfg.seed}", leave=False,
                mininterval=1.0, disable=not ranks.is_main)
     with compile_settings(trainer), robustness.bitflip_injection(trainer.bitflip_fraction, cfg.seed,
@@ -290,10 +295,13 @@ def run_training(cfg: DictConfig, log_step: Callable[[int, dict], None]) -> dict
             loss = learner.backward(loss_tensor)
             del loss_tensor  # let the graph go before the optimizer step, as a training loop does
             if reference is not None and (step % trainer.grad_cosine_every == 0 or step == 1):
+                measured = time.perf_counter()
                 cosine = torch.nn.functional.cosine_similarity(_flat_grad(learner.model), _flat_grad(reference.model),
                                                                dim=0).item()
                 grad_cosine.append([step, cosine])
                 log_step(step, {"grad_cosine": cosine})
+                start += time.perf_counter() - measured  # instrumentation, not training: kept out of the step time
+            lr = learner.scheduler.get_last_lr()[0]  # this step's
             learner.update()
             _sync(device)
             step_times.append(time.perf_counter() - start)
@@ -302,11 +310,10 @@ def run_training(cfg: DictConfig, log_step: Callable[[int, dict], None]) -> dict
             if step % trainer.log_every == 0 or step == trainer.steps:
                 rate = trainer.batch_size * ranks.world_size / step_times[-1]
                 bar.set_postfix(loss=f"{loss:.4f}", samples_per_s=f"{rate:.1f}")
-                log_step(step, {"loss": loss, "lr": learner.scheduler.get_last_lr()[0],
-                                "step_time_s": step_times[-1], "samples_per_s": rate})
+                log_step(step, {"loss": loss, "lr": lr, "step_time_s": step_times[-1], "samples_per_s": rate})
     bar.close()
 
-    timed = step_times[warmup:][-trainer.throughput_window:] or step_times
+    timed = _steady_step_times(step_times, trainer)
     step_time = sum(timed) / len(timed)
     # Every rank's replica is the same; rank 0 evaluates alone, the others wait for its metrics.
     metrics = None
