@@ -72,7 +72,11 @@ GROUP_OVERRIDES = [
 
 @pytest.mark.parametrize("overrides", GROUP_OVERRIDES, ids=" ".join)
 def test_every_group_option_composes(overrides):
-    check_composed(compose(config_name="config", overrides=overrides))
+    cfg = compose(config_name="config", overrides=overrides)
+    images = cfg.dataset.task == "image_classification"
+    if (cfg.model.family == "vit") != images:  # pair the option with a partner that has a head for its task
+        cfg = compose(config_name="config", overrides=[*overrides, "model=vit_tiny" if images else "dataset=digits"])
+    check_composed(cfg)
 
 
 def test_variant_configs_are_the_registry():
