@@ -213,8 +213,8 @@ def synthetic_pairs(dataset: DictConfig, model: DictConfig, seed: int) -> TaskDa
 def synthetic_lm(dataset: DictConfig, model: DictConfig, seed: int) -> TaskData:
     """Uniform random tokens of exactly ``seq_len``: for memory and throughput at the paper's shapes.
 
-    ``task: mlm`` masks 15 % of positions; ``task: classification`` labels a sequence by its first word, so
-    the loss still falls.
+    ``task: mlm`` has BERT's masked-LM targets (see ``_mask_tokens``); ``task: classification`` labels a sequence
+    by its first word, so the loss still falls.
     """
     generator = torch.Generator().manual_seed(dataset.data_seed)
     vocab = dataset.vocab_size

@@ -208,20 +208,28 @@ def _headline_metric(task: str, dataset: DictConfig) -> str:
     return {"mlm": "perplexity", "pair_classification": "f1"}.get(task, "accuracy")
 
 
-def _reset_peak_memory(device: torch.device) -> None:
-    """Start this run's peak afresh: a sweep runs its jobs one after another in the same process."""
+def _process_status(field: str) -> int:
+    """A memory field of Linux's /proc/self/status, in bytes (OSError elsewhere)."""
+    return int(re.search(rf"{field}:\s+(\d+) kB", Path("/proc/self/status").read_text())[1]) * 1024
+
+
+def _reset_peak_memory(device: torch.device) -> int | None:
+    """Start this run's peak afresh (a sweep runs its jobs one after another in the same process) and return the
+    memory in use now: CUDA memory allocated, or on CPU the process's RSS (None where there is no /proc)."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-        return
+        return torch.cuda.memory_allocated(device)
     with suppress(OSError):  # not Linux: _peak_memory falls back to the process's lifetime peak
         Path("/proc/self/clear_refs").write_text("5")  # Linux: resets the RSS high-water mark (VmHWM)
+        return _process_status("VmRSS")
+    return None
 
 
 def _peak_memory(device: torch.device) -> tuple[int, str]:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device), "cuda_max_memory_allocated"
     try:
-        return int(re.search(r"VmHWM:\s+(\d+) kB", Path("/proc/self/status").read_text())[1]) * 1024, "cpu_peak_rss"
+        return _process_status("VmHWM"), "cpu_peak_rss"
     except OSError:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "cpu_peak_rss"
 
@@ -262,7 +270,7 @@ def run_training(cfg: DictConfig, log_step: Callable[[int, dict], None]) -> dict
     if trainer.get("threads"):
         torch.set_num_threads(trainer.threads)
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-    _reset_peak_memory(device)
+    memory_at_start = _reset_peak_memory(device)
     data = _rank_data(build_data(cfg.dataset, cfg.model, cfg.seed), trainer.batch_size, ranks)
     model = build_model(cfg.model, data).to(device)
     torch.manual_seed(cfg.seed + ranks.rank)  # each rank its own dropout masks, reproducibly
@@ -324,8 +332,10 @@ def run_training(cfg: DictConfig, log_step: Callable[[int, dict], None]) -> dict
             metrics |= robustness.fgsm_metrics(distributed.unwrap(learner.model), data, trainer, device,
                                                learner.autocast, metrics["accuracy"])
     metrics = distributed.broadcast_from_main(metrics)
-    per_rank = distributed.gather({"peak": _peak_memory(device), "step_time": step_time, "loss": loss})
+    per_rank = distributed.gather({"peak": _peak_memory(device), "start": memory_at_start, "step_time": step_time,
+                                   "loss": loss})
     peaks = [rank["peak"][0] for rank in per_rank]
+    highest = peaks.index(max(peaks))
     throughput = sum(trainer.batch_size / rank["step_time"] for rank in per_rank)
     return {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
@@ -339,6 +349,9 @@ def run_training(cfg: DictConfig, log_step: Callable[[int, dict], None]) -> dict
         "peak_memory_bytes": max(peaks),
         "peak_memory_bytes_per_rank": peaks,
         "peak_memory_kind": per_rank[0]["peak"][1],
+        # what the process already held when the run began (on CPU: the interpreter and libraries, growing over a
+        # sweep's jobs); peak_memory_bytes minus this is the run's own growth
+        "memory_at_start_bytes": per_rank[highest]["start"],
         "saved_mask_bytes": saved.mask_bytes,
         "saved_activation_bytes": saved.activation_bytes,
         "saved_parameter_bytes": saved.parameter_bytes,

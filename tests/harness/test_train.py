@@ -39,6 +39,7 @@ def test_run_training_returns_every_contract_field_with_sane_values():
     seq_len = compose_run().dataset.seq_len
     assert (result["steps"], result["batch_size"], result["seq_len"], result["precision"]) == (4, 4, seq_len, "fp32")
     assert result["num_params"] > 0 and result["peak_memory_bytes"] > 50 * 2**20
+    assert 0 < result["memory_at_start_bytes"] <= result["peak_memory_bytes"]
     assert result["task_metric"] == "f1" and set(result["metrics"]) >= {"f1", "accuracy"}
     assert all(0 <= result["metrics"][key] <= 1 for key in ("f1", "accuracy"))
     assert result["dropout_calls"] == {"pmdrop": 1 + 3 + 1}  # embeddings, 3 per layer, classifier
@@ -103,8 +104,9 @@ def test_cpu_peak_memory_is_this_runs():
     device = torch.device("cpu")
     block = torch.ones(300 * 2**20 // 4)  # 300 MiB touched
     del block
-    train._reset_peak_memory(device)
+    start = train._reset_peak_memory(device)
     peak, kind = train._peak_memory(device)
+    assert abs(peak - start) < 20 * 2**20
     block = torch.ones(100 * 2**20 // 4)
     grown, _ = train._peak_memory(device)
     del block
