@@ -34,7 +34,7 @@ def test_a_submitit_local_sweep_runs_every_job_and_a_resubmitted_one_skips_them(
     assert [json.loads(line)["status"] for line in journals[-1].read_text().splitlines()] == ["skipped", "skipped"]
 
 
-@pytest.mark.filterwarnings("ignore:.*validated against ConfigStore schema with the same name")
+@pytest.mark.filterwarnings("ignore:\\s*.hydra/launcher/submitit_slurm. is validated against ConfigStore schema")
 def test_the_slurm_launcher_config_becomes_the_sbatch_script_it_says(tmp_path, monkeypatch):
     import submitit
     from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
