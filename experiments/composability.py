@@ -58,7 +58,8 @@ def _cell(column: str, value: object) -> str:
     if isinstance(value, bool):
         return "yes" if value else "**no**"
     if column.startswith("saved"):
-        return f"{value / 2**20:{'+' if column.endswith('change') else ''}.3f} MiB"
+        scale, unit = (2**20, "MiB") if abs(value) >= 2**20 else (2**10, "KiB")
+        return f"{value / scale:{'+' if column.endswith('change') else ''}.1f} {unit}"
     return str(value)
 
 
