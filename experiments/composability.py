@@ -3,8 +3,9 @@
     python -m experiments.composability runs/        # prints the table and writes runs/composability.{md,csv}
 
 A row per setting (the experiment ``composability-<setting>-ws<ranks>``), variant and seed: whether the run ended with
-parameters bit-identical to the baseline's (``param_sha256``), the bytes saved for backward (masks, and masks plus
-activations) and their change from the baseline. A failed run is listed with its error.
+parameters bit-identical to the baseline's (``param_sha256``), its final loss, the bytes saved for backward (masks,
+and masks plus activations) and their change from the baseline. A failed run is listed with its error. Under
+torch.compile the mask/activation split is not seen (Inductor's own dropout is not a dropout call): compare totals.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ import re
 from pathlib import Path
 
 EXPERIMENT = re.compile(r"composability-(?P<setting>.+)-ws(?P<ranks>\d+)")
-COLUMNS = ("setting", "ranks", "model", "variant", "seed", "status", "identical_to_baseline", "saved_mask_bytes",
-           "saved_bytes", "saved_bytes_change")
+COLUMNS = ("setting", "ranks", "model", "variant", "seed", "status", "identical_to_baseline", "final_loss",
+           "saved_mask_bytes", "saved_bytes", "saved_bytes_change")
 
 
 def _saved(results: dict) -> int | None:
@@ -45,6 +46,7 @@ def composability_rows(runs_root: Path) -> list[dict]:
             "seed": results["seed"],
             "status": "ok" if results["status"] == "ok" else f"failed: {results['error']}",
             "identical_to_baseline": results["param_sha256"] == baseline["param_sha256"] if compared else None,
+            "final_loss": results.get("final_loss"),
             "saved_mask_bytes": results.get("saved_mask_bytes"),
             "saved_bytes": _saved(results),
             "saved_bytes_change": _saved(results) - _saved(baseline) if compared else None,
@@ -57,6 +59,8 @@ def _cell(column: str, value: object) -> str:
         return "—"
     if isinstance(value, bool):
         return "yes" if value else "**no**"
+    if isinstance(value, float):
+        return repr(value)
     if column.startswith("saved"):
         scale, unit = (2**20, "MiB") if abs(value) >= 2**20 else (2**10, "KiB")
         return f"{value / scale:{'+' if column.endswith('change') else ''}.1f} {unit}"
