@@ -85,7 +85,11 @@ def test_module_keeps_p_inplace_and_a_readable_repr():
     assert repr(layer) == "PackedDropout(p=0.25, inplace=True, variant='pmdrop_4bit')"
 
 
-def test_packed_variant_knob_registers_each_density():
+def test_packed_variant_knob_registers_each_density(monkeypatch):
+    from pmdrop import variants
+
+    # Registrations are process-wide: keep them out of later tests that compare the registry with the configs.
+    monkeypatch.setattr(variants, "_REGISTRY", dict(variants._REGISTRY))
     for k in pmdrop.VALID_MASKS_PER_BYTE:
         spec = pmdrop.packed_variant(k, cache_unpacked=False)
         x = torch.randn(1000, requires_grad=True)
