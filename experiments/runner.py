@@ -40,7 +40,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
 
 import pmdrop
-from experiments import tracking
+from experiments import distributed, tracking
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_FILE = "results.json"
@@ -252,12 +252,33 @@ def _train(cfg: DictConfig, run_dir: Path, results: dict[str, Any]) -> None:
         _free_accelerator_memory()
 
 
+def _follow_main_process(cfg: DictConfig) -> dict[str, Any]:
+    """A DDP rank other than 0: trains in step with rank 0 when rank 0 trains, and writes nothing."""
+    from experiments import train
+
+    if not distributed.broadcast_from_main(None):
+        return {"status": "skipped"}
+    try:
+        return {"status": "ok", **train.run_training(cfg, lambda step, metrics: None)}
+    except Exception as error:  # as rank 0 does: record, free memory, go on with the sweep
+        _free_accelerator_memory()
+        return {"status": "failed", "error": f"{type(error).__name__}: {error}"}
+
+
 def run_job(cfg: DictConfig) -> dict[str, Any]:
-    """Run (or skip) the run ``cfg`` describes; returns its results.json content."""
+    """Run (or skip) the run ``cfg`` describes; returns its results.json content.
+
+    Under DDP (torchrun, or submitit with several tasks) rank 0 decides whether to run, and writes the run's files
+    and its W&B run; the other ranks train alongside it (experiments/distributed.py).
+    """
     check_job_config(cfg)
+    if not distributed.is_main_process():
+        return _follow_main_process(cfg)
     run_dir = run_dir_for(cfg)
     previous = read_results(run_dir)
-    if previous is not None and previous.get("status") == "ok" and not cfg.force:
+    finished = previous is not None and previous.get("status") == "ok" and not cfg.force
+    distributed.broadcast_from_main(not finished)  # the other ranks train only when this one does
+    if finished:
         changed, unmatched = config_differences(previous.get("config", {}), OmegaConf.to_container(cfg, resolve=True))
         if changed:
             shown = "; ".join(changed[:3]) + ("; ..." if len(changed) > 3 else "")

@@ -3,6 +3,8 @@
 import json
 import os
 import socket
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -11,6 +13,7 @@ import torch.multiprocessing as mp
 from experiments import distributed
 
 from .cfg import TINY_BERT, compose_run
+from .conftest import REPO_ROOT, TINY_RUN, all_results, harness_env
 
 VARIANTS = ("baseline", "pmdrop", "seeded")
 SHORT = ["trainer.steps=3", "trainer.batch_size=4", "trainer.warmup_steps=1", "trainer.log_every=1",
@@ -101,3 +104,24 @@ def test_data_shards_are_disjoint_and_cover_the_data():
     shards = [distributed.shard(data, distributed.Ranks(rank, rank, 3))["x"] for rank in range(3)]
     assert sorted(torch.cat(shards).tolist()) == list(range(10))
     assert shards[1].tolist() == [1, 4, 7]
+
+
+def test_a_torchrun_sweep_writes_one_results_file_and_one_wandb_run_per_job_and_resumes(runs_root):
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "run.py", "-m",
+               "variant=baseline,pmdrop", *TINY_RUN, "logger=wandb_offline", f"runs_root={runs_root}"]
+
+    def torchrun() -> subprocess.CompletedProcess:
+        done = subprocess.run(command, cwd=REPO_ROOT, env=harness_env(), capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done
+
+    first = torchrun()
+    results = all_results(runs_root)
+    assert sorted(results) == [f"default/tinybert/synthetic_pairs/{v}/seed0" for v in ("baseline", "pmdrop")]
+    for run in results.values():
+        assert run["status"] == "ok" and run["world_size"] == 2 and len(run["peak_memory_bytes_per_rank"]) == 2
+    assert len({run["param_sha256"] for run in results.values()}) == 1
+    assert len(list(runs_root.glob("default/*/*/*/seed0/wandb/offline-run-*"))) == 2  # rank 0's only
+    assert "2 runs: 2 ok" in first.stdout
+    again = torchrun()  # every rank learns from rank 0 that the runs are finished: no rank waits for the others
+    assert all_results(runs_root) == results and "2 runs: 0 ok, 2 skipped" in again.stdout
