@@ -9,7 +9,7 @@ RESULTS ?= results
 SCALE ?= full
 ARGS ?=
 
-.PHONY: install demo test lint report suite1 suite2 gpu-campaign
+.PHONY: install demo test lint report suite1 suite2 gpu-campaign maxfit maxfit-gpu composability robustness
 
 install: $(STAMP)
 
@@ -45,3 +45,19 @@ suite2: install
 # Memory and step time at the paper's shapes on synthetic data. SCALE=full: for a GPU; SCALE=smoke: minutes on a CPU.
 gpu-campaign: install
 	$(PYTHON) run.py -m experiment=gpu_campaign campaign/scale=$(SCALE) runs_root=$(RUNS) $(ARGS)
+
+# Issue 6's experiments: largest batch/context per variant (CPU: saved-bytes budget; maxfit-gpu: CUDA memory),
+# exactness and saved bytes under checkpointing/bf16/compile/sdpa, and the bit-flip and FGSM robustness checks.
+maxfit: install
+	$(PYTHON) run.py -m experiment=maxfit runs_root=$(RUNS) $(ARGS)
+
+maxfit-gpu: install
+	$(PYTHON) run.py -m experiment=maxfit_gpu runs_root=$(RUNS) $(ARGS)
+
+composability: install
+	$(PYTHON) run.py -m experiment=composability runs_root=$(RUNS) $(ARGS); status=$$?; \
+	$(PYTHON) -m experiments.composability $(RUNS) && exit $$status
+
+robustness: install
+	$(PYTHON) run.py -m experiment=robustness_bitflip runs_root=$(RUNS) $(ARGS)
+	$(PYTHON) run.py -m experiment=robustness_fgsm runs_root=$(RUNS) $(ARGS)
