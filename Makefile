@@ -1,4 +1,5 @@
-# make install | demo | test | lint | report | suite1 | suite2 | gpu-campaign
+# make install | demo | test | lint | report | suite1 | suite2 | gpu-campaign | maxfit | maxfit-gpu | composability |
+# robustness
 # Extra Hydra overrides go in ARGS, e.g. `make suite1 ARGS="trainer.device=cuda"`; the campaign's size in SCALE.
 PYTHON3 ?= python3
 VENV := .venv
@@ -8,6 +9,9 @@ RUNS ?= runs
 RESULTS ?= results
 SCALE ?= full
 ARGS ?=
+# After a sweep: the report of every run under RUNS goes to RESULTS, also when a run failed (it counts failed runs);
+# make still fails then, with the sweep's exit status.
+REPORT_AFTER = status=$$?; $(PYTHON) -m scripts.report $(RUNS) --out $(RESULTS) && exit $$status
 
 .PHONY: install demo test lint report suite1 suite2 gpu-campaign maxfit maxfit-gpu composability robustness
 
@@ -26,11 +30,9 @@ test: install
 lint: install
 	$(PYTHON) -m ruff check .
 
-# TinyBERT x synthetic pairs x 5 exact variants x seeds 0-4 on the CPU, then the report of those runs. The report
-# is written even when a run failed (it counts failed runs); make still fails then.
+# TinyBERT x synthetic pairs x 5 exact variants x seeds 0-4 on the CPU, then the report.
 demo: install
-	$(PYTHON) run.py -m experiment=demo runs_root=$(RUNS) $(ARGS); status=$$?; \
-	$(PYTHON) -m scripts.report $(RUNS)/demo --out $(RESULTS) && exit $$status
+	$(PYTHON) run.py -m experiment=demo runs_root=$(RUNS) $(ARGS); $(REPORT_AFTER)
 
 report: install
 	$(PYTHON) -m scripts.report $(RUNS)/ --out $(RESULTS)/
@@ -46,18 +48,19 @@ suite2: install
 gpu-campaign: install
 	$(PYTHON) run.py -m experiment=gpu_campaign campaign/scale=$(SCALE) runs_root=$(RUNS) $(ARGS)
 
-# Issue 6's experiments: largest batch/context per variant (CPU: saved-bytes budget; maxfit-gpu: CUDA memory),
-# exactness and saved bytes under checkpointing/bf16/compile/sdpa, and the bit-flip and FGSM robustness checks.
+# Issue 6's experiments, each followed by the report: largest batch/context per variant (CPU: saved-bytes budget;
+# maxfit-gpu: CUDA memory), exactness and saved bytes under checkpointing/bf16/compile/sdpa, and the bit-flip and
+# FGSM robustness checks.
 maxfit: install
-	$(PYTHON) run.py -m experiment=maxfit runs_root=$(RUNS) $(ARGS)
+	$(PYTHON) run.py -m experiment=maxfit runs_root=$(RUNS) $(ARGS); $(REPORT_AFTER)
 
 maxfit-gpu: install
-	$(PYTHON) run.py -m experiment=maxfit_gpu runs_root=$(RUNS) $(ARGS)
+	$(PYTHON) run.py -m experiment=maxfit_gpu runs_root=$(RUNS) $(ARGS); $(REPORT_AFTER)
 
 composability: install
-	$(PYTHON) run.py -m experiment=composability runs_root=$(RUNS) $(ARGS); status=$$?; \
-	$(PYTHON) -m experiments.composability $(RUNS) && exit $$status
+	$(PYTHON) run.py -m experiment=composability runs_root=$(RUNS) $(ARGS); $(REPORT_AFTER)
 
 robustness: install
-	$(PYTHON) run.py -m experiment=robustness_bitflip runs_root=$(RUNS) $(ARGS)
-	$(PYTHON) run.py -m experiment=robustness_fgsm runs_root=$(RUNS) $(ARGS)
+	$(PYTHON) run.py -m experiment=robustness_bitflip runs_root=$(RUNS) $(ARGS); \
+	bitflip=$$?; $(PYTHON) run.py -m experiment=robustness_fgsm runs_root=$(RUNS) $(ARGS); \
+	fgsm=$$?; test $$bitflip -eq 0 -a $$fgsm -eq 0; $(REPORT_AFTER)

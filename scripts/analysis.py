@@ -153,9 +153,9 @@ def comparisons(runs: pd.DataFrame, settings: Settings) -> pd.DataFrame:
         rows.append(record | {
             "case": c.case, "n_pairs": c.n_pairs, "unpaired_seeds": " ".join(map(str, c.unpaired_seeds)),
             "baseline_mean": c.baseline_mean, "variant_mean": c.variant_mean, "mean_diff": c.mean_diff,
-            "diff_ci_low": _at(c.diff_ci, 0), "diff_ci_high": _at(c.diff_ci, 1), "pct_change": c.pct_change,
-            "pct_ci_low": _at(c.pct_ci, 0), "pct_ci_high": _at(c.pct_ci, 1),
-            "boot_ci_low": _at(c.bootstrap_ci, 0), "boot_ci_high": _at(c.bootstrap_ci, 1),
+            "diff_ci_low": ci_end(c.diff_ci, 0), "diff_ci_high": ci_end(c.diff_ci, 1), "pct_change": c.pct_change,
+            "pct_ci_low": ci_end(c.pct_ci, 0), "pct_ci_high": ci_end(c.pct_ci, 1),
+            "boot_ci_low": ci_end(c.bootstrap_ci, 0), "boot_ci_high": ci_end(c.bootstrap_ci, 1),
             "p_paired_t": c.p_paired, "p_paired_t_holm": c.p_paired_holm, "p_welch": c.p_welch,
             "margin": c.margin.describe() if c.margin else None, "p_tost": c.p_tost, "p_tost_holm": c.p_tost_holm,
             "baseline_sigma": c.baseline_sigma, "effect_sigma": c.effect_sigma,
@@ -164,5 +164,5 @@ def comparisons(runs: pd.DataFrame, settings: Settings) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _at(pair: tuple[float, float] | None, index: int) -> float | None:
+def ci_end(pair: tuple[float, float] | None, index: int) -> float | None:
     return None if pair is None else pair[index]

@@ -8,7 +8,6 @@ Claims about absolute GPU memory or time need CUDA runs: CPU figures are shown f
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,7 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from .composability import composability_table
 from .load import CONFIG_KEY
+from .robustness import bitflip_pairs
 
 REPRODUCED, CONTRADICTED, NOT_RUN = "reproduced", "contradicted", "not run here"
 _HALF_PRECISION = ("bf16", "fp16")
@@ -288,26 +289,11 @@ def max_feasible(axis: str, scope: Scope, claimed_ratio: float, tolerance: float
     return check
 
 
-def _bitflip_fraction(results: dict) -> float:
-    return float(((results.get("config") or {}).get("trainer") or {}).get("bitflip_fraction") or 0.0)
-
-
-def _same_run_without_flips(results: dict) -> str:
-    """What makes two runs the same apart from bit flips (and where they were filed)."""
-    config = {k: v for k, v in (results.get("config") or {}).items()
-              if k not in ("experiment_name", "runs_root", "force", "logger")}
-    config["trainer"] = {k: v for k, v in (config.get("trainer") or {}).items() if k != "bitflip_fraction"}
-    return json.dumps(config, sort_keys=True, default=str)
-
-
 def bitflips(bound_points: float) -> Callable[[Evidence], Finding]:
     """Task metric of runs trained with ``trainer.bitflip_fraction`` > 0 minus the same run without flips."""
 
     def check(evidence: Evidence) -> Finding:
-        ok = evidence.ok.assign(flips=evidence.ok["results"].map(_bitflip_fraction),
-                                same=evidence.ok["results"].map(_same_run_without_flips))
-        pairs = ok[ok["flips"] > 0].merge(ok[ok["flips"] == 0], on="same", suffixes=("", "_clean"))
-        pairs = pairs[pairs["task_value"].notna() & pairs["task_value_clean"].notna()]
+        pairs = bitflip_pairs(evidence.runs)
         if pairs.empty:
             return Finding("—", NOT_RUN, "no run trained with trainer.bitflip_fraction > 0 next to the same run "
                            "without flips")
@@ -318,7 +304,7 @@ def bitflips(bound_points: float) -> Callable[[Evidence], Finding]:
         figure = (f"{pairs['task_metric'].iloc[0]} change {change.mean():+.3g} ± {spread:.2g} points over "
                   f"{len(change)} pair(s) at flip fraction(s) {fractions}")
         status = REPRODUCED if abs(change.mean()) <= bound_points else CONTRADICTED
-        return Finding(figure, status, "", ok[ok["flips"] > 0])
+        return Finding(figure, status, "", evidence.ok[evidence.ok["run_dir"].isin(pairs["run_dir"])])
 
     return check
 
@@ -344,6 +330,26 @@ def fgsm(bound_points: float) -> Callable[[Evidence], Finding]:
         return Finding(figure, status, note, runs[runs["variant"].isin([evidence.baseline, "pmdrop"])])
 
     return check
+
+
+def portability(evidence: Evidence) -> Finding:
+    """Per composability setting (and DDP world size): how many exact-variant runs ended bit-identical."""
+    table = composability_table(evidence.runs, evidence.baseline)
+    table = table[table["variant"] != evidence.baseline]
+    if table.empty:
+        return Finding("—", NOT_RUN, "no composability runs (python run.py -m experiment=composability)")
+    parts, differ = [], []
+    for (setting, ranks), group in table.groupby(["setting", "ranks"], sort=True):
+        name = setting if ranks == 1 else f"{setting} (DDP, {ranks} ranks)"
+        same = int((group["identical_to_baseline"] == True).sum())  # noqa: E712 (None: not compared)
+        parts.append(f"{name}: {same}/{len(group)}")
+        if same < len(group):
+            differ.append(name)
+    figure = "runs ending bit-identical to the baseline: " + ", ".join(parts)
+    note = ("not identical under " + ", ".join(differ) + " (see composability.md)" if differ else
+            "ZeRO and DeepSpeed not installable here, not run")
+    used = evidence.ok[evidence.ok["experiment"].str.startswith("composability-")]
+    return Finding(figure, CONTRADICTED if differ else REPRODUCED, note, used)
 
 
 def not_run(reason: str) -> Callable[[Evidence], Finding]:
@@ -407,7 +413,11 @@ CLAIMS: list[Claim] = [
     Claim("indistinguishable", "Abstract", "final accuracy statistically indistinguishable from the baseline",
           "every configuration identical or TOST-equivalent", indistinguishable),
     Claim("tempo", "Composability", "with Tempo + FlashAttention-2: Longformer 51 GB (−35 %), 2× context",
-          "—", not_run("Tempo has no installable package and the harness has no composability experiment")),
+          "—", not_run("Tempo has no installable package (the composability experiment covers checkpointing, AMP, "
+                       "compile, sdpa and DDP instead)")),
+    Claim("portability", "Method", "compatible with AMP, torch.compile, DDP and ZeRO, with the baseline's "
+          "optimisation trajectory", "every exact variant under every setting run ends with the baseline's "
+          "parameters, bit for bit", portability),
     Claim("bitflip", "Ablation", "5 % random bit flips in packed masks change MRPC F1 by 0.04 ± 0.06",
           "|mean change| ≤ 0.5 points (the F1 equivalence margin)", bitflips(0.5)),
     Claim("fgsm", "Ablation", "FGSM on ImageNet: top-1 drop 8.2 % (baseline) vs 8.3 % (PM-Drop)",

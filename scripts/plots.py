@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure  # figures without pyplot: no global state, rendered by Agg on save
-from matplotlib.ticker import ScalarFormatter
+from matplotlib.ticker import NullFormatter, ScalarFormatter
 
 from .analysis import METRICS, MiB, plot_unit
 from .load import CONFIG_KEY, read_history
@@ -33,9 +33,10 @@ class SkipPlot(Exception):
 
 @dataclass(frozen=True)
 class PlotInput:
-    runs: pd.DataFrame  # finished runs only
+    runs: pd.DataFrame  # finished training runs only
     baseline: str
     confidence: float
+    searches: pd.DataFrame | None = None  # scripts.maxfit.searches: the max-feasible-size searches
 
 
 def _config_label(key: tuple, with_experiment: bool) -> str:
@@ -53,8 +54,8 @@ def _variants(runs: pd.DataFrame, baseline: str) -> list[str]:
     return ([baseline] if baseline in set(runs["variant"]) else []) + others
 
 
-def _grid(count: int, width: float = 5.0, height: float = 3.6) -> tuple[Figure, list[Axes]]:
-    cols = min(count, 3)
+def _grid(count: int, width: float = 5.0, height: float = 3.6, cols: int = 3) -> tuple[Figure, list[Axes]]:
+    cols = min(count, cols)
     rows = -(-count // cols)
     fig = Figure(figsize=(max(width * cols, 8.0), height * rows + 0.8))
     axes = fig.subplots(rows, cols, squeeze=False)
@@ -89,14 +90,16 @@ def memory_by_variant(data: PlotInput) -> Figure:
               if data.runs[c].notna().any()]
     if not panels:
         raise SkipPlot("no run reports peak memory or saved bytes")
-    fig, axes = _grid(len(panels))
+    configs = len(_configs(data.runs))
+    # Many configurations: one metric per row, wide enough for a labelled group of bars each.
+    fig, axes = _grid(len(panels)) if configs <= 4 else _grid(len(panels), max(8.0, 1.2 * configs), 4.2, cols=1)
     kinds = sorted(set(data.runs["peak_memory_kind"].dropna()))
     for ax, column in zip(axes, panels, strict=True):
         _grouped_bars(ax, data.runs, column, data.baseline, data.confidence, "std")
         metric = METRICS[column]
         title = metric.label + (f" ({', '.join(kinds)})" if column == "peak_memory_bytes" and kinds else "")
         ax.set(title=title, ylabel=f"{metric.label} [{plot_unit(column)}]")
-        if column == "saved_mask_bytes":
+        if column == "saved_mask_bytes" and (data.runs[column] > 0).any():  # torch.compile runs see no mask
             ax.set_yscale("log")
     axes[0].legend(title="variant", fontsize=8)
     fig.suptitle("Memory per configuration and dropout variant (mean ± std over seeds)", fontsize=11)
@@ -169,9 +172,10 @@ def _sweeps(runs: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
 
 
 def _seq_len_axis(ax: Axes) -> None:
-    """Sequence lengths are mostly powers of two: a base-2 log axis with plain numbers."""
+    """Sequence lengths and batch sizes are mostly powers of two: a base-2 log axis with plain numbers."""
     ax.set_xscale("log", base=2)
     ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())
 
 
 def _by_seq_len(group: pd.DataFrame, column: str) -> pd.DataFrame:
@@ -212,6 +216,32 @@ def mask_bytes_vs_seq_len(data: PlotInput) -> Figure:
     return fig
 
 
+def maxfit_probes(data: PlotInput) -> Figure:
+    if data.searches is None or data.searches.empty:
+        raise SkipPlot("no max-feasible-size search (experiment=maxfit) in these runs")
+    panels = list(data.searches.groupby(["model", "dataset", "axis", "budget", "budget_bytes"], sort=True))
+    fig, axes = _grid(len(panels))
+    for ax, ((model, dataset, axis, budget, limit), group) in zip(axes, panels, strict=True):
+        baseline = group.loc[group["variant"] == data.baseline, "largest"]
+        for i, (variant, search) in enumerate(group.groupby("variant", sort=True)):
+            probes = sorted((size, used) for size, _, used in search["probes"].iloc[0] if used is not None)
+            largest = search["largest"].iloc[0]
+            gain = f", {largest / baseline.iloc[0]:.3g}×" if not baseline.empty and baseline.iloc[0] > 0 else ""
+            ax.plot([p[0] for p in probes], [p[1] * MiB for p in probes], "o-", color=f"C{i}", ms=3, lw=1,
+                    label=f"{variant}: {largest}{gain}")
+            ax.axvline(largest, color=f"C{i}", ls=":", lw=1)
+        ax.axhline(limit * MiB, color="0.3", ls="--", lw=1, label="budget")
+        what = "CUDA memory" if budget == "cuda_memory" else "saved for backward"
+        ax.set(title=f"{model}/{dataset}", xlabel=axis.replace("_", " "), ylabel=f"{what} [MiB]", yscale="log")
+        _seq_len_axis(ax)
+        ax.yaxis.set_major_formatter(ScalarFormatter())
+        ax.yaxis.set_minor_formatter(NullFormatter())
+        ax.legend(title="largest that fits", fontsize=7, title_fontsize=7)
+    fig.suptitle("Max feasible size: memory at each probe of the search, budget dashed, largest fit dotted",
+                 fontsize=11)
+    return fig
+
+
 PLOTS: dict[str, tuple[Callable[[PlotInput], Figure], str]] = {
     "memory_by_variant": (memory_by_variant, "peak memory, saved activation and saved mask bytes per variant"),
     "throughput": (throughput, "training throughput per variant with confidence intervals"),
@@ -219,6 +249,7 @@ PLOTS: dict[str, tuple[Callable[[PlotInput], Figure], str]] = {
     "grad_cosine": (grad_cosine, "gradient cosine similarity with the paired baseline over steps"),
     "memory_vs_seq_len": (memory_vs_seq_len, "peak memory against sequence length (sequence-length sweeps)"),
     "mask_bytes_vs_seq_len": (mask_bytes_vs_seq_len, "measured mask bytes against the analytic prediction"),
+    "maxfit_probes": (maxfit_probes, "max feasible size: memory against size at each probe, with the budget"),
 }
 
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
 
-from . import analysis, claims, memory_check, plots, tables
+from . import analysis, claims, composability, maxfit, memory_check, plots, robustness, tables
 from .load import find_incomplete, load_runs
 from .provenance import Provenance, report_command
 from .settings import DEFAULT_SETTINGS, WANDB_MODES, Settings, load_settings
@@ -43,8 +44,52 @@ def _write_pair(out: Path, stem: str, title: str, frame: pd.DataFrame, markdown:
     written.add(tables.write_markdown(out / f"{stem}.md", title, markdown, provenance), description)
 
 
+@dataclass(frozen=True)
+class ExperimentTable:
+    """A table of one of issue 6's experiments, written only when its runs exist."""
+
+    stem: str
+    title: str
+    build: Callable[[pd.DataFrame, Settings], pd.DataFrame]
+    markdown: Callable[[pd.DataFrame, Settings], str]
+    description: str
+
+
+EXPERIMENT_TABLES = (
+    ExperimentTable("maxfit", "Largest batch or context that fits, per variant",
+                    lambda runs, s: maxfit.maxfit_table(runs, s.baseline), lambda t, s: maxfit.maxfit_markdown(t),
+                    "max feasible batch/context: largest size per model and variant, gain over the baseline"),
+    ExperimentTable("composability", "Composability: exactness and saved bytes under each technique",
+                    lambda runs, s: composability.composability_table(runs, s.baseline),
+                    lambda t, s: composability.composability_markdown(t),
+                    "composability: bit-identical to the baseline? saved bytes under checkpointing, bf16, compile, "
+                    "sdpa, DDP"),
+    ExperimentTable("robustness_bitflip", "Bit flips in packed masks during training", robustness.bitflip_table,
+                    lambda t, s: robustness.bitflip_markdown(t),
+                    "bit-flip robustness: task metric with flips vs the same run without, paired by seed"),
+    ExperimentTable("robustness_fgsm", "FGSM: accuracy drop per variant", robustness.fgsm_table,
+                    lambda t, s: robustness.fgsm_markdown(t, s.baseline),
+                    "FGSM robustness: clean accuracy, drop under attack, each variant's drop vs the baseline's"),
+)
+
+
+def is_search(runs: pd.DataFrame) -> pd.Series:
+    """Runs that searched for a largest size (experiments/maxfit.py) rather than trained: no training metrics."""
+    return runs["results"].map(lambda results: bool(results.get("maxfit")))
+
+
 def write_tables(runs: pd.DataFrame, out: Path, settings: Settings, provenance: Provenance,
                  written: Written) -> dict[str, pd.DataFrame]:
+    frames = {}
+    for table in EXPERIMENT_TABLES:
+        frame = table.build(runs, settings)
+        if not frame.empty:
+            experiments = {e for column in frame.columns if column.startswith("experiment") for e in frame[column]}
+            used = runs[runs["experiment"].isin(experiments)]
+            _write_pair(out, table.stem, table.title, frame, table.markdown(frame, settings), provenance.subset(used),
+                        written, table.description)
+            frames[table.stem] = frame
+    everything, runs = runs, runs[~is_search(runs)]
     summary, comparisons = analysis.summaries(runs, settings), analysis.comparisons(runs, settings)
     for experiment in sorted(runs["experiment"].unique()):
         prov = provenance.subset(runs[runs["experiment"] == experiment])
@@ -61,12 +106,12 @@ def write_tables(runs: pd.DataFrame, out: Path, settings: Settings, provenance: 
     _write_pair(out, "memory_model", "Analytic memory model against measured saved bytes", memory,
                 tables.memory_markdown(memory), provenance, written,
                 "analytic memory model: predicted vs measured saved bytes, relative error per configuration")
-    claim_rows = claims.claims_table(claims.Evidence(runs, comparisons, settings.baseline))
+    claim_rows = claims.claims_table(claims.Evidence(everything, comparisons, settings.baseline))
     _write_pair(out, "claims", "Paper claim vs reproduced", claim_rows, tables.claims_markdown(claim_rows),
                 provenance, written, "paper claim vs reproduced: one row per numeric claim, our figure, device, status")
-    written.add(tables.write_csv(runs.drop(columns=["results"]), out / "runs.csv", provenance),
+    written.add(tables.write_csv(everything.drop(columns=["results"]), out / "runs.csv", provenance),
                 "every run read: its identity, status, error and measured fields")
-    return {"summary": summary, "comparisons": comparisons, "memory_model": memory, "claims": claim_rows}
+    return {"summary": summary, "comparisons": comparisons, "memory_model": memory, "claims": claim_rows, **frames}
 
 
 def _readme(runs: pd.DataFrame, incomplete: list[Path], out: Path, settings: Settings, written: Written,
@@ -123,10 +168,12 @@ def stdout_summary(summary: pd.DataFrame, comparisons: pd.DataFrame, baseline: s
     header = ["configuration", "variant", "saved masks", "Δ masks", "Δ activations", "Δ throughput [CI]",
               "Δ task metric", "grad cosine"]
     rows = []
+    many = comparisons["experiment"].nunique() > 1
     for key, group in comparisons.groupby(list(analysis.GROUP_KEY), sort=True):
         mask = means.get((*key, "saved_mask_bytes"))
         cosine = means.get((*key, "grad_cosine_mean"))
-        rows.append([f"{key[1]}/{key[2]}", key[3], analysis.METRICS["saved_mask_bytes"].with_unit(mask),
+        rows.append([f"{key[0]}: " * many + f"{key[1]}/{key[2]}", key[3],
+                     analysis.METRICS["saved_mask_bytes"].with_unit(mask),
                      _change(group, "saved_mask_bytes"), _change(group, "saved_activation_bytes"),
                      _change(group, "throughput_samples_per_s"), _task(group),
                      "—" if cosine is None or pd.isna(cosine) else f"{cosine:.6f}"])
@@ -146,7 +193,8 @@ def build_report(roots: list[Path], out: Path, settings: Settings, command: str)
     provenance = Provenance.of(runs, command)
     written = Written([], [])
     frames = write_tables(runs, out, settings, provenance, written)
-    data = plots.PlotInput(runs[runs["status"] == "ok"], settings.baseline, settings.confidence)
+    data = plots.PlotInput(runs[(runs["status"] == "ok") & ~is_search(runs)], settings.baseline, settings.confidence,
+                           maxfit.searches(runs))
     pngs, written.skipped_plots = plots.draw_all(data, out / "plots", provenance, settings.dpi)
     for path, description in pngs:
         written.add(path, description)

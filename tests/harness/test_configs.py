@@ -67,6 +67,7 @@ GROUP_OVERRIDES = [
     *[[f"+workload={option}"] for option in options("workload")],
     *[["experiment=gpu_campaign", f"campaign/shape={option}"] for option in options("campaign/shape")],
     *[["experiment=gpu_campaign", f"campaign/scale={option}"] for option in options("campaign/scale")],
+    *[["experiment=composability", f"composability={option}"] for option in options("composability")],
 ]
 
 
@@ -186,6 +187,8 @@ def test_gpu_campaign_covers_every_shape_attention_and_variant(scale, variants):
         (["model=bert_huge"], MissingConfigException, "Available options in 'model'"),
         (["trainer.stepz=3"], ConfigCompositionException, "Could not override 'trainer.stepz'"),
         (["experiment=demo", "campaign/scale=smoke"], ConfigCompositionException, "campaign/scale"),
+        (["experiment=composability", "composability=flash"], MissingConfigException,
+         r"Could not find 'composability/flash'\n\nAvailable options in 'composability':\n\tbf16\n\tcheckpointing"),
     ],
 )
 def test_unknown_choices_and_misspelt_keys_fail_naming_them(overrides, error, message):
@@ -208,3 +211,21 @@ def test_wrong_values_fail_validation_naming_them(monkeypatch, overrides, messag
     cfg = compose(config_name="config", overrides=overrides)
     with pytest.raises(runner.InvalidConfig, match=message):
         runner.check_job_config(cfg)
+
+
+@pytest.mark.parametrize(
+    ("setting", "changed"),
+    [
+        ("eager", {}),
+        ("checkpointing", {"trainer.grad_checkpointing": True}),
+        ("bf16", {"trainer.precision": "bf16"}),
+        ("compile", {"trainer.compile": True}),
+        ("sdpa", {"model.attn_implementation": "sdpa"}),
+    ],
+)
+def test_each_composability_setting_changes_one_thing_from_eager(setting, changed):
+    reference = {"trainer.grad_checkpointing": False, "trainer.precision": "fp32", "trainer.compile": False,
+                 "model.attn_implementation": "eager"}
+    cfg = compose(config_name="config", overrides=["experiment=composability", f"composability={setting}"])
+    assert {key: OmegaConf.select(cfg, key) for key in reference} == {**reference, **changed}
+    assert cfg.experiment_name == f"composability-{setting}-ws1" and cfg.trainer.steps == 20
