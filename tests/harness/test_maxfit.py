@@ -3,10 +3,11 @@
 import math
 
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from experiments.maxfit import largest_fitting, run_search
+from experiments.maxfit import BUDGETS, SavedBytesBudget, largest_fitting, run_search
 from experiments.train import check_config
 
 from .cfg import TINY_BERT, compose_run
@@ -101,3 +102,24 @@ def test_searches_that_cannot_run_here_fail_with_one_line(overrides, message):
     cfg = compose_run("experiment=maxfit", *overrides)
     with pytest.raises(ValueError, match=message):
         check_config(cfg)
+
+
+def test_an_out_of_memory_probe_counts_as_not_fitting_and_the_search_goes_on(monkeypatch):
+    """The GPU budget's contract, on a CPU: a probe that raises torch.OutOfMemoryError is caught, recorded as not
+    fitting (no bytes), and the search still ends at the exact boundary."""
+    probed = []
+
+    class RunsOutAbove12(SavedBytesBudget):
+        def measure(self, learner, batch):
+            size = len(batch["labels"])
+            probed.append(size)
+            if size > 12:
+                raise torch.OutOfMemoryError("injected: CUDA out of memory")
+            return True, size
+
+    monkeypatch.setitem(BUDGETS, "saved_bytes", RunsOutAbove12)
+    result = search("pmdrop")
+    assert result["maxfit"]["largest"] == 12
+    assert [probe for probe in result["maxfit"]["probes"] if not probe[1]] == [
+        [size, False, None] for size in probed if size > 12]
+    assert sorted(size for size in probed if size > 12)[0] == 13  # the boundary was probed from above
