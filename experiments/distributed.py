@@ -4,26 +4,57 @@
     python run.py -m hydra/launcher=submitit_slurm hydra.launcher.gpus_per_node=4 ...   # one task per GPU
 
 torchrun sets ``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE`` and ``MASTER_*``; a submitit job with several tasks gets them
-from submitit's environment (:func:`current`). The process group is created on first use and kept for the life of
-the process, because a sweep (``-m``) runs its jobs one after another in the same processes. Backends: gloo for CPU
-tensors, nccl for CUDA ones.
+from submitit's environment (:func:`current`). The process group is created on first use and kept from job to job, as
+a sweep (``-m``) runs its jobs one after another in the same processes, until a run fails (below). Backends: gloo for
+CPU tensors, nccl for CUDA ones.
 
 In a run every rank trains a replica on its own shard of the training data (every ``world_size``-th sample, starting
 at its rank), with its own dropout seed (``seed + rank``), and DDP averages the gradients, so the replicas stay equal.
 ``trainer.batch_size`` is per rank. Rank 0 evaluates and writes the run's files; every collective below is called by
 all ranks in the same order.
+
+A run that fails on some ranks only (an out-of-memory error on rank 1, an exception in rank 0's evaluation) must not
+leave the others blocked in a collective of that run, nor let the ranks' collectives go out of step for the next job.
+So after every run each rank calls :func:`settle` with its own error (or None): a failing rank first leaves the
+process group, then every rank posts its outcome to the rendezvous store and waits for every other rank's. If any rank
+failed, every rank leaves the group and the next job builds a fresh one (the next "generation", under its own store
+prefix, so no stale rendezvous key of the old group is read), and the run is ``failed`` with every rank's error, first
+failure first (``rank 1: OutOfMemoryError: ...; rank 0: RuntimeError: ... Connection closed by peer``). The store is
+one TCPStore client per process, kept for the life of the process: torchrun's agent hosts it at
+``MASTER_ADDR:MASTER_PORT`` (``TORCHELASTIC_USE_AGENT_STORE=True``), otherwise rank 0 does.
+
+On gloo (CPU), leaving the group closes its connections, and a peer blocked in a collective with the failing rank raises
+at once (connection closed or reset by peer); tests/harness/test_ddp_failures.py checks this for a failure in DDP's
+training steps on rank 1 and in rank 0's evaluation, and that a peer that neither answers nor leaves is given up at
+the timeout. On nccl a destroyed communicator is not expected to unblock its peers: a blocked peer waits for the
+collective timeout, and NCCL's watchdog then (by default, ``TORCH_NCCL_ASYNC_ERROR_HANDLING=3``) ends the
+process, so torchrun ends the sweep; finished runs keep their results.json. That is expected, not tested: there is no
+multi-GPU machine here. Every collective and store wait is bounded: ``PMDROP_DDP_TIMEOUT_S`` (default 1800 s) for a
+collective or joining a group, twice that for the outcomes of a run (a peer may be blocked for a full timeout first).
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import json
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 
+# DDP imports this lazily; its functions take ``group=group.WORLD`` defaults, which would hold the group alive at that
+# moment for ever, and a group that is not freed does not close its connections when a rank leaves it after a failure.
+import torch.distributed.nn.functional  # imported while no group exists: those defaults are None
+
 T = TypeVar("T")
+
+_store: dist.Store | None = None  # this process's client of the rendezvous store
+_generation = 0  # process groups given up after a failed run: the same on every rank (all see the same outcomes)
+_settled = 0  # runs settled so far: the same on every rank (all run the same jobs in the same order)
 
 
 @dataclass(frozen=True)
@@ -61,13 +92,66 @@ def is_main_process() -> bool:
     return current().is_main
 
 
+def timeout() -> timedelta:
+    """How long a collective, or joining a group, may wait for the other ranks."""
+    return timedelta(seconds=float(os.environ.get("PMDROP_DDP_TIMEOUT_S", 1800)))
+
+
+def _rendezvous_store(ranks: Ranks) -> dist.Store:
+    global _store
+    if _store is None:
+        agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+        store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), ranks.world_size,
+                              is_master=not agent and ranks.rank == 0, timeout=timeout())
+        # torchrun's store outlives restarted workers (--max-restarts): keep apart from an earlier attempt's keys
+        _store = dist.PrefixStore(f"pmdrop/restart{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/", store)
+    return _store
+
+
 def init_process_group(ranks: Ranks) -> None:
-    """Join the process group once per process (no-op for a single process)."""
+    """Join the process group (no-op for a single process); it is kept until a run fails on some rank."""
     if ranks.world_size == 1 or dist.is_initialized():
         return
     if torch.cuda.is_available():
         torch.cuda.set_device(ranks.local_rank)
-    dist.init_process_group("cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo")
+    dist.init_process_group("cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo",
+                            store=dist.PrefixStore(f"gen{_generation}/", _rendezvous_store(ranks)),
+                            rank=ranks.rank, world_size=ranks.world_size, timeout=timeout())
+
+
+def _leave_process_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    gc.collect()  # gloo closes the connections when the group is freed: the failed run's DDP model held it
+
+
+def settle(error: str | None) -> list[str]:
+    """After every run, on every rank: this rank's error (None when it ran ok) in, every failed rank's error out.
+
+    Under DDP the errors read ``rank k: ...``, first failure first, and if there is one, every rank has left the
+    process group and the next collective joins a new one. A single process gets back its own error, if any.
+    """
+    global _generation, _settled
+    ranks = current()
+    if ranks.world_size == 1:
+        return [] if error is None else [error]
+    store, run = _rendezvous_store(ranks), f"run{_settled}/"
+    _settled += 1
+    order = None
+    if error is not None:
+        order = store.add(f"{run}failures", 1)  # before leaving: errors that leaving causes in peers come later
+        _leave_process_group()  # a peer blocked in a collective with this rank raises instead of waiting
+    store.set(f"{run}rank{ranks.rank}", json.dumps([order, error]))
+    keys = [f"{run}rank{rank}" for rank in range(ranks.world_size)]
+    with contextlib.suppress(dist.DistError):  # a rank that never posts (hung, or gone) counts as failed below
+        store.wait(keys, 2 * timeout())
+    outcomes = [json.loads(store.get(key)) if store.check([key]) else
+                [float("inf"), f"no outcome within {2 * timeout().total_seconds():.0f} s"] for key in keys]
+    failed = sorted((when, rank, message) for rank, (when, message) in enumerate(outcomes) if message is not None)
+    if failed:
+        _leave_process_group()
+        _generation += 1
+    return [f"rank {rank}: {message}" for _, rank, message in failed]
 
 
 def device_for(ranks: Ranks, device: torch.device) -> torch.device:

@@ -11,6 +11,7 @@ also checks every job's config first, so a bad value anywhere in a sweep stops i
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import gc
 import importlib.metadata
@@ -228,26 +229,39 @@ def _free_accelerator_memory() -> None:
         torch.cuda.empty_cache()
 
 
+def _settle(results: dict[str, Any]) -> None:
+    """Under DDP, wait for every rank's outcome: a run that failed on any rank failed, with each failed rank's error."""
+    errors = distributed.settle(results.get("error"))
+    if errors:
+        results.update(status="failed", error="; ".join(errors))
+
+
 def _train(cfg: DictConfig, run_dir: Path, results: dict[str, Any]) -> None:
-    """Run training with metrics going to metrics.jsonl and the tracker; fill ``results`` and write results.json."""
+    """Run training with metrics going to metrics.jsonl and the tracker; fill ``results`` (under DDP with every rank's
+    outcome: results.json is written once, after the run has ended on all ranks) and write results.json."""
     from experiments import train
 
     started = time.perf_counter()
-    with tracking.open_tracker(cfg, run_dir) as tracker, (run_dir / "metrics.jsonl").open("w") as metrics_file:
+    with contextlib.ExitStack() as stack:
+        tracker = None
+        try:  # opening the tracker too: under DDP the other ranks are training and wait for this rank's outcome
+            tracker = stack.enter_context(tracking.open_tracker(cfg, run_dir))
+            metrics_file = stack.enter_context((run_dir / "metrics.jsonl").open("w"))
 
-        def log_step(step: int, metrics: dict[str, Any]) -> None:
-            metrics_file.write(json.dumps({"step": step, **metrics}, default=_jsonable) + "\n")
-            metrics_file.flush()
-            tracker.log(step, metrics)
+            def log_step(step: int, metrics: dict[str, Any]) -> None:
+                metrics_file.write(json.dumps({"step": step, **metrics}, default=_jsonable) + "\n")
+                metrics_file.flush()
+                tracker.log(step, metrics)
 
-        try:
             results.update(train.run_training(cfg, log_step))
             results["status"] = "ok"
         except Exception as error:
             results.update(status="failed", error=f"{type(error).__name__}: {error}", traceback=traceback.format_exc())
+        _settle(results)
         results.update(finished_at=_now(), wall_time_s=round(time.perf_counter() - started, 3))
         write_json_atomic(run_dir / RESULTS_FILE, results)
-        tracker.finish(results)
+        if tracker is not None:
+            tracker.finish(results)
     if results["status"] != "ok":
         _free_accelerator_memory()
 
@@ -259,17 +273,21 @@ def _follow_main_process(cfg: DictConfig) -> dict[str, Any]:
     if not distributed.broadcast_from_main(None):
         return {"status": "skipped"}
     try:
-        return {"status": "ok", **train.run_training(cfg, lambda step, metrics: None)}
+        results = {"status": "ok", "error": None, **train.run_training(cfg, lambda step, metrics: None)}
     except Exception as error:  # as rank 0 does: record, free memory, go on with the sweep
+        results = {"status": "failed", "error": f"{type(error).__name__}: {error}"}
+    _settle(results)
+    if results["status"] != "ok":
         _free_accelerator_memory()
-        return {"status": "failed", "error": f"{type(error).__name__}: {error}"}
+    return results
 
 
 def run_job(cfg: DictConfig) -> dict[str, Any]:
     """Run (or skip) the run ``cfg`` describes; returns its results.json content.
 
     Under DDP (torchrun, or submitit with several tasks) rank 0 decides whether to run, and writes the run's files
-    and its W&B run; the other ranks train alongside it (experiments/distributed.py).
+    and its W&B run; the other ranks train alongside it, and a run that fails on any rank fails on all of them
+    (experiments/distributed.py).
     """
     check_job_config(cfg)
     if not distributed.is_main_process():

@@ -107,7 +107,8 @@ def test_data_shards_are_disjoint_and_cover_the_data():
 
 
 def test_a_torchrun_sweep_writes_one_results_file_and_one_wandb_run_per_job_and_resumes(runs_root):
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "run.py", "-m",
+    # --standalone: torchrun's store on a free port, not 29500, which another torchrun on this machine may hold
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "run.py", "-m",
                "variant=baseline,pmdrop", *TINY_RUN, "logger=wandb_offline", f"runs_root={runs_root}"]
 
     def torchrun() -> subprocess.CompletedProcess:
