@@ -99,6 +99,11 @@ def _runs_of(evidence: Evidence, rows: pd.DataFrame, variants: tuple[str, ...]) 
     return ok[np.array(in_rows, dtype=bool) & ok["variant"].isin(variants).to_numpy()]
 
 
+def _where(row: object) -> str:
+    """A comparison row's configuration: experiment, model and data."""
+    return f"{row.experiment}: {row.model}/{row.dataset}"
+
+
 def _cuda_rows(evidence: Evidence, rows: pd.DataFrame) -> pd.DataFrame:
     """The comparison rows whose configuration ran on a CUDA device."""
     cuda_keys = set(map(tuple, _on_cuda(evidence.ok)[list(CONFIG_KEY)].to_numpy()))
@@ -144,7 +149,7 @@ def overhead(variant: str, bound_ms: float, bound_pct: float) -> Callable[[Evide
         if rows.empty:
             return Finding("—", NOT_RUN, f"no paired {variant} and {evidence.baseline} runs report step time")
         used = _runs_of(evidence, rows, (variant, evidence.baseline))
-        figure = "; ".join(f"{r.model}/{r.dataset}: {1e3 * r.mean_diff:+.3g} ms ({r.pct_change:+.3g} %)"
+        figure = "; ".join(f"{_where(r)}: {1e3 * r.mean_diff:+.3g} ms ({r.pct_change:+.3g} %)"
                            for r in rows.itertuples() if r.mean_diff is not None and not pd.isna(r.mean_diff))
         cuda_rows = _cuda_rows(evidence, rows)
         if cuda_rows.empty:
@@ -162,7 +167,7 @@ def peak_memory(scope: Scope, claimed_pct: float, tolerance_points: float) -> Ca
         if rows.empty:
             return Finding("—", NOT_RUN, f"no paired pmdrop and baseline runs of {scope.description}")
         used = _runs_of(evidence, rows, ("pmdrop", evidence.baseline))
-        figure = "; ".join(f"{r.dataset}: {r.baseline_mean / 2**30:.3g} → {r.variant_mean / 2**30:.3g} GiB "
+        figure = "; ".join(f"{_where(r)}: {r.baseline_mean / 2**30:.3g} → {r.variant_mean / 2**30:.3g} GiB "
                            f"({r.pct_change:+.3g} %)" for r in rows.itertuples() if not pd.isna(r.pct_change))
         cuda = _cuda_rows(evidence, rows)
         if cuda.empty:
@@ -220,13 +225,13 @@ def metric_effect(scope: Scope, sigma_bound: float) -> Callable[[Evidence], Find
         parts, fine = [], []
         for r in rows.itertuples():
             if r.case == "identical":
-                parts.append(f"{r.model}/{r.dataset}: identical in all {r.n_pairs} pairs")
+                parts.append(f"{_where(r)}: identical in all {r.n_pairs} pairs")
                 fine.append(True)
             elif r.effect_sigma is not None and not pd.isna(r.effect_sigma):
-                parts.append(f"{r.model}/{r.dataset}: {r.effect_sigma:+.2f} σ over {r.n_pairs} pairs")
+                parts.append(f"{_where(r)}: {r.effect_sigma:+.2f} σ over {r.n_pairs} pairs")
                 fine.append(abs(r.effect_sigma) <= sigma_bound)
             else:
-                parts.append(f"{r.model}/{r.dataset}: {r.verdict}")
+                parts.append(f"{_where(r)}: {r.verdict}")
         if not fine:
             return Finding("; ".join(parts), NOT_RUN, "no comparison with a defined effect size", used)
         return Finding("; ".join(parts), REPRODUCED if all(fine) else CONTRADICTED, "", used)
@@ -294,9 +299,10 @@ def bitflips(bound_points: float) -> Callable[[Evidence], Finding]:
 
     def check(evidence: Evidence) -> Finding:
         pairs = bitflip_pairs(evidence.runs)
+        pairs = pairs[pairs["variant"] == "pmdrop"]  # the claim is PM-Drop's (1 bit); robustness_bitflip.md has all
         if pairs.empty:
-            return Finding("—", NOT_RUN, "no run trained with trainer.bitflip_fraction > 0 next to the same run "
-                           "without flips")
+            return Finding("—", NOT_RUN, "no pmdrop run trained with trainer.bitflip_fraction > 0 next to the same "
+                           "run without flips")
         scale = 1.0 if pairs["task_metric"].iloc[0] == "perplexity" else 100.0
         change = (pairs["task_value"] - pairs["task_value_clean"]) * scale
         spread = change.std(ddof=1) if len(change) > 1 else 0.0

@@ -106,6 +106,10 @@ def test_bit_flip_runs_are_paired_with_the_same_run_without(tmp_path):
         write_run(tmp_path, variant="pmdrop", seed=seed, metrics={"f1": clean})
         write_run(tmp_path, experiment="bitflips", variant="pmdrop", seed=seed, metrics={"f1": clean + 0.001 * seed},
                   trainer={"bitflip_fraction": 0.05})
+        # the 4-bit ablation's flips are in the robustness table, not in PM-Drop's claim
+        write_run(tmp_path, variant="pmdrop_4bit", seed=seed, metrics={"f1": clean})
+        write_run(tmp_path, experiment="bitflips", variant="pmdrop_4bit", seed=seed, metrics={"f1": clean - 0.1},
+                  trainer={"bitflip_fraction": 0.05})
     claims = _claims(tmp_path)
     assert claims.loc["bitflip", "status"] == "reproduced"
     assert claims.loc["bitflip", "ours"] == "f1 change +0.1 ± 0.1 points over 3 pair(s) at flip fraction(s) 0.05"
