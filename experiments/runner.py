@@ -144,20 +144,27 @@ def config_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[
 # ----------------------------------------------------------------------------- run fields
 
 
+# What the project writes into its own tree (``make demo`` puts the report in ``results/``): not code, so changes
+# there do not make the runs that follow "dirty".
+OUTPUT_DIRS = ("results",)
+
+
 @cache
-def git_commit() -> str | None:
-    """HEAD's hash, with ``-dirty`` when the working tree has uncommitted changes."""
+def git_commit(repo: Path = REPO_ROOT) -> str | None:
+    """HEAD's hash, with ``-dirty`` when tracked files outside ``OUTPUT_DIRS`` differ from it."""
+
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, timeout=30)
+
     try:
-        described = subprocess.run(
-            ["git", "describe", "--always", "--dirty", "--abbrev=40"],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+        head = git("rev-parse", "HEAD")
+        changed = git("status", "--porcelain", "--untracked-files=no", "--", ".",
+                      *(f":(exclude){path}" for path in OUTPUT_DIRS))
     except (OSError, subprocess.TimeoutExpired):
         return None
-    return described.stdout.strip() or None
+    if head.returncode != 0:
+        return None
+    return head.stdout.strip() + ("-dirty" if changed.stdout.strip() else "")
 
 
 def package_version(name: str) -> str | None:
@@ -206,6 +213,11 @@ def summary_line(results: Mapping[str, Any]) -> str:
     head = f"[{results['experiment']}] {where} {results['variant']} seed={results['seed']}"
     if results["status"] != "ok":
         return f"{head}: {results['status']}: {results['error']}"
+    search = results.get("maxfit")
+    if search:  # a max-feasible-size search, not a training run
+        parts = [f"largest {search['axis']} {search['largest']} ({search['budget']} budget, "
+                 f"{len(search['probes'])} probes)", f"{results['wall_time_s']:.1f} s"]
+        return f"{head}: ok  " + "  ".join(parts)
     metric = results.get("task_metric")
     value = (results.get("metrics") or {}).get(metric)
     throughput = results.get("throughput_samples_per_s")

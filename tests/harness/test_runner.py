@@ -1,6 +1,7 @@
 """The runner's mechanics, in process, with a stand-in for ``train.run_training`` (no model is trained here)."""
 
 import json
+import subprocess
 
 import pytest
 import torch
@@ -161,3 +162,30 @@ def test_json_of_numpy_and_torch_scalars(tmp_path):
     with pytest.raises(TypeError, match="object is not JSON serialisable"):
         runner.write_json_atomic(path, {"a": object()})
     assert json.loads(path.read_text())["a"] == 0.5  # a failed write leaves the old file intact
+
+
+def test_a_search_says_what_it_found_in_its_summary_line():
+    results = {"experiment": "maxfit_cpu", "model": "tinybert", "dataset": "synthetic_lm-s64", "variant": "pmdrop",
+               "seed": 0, "status": "ok", "wall_time_s": 6.5, "task_metric": None, "metrics": {},
+               "maxfit": {"axis": "batch_size", "largest": 19, "budget": "saved_bytes", "probes": [[1, True, 7]] * 10}}
+    assert runner.summary_line(results) == ("[maxfit_cpu] tinybert/synthetic_lm-s64 pmdrop seed=0: ok  "
+                                            "largest batch_size 19 (saved_bytes budget, 10 probes)  6.5 s")
+
+
+def test_the_commit_is_dirty_for_code_changes_but_not_for_the_reports_own_results(tmp_path):
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "claims.md").write_text("old\n")
+    (tmp_path / "run.py").write_text("old\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-q", "-m", "first")
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True).stdout.strip()
+    (tmp_path / "results" / "claims.md").write_text("a new report\n")  # e.g. make demo
+    (tmp_path / "notes.txt").write_text("untracked\n")
+    assert runner.git_commit.__wrapped__(tmp_path) == head
+    (tmp_path / "run.py").write_text("changed code\n")
+    assert runner.git_commit.__wrapped__(tmp_path) == f"{head}-dirty"
