@@ -46,8 +46,9 @@ def test_tiny_multirun_writes_results_then_rerun_skips_them(runs_root):
     assert all_results(runs_root) == results
 
 
-def test_joblib_sweep_records_a_real_failure_goes_on_and_exits_nonzero(runs_root):
-    """The jobs run in joblib worker processes: the failure reaches the exit code through the sweep's runs.jsonl.
+def test_joblib_sweep_records_a_real_failure_goes_on_exits_nonzero_and_resumes(runs_root):
+    """The jobs run in joblib worker processes: the failure reaches the exit code through the sweep's runs.jsonl, and a
+    resubmitted sweep skips the finished run and retries the failed one.
 
     (The basic launcher's failure handling is tested in process, in test_runner.py.)
     """
@@ -62,3 +63,10 @@ def test_joblib_sweep_records_a_real_failure_goes_on_and_exits_nonzero(runs_root
     assert failed["status"] == "failed" and "33" in failed["error"] and "Traceback" in failed["traceback"]
     assert "2 runs: 1 ok, 0 skipped (finished), 1 failed" in proc.stdout
     assert f"FAILED {runs_root}/default/tiny33/synthetic_pairs/baseline/seed0" in proc.stdout
+
+    stale = runs_root / "default/tiny33/synthetic_pairs/baseline/seed0/left_by_the_failed_attempt"
+    stale.touch()
+    again = run_py("-m", *SIZES_ONE_FAILING, "hydra/launcher=joblib", f"runs_root={runs_root}", "logger=disabled")
+    assert again.returncode == 1 and "2 runs: 0 ok, 1 skipped (finished), 1 failed" in again.stdout
+    assert all_results(runs_root)["default/tiny32/synthetic_pairs/baseline/seed0"] == ok
+    assert not stale.exists()  # the failed run was retried, from an empty directory
