@@ -111,9 +111,10 @@ def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
 
 
 def read_results(run_dir: Path) -> dict[str, Any] | None:
+    """The run's results, or None when there are none to read (the run is then not finished, and runs)."""
     try:
         return json.loads((run_dir / RESULTS_FILE).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+    except (OSError, json.JSONDecodeError):
         return None
 
 
@@ -325,12 +326,16 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
         record_outcome(run_dir, "skipped", None)
         return previous
 
-    # A retry or forced rerun starts from an empty directory: no file of an earlier attempt survives.
-    shutil.rmtree(run_dir, ignore_errors=True)
-    run_dir.mkdir(parents=True)
-    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     results = run_fields(cfg, run_dir)
-    _train(cfg, run_dir, results)
+    try:  # a retry or forced rerun starts from an empty directory: no file of an earlier attempt survives
+        shutil.rmtree(run_dir, ignore_errors=True)
+        run_dir.mkdir(parents=True)
+        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    except OSError as error:  # no directory, no results.json; under DDP the other ranks are training: fail it there
+        results.update(status="failed", error=f"{type(error).__name__}: {error}")
+        _settle(results)
+    else:
+        _train(cfg, run_dir, results)
     print(summary_line(results), flush=True)
     record_outcome(run_dir, results["status"], results["error"])
     return results

@@ -189,3 +189,14 @@ def test_the_commit_is_dirty_for_code_changes_but_not_for_the_reports_own_result
     assert runner.git_commit.__wrapped__(tmp_path) == head
     (tmp_path / "run.py").write_text("changed code\n")
     assert runner.git_commit.__wrapped__(tmp_path) == f"{head}-dirty"
+
+
+def test_a_run_directory_that_cannot_be_made_fails_that_run_and_the_sweep_goes_on(launch, training, runs_root,
+                                                                                   capsys):
+    (runs_root / "default" / "tinybert" / "synthetic_pairs").mkdir(parents=True)
+    (runs_root / "default" / "tinybert" / "synthetic_pairs" / "pmdrop").write_text("a file where a directory goes")
+    code = launch("-m", "variant=baseline,pmdrop,seeded")
+    out = capsys.readouterr().out
+    assert code == 1 and sorted(training.calls) == [("baseline", 0), ("seeded", 0)]
+    assert "3 runs: 2 ok, 0 skipped (finished), 1 failed" in out
+    assert f"FAILED {runs_root}/default/tinybert/synthetic_pairs/pmdrop/seed0: NotADirectoryError" in out
