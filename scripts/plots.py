@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure  # figures without pyplot: no global state, rendered by Agg on save
+from matplotlib.patches import Patch
 from matplotlib.ticker import NullFormatter, ScalarFormatter
 
 from .analysis import METRICS, MiB, plot_unit
@@ -64,11 +65,20 @@ def _grid(count: int, width: float = 5.0, height: float = 3.6, cols: int = 3) ->
     return fig, list(axes.flat[:count])
 
 
-def _grouped_bars(ax: Axes, runs: pd.DataFrame, column: str, baseline: str, confidence: float,
+def _colors(data: PlotInput) -> dict[str, str]:
+    """One color per variant across every panel of a figure (the legend is drawn once)."""
+    return {variant: f"C{i}" for i, variant in enumerate(_variants(data.runs, data.baseline))}
+
+
+def _legend(colors: dict[str, str]) -> tuple[list, list[str]]:
+    return [Patch(color=color) for color in colors.values()], list(colors)
+
+
+def _grouped_bars(ax: Axes, runs: pd.DataFrame, column: str, colors: dict[str, str], confidence: float,
                   interval: str) -> None:
-    """Bars per configuration, one per variant: mean over seeds with std or CI whiskers."""
+    """Bars per configuration, one per variant present: mean over seeds with std or CI whiskers."""
     configs = _configs(runs)
-    variants = _variants(runs, baseline)
+    variants = [variant for variant in colors if variant in set(runs["variant"])]
     width = 0.8 / len(variants)
     scale = METRICS[column].scale
     for i, variant in enumerate(variants):
@@ -81,7 +91,7 @@ def _grouped_bars(ax: Axes, runs: pd.DataFrame, column: str, baseline: str, conf
             else:
                 errors.append((s.std or 0.0) * scale)
         ax.bar(np.arange(len(configs)) + (i - (len(variants) - 1) / 2) * width, means, width, yerr=errors, capsize=3,
-               label=variant)
+               label=variant, color=colors[variant])
     ax.set_xticks(np.arange(len(configs)), [label for label, _ in configs], rotation=15, ha="right", fontsize=8)
 
 
@@ -95,7 +105,7 @@ def memory_by_variant(data: PlotInput) -> Figure:
     fig, axes = _grid(len(panels)) if configs <= 4 else _grid(len(panels), max(8.0, 1.2 * configs), 4.2, cols=1)
     kinds = sorted(set(data.runs["peak_memory_kind"].dropna()))
     for ax, column in zip(axes, panels, strict=True):
-        _grouped_bars(ax, data.runs, column, data.baseline, data.confidence, "std")
+        _grouped_bars(ax, data.runs, column, _colors(data), data.confidence, "std")
         metric = METRICS[column]
         title = metric.label + (f" ({', '.join(kinds)})" if column == "peak_memory_bytes" and kinds else "")
         ax.set(title=title, ylabel=f"{metric.label} [{plot_unit(column)}]")
@@ -111,11 +121,13 @@ def throughput(data: PlotInput) -> Figure:
         raise SkipPlot("no run reports throughput_samples_per_s")
     configs = _configs(data.runs)
     fig, axes = _grid(len(configs), 4.5)
+    colors = _colors(data)
     for ax, (label, group) in zip(axes, configs, strict=True):
-        _grouped_bars(ax, group, "throughput_samples_per_s", data.baseline, data.confidence, "ci")
-        ax.set(title=label, ylabel="throughput [samples/s]")
+        _grouped_bars(ax, group, "throughput_samples_per_s", colors, data.confidence, "ci")
+        ax.set_ylabel("throughput [samples/s]")
+        ax.set_title(label, fontsize=9)
         ax.set_xticks([])
-    axes[0].legend(title="variant", fontsize=8)
+    axes[0].legend(*_legend(colors), title="variant", fontsize=8)  # every variant's color, also those not in panel 1
     fig.suptitle(f"Training throughput: mean over seeds with {100 * data.confidence:g} % t-interval", fontsize=11)
     return fig
 
@@ -136,7 +148,7 @@ def _curves(data: PlotInput, column: str, ylabel: str, title: str, variants_only
     if not configs:
         raise SkipPlot(f"no metrics.jsonl logs {column!r}")
     fig, axes = _grid(len(configs))
-    colors = {v: f"C{i}" for i, v in enumerate(_variants(data.runs, data.baseline))}
+    colors = _colors(data)
     for ax, (label, found) in zip(axes, configs, strict=True):
         labelled = set()
         for run, history in found:
@@ -145,7 +157,8 @@ def _curves(data: PlotInput, column: str, ylabel: str, title: str, variants_only
                     ls="-" if baseline else "--", alpha=0.8,
                     label=None if run["variant"] in labelled else run["variant"])
             labelled.add(run["variant"])
-        ax.set(title=label, xlabel="step", ylabel=ylabel)
+        ax.set(xlabel="step", ylabel=ylabel)
+        ax.set_title(label, fontsize=9)
         ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=11)
     return fig

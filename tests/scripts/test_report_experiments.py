@@ -7,11 +7,13 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.container import BarContainer
 from report_runs import TINYBERT, write_run
 
 from scripts.composability import composability_table
 from scripts.load import load_runs
 from scripts.maxfit import maxfit_table
+from scripts.plots import PlotInput, throughput
 from scripts.report import main as report
 from scripts.robustness import bitflip_table, fgsm_table
 from scripts.settings import load_settings
@@ -129,3 +131,18 @@ def test_memory_plot_of_runs_that_saved_no_mask_is_drawn_on_a_linear_axis(tmp_pa
         warnings.simplefilter("error")  # a log axis of no positive value only warns here; elsewhere it raised
         assert report([str(tmp_path / "runs"), "--out", str(tmp_path / "out")]) == 0
     assert (tmp_path / "out" / "plots" / "memory_by_variant.png").stat().st_size > 0
+
+
+def test_a_variant_has_one_color_in_every_panel_of_a_figure(tmp_path):
+    for seed in range(2):  # the bit-flip panels hold pmdrop and pmdrop_4bit only, the FGSM panel baseline and pmdrop
+        _bitflips(tmp_path, "pmdrop_4bit", seed, 0.8, 0.8)
+        _fgsm(tmp_path, "baseline", seed, 0.1)
+        _fgsm(tmp_path, "pmdrop", seed, 0.1)
+    runs = load_runs([tmp_path])
+    fig = throughput(PlotInput(runs, "baseline", 0.95))
+    colors = {}
+    for ax in fig.axes:
+        for bars in (c for c in ax.containers if isinstance(c, BarContainer)):
+            colors.setdefault(bars.get_label(), set()).add(bars.patches[0].get_facecolor())
+    assert set(colors) == {"baseline", "pmdrop", "pmdrop_4bit"}
+    assert all(len(found) == 1 for found in colors.values()) and len(set.union(*colors.values())) == 3
