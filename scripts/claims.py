@@ -17,7 +17,7 @@ import pandas as pd
 
 from .composability import composability_table
 from .load import CONFIG_KEY
-from .robustness import bitflip_pairs
+from .robustness import bitflip_pairs, fgsm_drop
 
 REPRODUCED, CONTRADICTED, NOT_RUN = "reproduced", "contradicted", "not run here"
 _HALF_PRECISION = ("bf16", "fp16")
@@ -320,8 +320,7 @@ def fgsm(bound_points: float) -> Callable[[Evidence], Finding]:
 
     def check(evidence: Evidence) -> Finding:
         ok = evidence.ok
-        drop = ok["results"].map(lambda r: (r.get("metrics") or {}).get("fgsm_drop"))
-        runs = ok.assign(drop=pd.to_numeric(drop, errors="coerce")).dropna(subset=["drop"])
+        runs = ok.assign(drop=ok["results"].map(fgsm_drop)).dropna(subset=["drop"])
         key = [*CONFIG_KEY, "seed"]
         pairs = runs[runs["variant"] == evidence.baseline].merge(runs[runs["variant"] == "pmdrop"], on=key,
                                                                  suffixes=("_base", ""))

@@ -78,8 +78,9 @@ def is_search(runs: pd.DataFrame) -> pd.Series:
     return runs["results"].map(lambda results: bool(results.get("maxfit")))
 
 
-def write_tables(runs: pd.DataFrame, out: Path, settings: Settings, provenance: Provenance,
+def write_tables(runs: pd.DataFrame, training: pd.DataFrame, out: Path, settings: Settings, provenance: Provenance,
                  written: Written) -> dict[str, pd.DataFrame]:
+    """``runs``: every run read; ``training``: those that trained (not size searches), for summaries and tests."""
     frames = {}
     for table in EXPERIMENT_TABLES:
         frame = table.build(runs, settings)
@@ -89,10 +90,9 @@ def write_tables(runs: pd.DataFrame, out: Path, settings: Settings, provenance: 
             _write_pair(out, table.stem, table.title, frame, table.markdown(frame, settings), provenance.subset(used),
                         written, table.description)
             frames[table.stem] = frame
-    everything, runs = runs, runs[~is_search(runs)]
-    summary, comparisons = analysis.summaries(runs, settings), analysis.comparisons(runs, settings)
-    for experiment in sorted(runs["experiment"].unique()):
-        prov = provenance.subset(runs[runs["experiment"] == experiment])
+    summary, comparisons = analysis.summaries(training, settings), analysis.comparisons(training, settings)
+    for experiment in sorted(training["experiment"].unique()):
+        prov = provenance.subset(training[training["experiment"] == experiment])
         mine = summary[summary["experiment"] == experiment]
         _write_pair(out, f"summary_{experiment}", f"Summary: {experiment}", mine, tables.summary_markdown(mine), prov,
                     written, f"experiment {experiment}: mean ± std and CI across seeds per configuration and variant")
@@ -102,14 +102,14 @@ def write_tables(runs: pd.DataFrame, out: Path, settings: Settings, provenance: 
                         tables.comparison_markdown(mine, settings.baseline), prov, written,
                         f"experiment {experiment}: each variant vs {settings.baseline} paired by seed: differences, "
                         "CIs, p-values (Holm), TOST and the finding in words")
-    memory = memory_check.predictions(runs)
+    memory = memory_check.predictions(training)
     _write_pair(out, "memory_model", "Analytic memory model against measured saved bytes", memory,
                 tables.memory_markdown(memory), provenance, written,
                 "analytic memory model: predicted vs measured saved bytes, relative error per configuration")
-    claim_rows = claims.claims_table(claims.Evidence(everything, comparisons, settings.baseline))
+    claim_rows = claims.claims_table(claims.Evidence(runs, comparisons, settings.baseline))
     _write_pair(out, "claims", "Paper claim vs reproduced", claim_rows, tables.claims_markdown(claim_rows),
                 provenance, written, "paper claim vs reproduced: one row per numeric claim, our figure, device, status")
-    written.add(tables.write_csv(everything.drop(columns=["results"]), out / "runs.csv", provenance),
+    written.add(tables.write_csv(runs.drop(columns=["results"]), out / "runs.csv", provenance),
                 "every run read: its identity, status, error and measured fields")
     return {"summary": summary, "comparisons": comparisons, "memory_model": memory, "claims": claim_rows, **frames}
 
@@ -192,8 +192,9 @@ def build_report(roots: list[Path], out: Path, settings: Settings, command: str)
     out.mkdir(parents=True, exist_ok=True)
     provenance = Provenance.of(runs, command)
     written = Written([], [])
-    frames = write_tables(runs, out, settings, provenance, written)
-    data = plots.PlotInput(runs[(runs["status"] == "ok") & ~is_search(runs)], settings.baseline, settings.confidence,
+    training = runs[~is_search(runs)]
+    frames = write_tables(runs, training, out, settings, provenance, written)
+    data = plots.PlotInput(training[training["status"] == "ok"], settings.baseline, settings.confidence,
                            maxfit.searches(runs))
     pngs, written.skipped_plots = plots.draw_all(data, out / "plots", provenance, settings.dpi)
     for path, description in pngs:

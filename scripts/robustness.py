@@ -76,7 +76,8 @@ def bitflip_table(runs: pd.DataFrame, settings: Settings) -> pd.DataFrame:
     return _tested(groups, settings)
 
 
-def _fgsm_drop(results: dict) -> float:
+def fgsm_drop(results: dict) -> float:
+    """Accuracy lost to FGSM (results ``metrics.fgsm_drop``); NaN for a run not attacked."""
     value = (results.get("metrics") or {}).get("fgsm_drop")
     return float(value) if value is not None else np.nan
 
@@ -85,7 +86,7 @@ def fgsm_table(runs: pd.DataFrame, settings: Settings) -> pd.DataFrame:
     """Per configuration and variant: clean accuracy, FGSM accuracy and drop over seeds; the drop against the
     baseline's, paired by seed (the baseline's own row has no test)."""
     ok = runs[runs["status"] == "ok"]
-    ok = ok.assign(drop=ok["results"].map(_fgsm_drop),
+    ok = ok.assign(drop=ok["results"].map(fgsm_drop),
                    epsilon=ok["results"].map(lambda r: r["config"]["trainer"].get("fgsm_epsilon"))).dropna(
         subset=["drop"])
     groups = []
