@@ -9,14 +9,17 @@ and throughput at paper scale) and ``digits`` (scikit-learn's shipped 8x8 digits
 
 from __future__ import annotations
 
+import csv
+import json
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import MISSING, DictConfig
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from .schema import check_choice, check_range, typed
 from .tokenizers import SPECIALS, load_tokenizer
@@ -144,17 +147,35 @@ def register(kind: str, schema: type[DatasetSchema], tasks: tuple[str, ...]):
     return add
 
 
+# Sizes that must be at least this (a zero would fail later: an empty split divides by zero, a zero band draws from
+# an empty range, a vocabulary of only the special tokens has no words); keys a kind lacks are skipped.
+_AT_LEAST = {"band_size": 1, "train_size": 1, "eval_size": 1, "num_labels": 1, "image_size": 1,
+             "vocab_size": len(SPECIALS) + 1}
+
+
 def check_dataset_config(dataset: DictConfig) -> None:
-    """One-line ValueError for a wrong key, type or choice of the dataset config."""
+    """One-line ValueError for a wrong key, type, choice or range of the dataset config, then for its local files
+    (``check_data_files``)."""
     check_choice("dataset.kind", dataset.kind, DATASETS)
     kind = DATASETS[dataset.kind]
     dataset = typed(kind.schema, dataset, "dataset")
     check_choice("dataset.task", dataset.task, kind.tasks)
     if dataset.seq_len is not None:
         check_range("dataset.seq_len", dataset.seq_len, 1)
+    if dataset.kind == "synthetic_pairs" and dataset.seq_len < 5:
+        raise ValueError(f"dataset.seq_len={dataset.seq_len} is too short for a sentence pair (need >= 5)")
     for key in ("polar_fraction", "label_noise"):
         if key in dataset:
             check_range(f"dataset.{key}", dataset[key], 0.0, 1.0)
+    for key, low in _AT_LEAST.items():
+        if key in dataset and not (key == "num_labels" and dataset.task == "mlm"):  # masked LM has no labels
+            check_range(f"dataset.{key}", dataset[key], low)
+    if dataset.kind == "digits":
+        check_range("dataset.num_labels", dataset.num_labels, 1, 10)
+    if "std" in dataset and (len(dataset.std) != 3 or len(dataset.mean) != 3 or min(dataset.std) <= 0):
+        raise ValueError(f"dataset.mean={list(dataset.mean)} and dataset.std={list(dataset.std)} must be 3 values "
+                         "each (R, G, B), every std > 0")
+    check_data_files(dataset)
 
 
 def build_data(dataset: DictConfig, model: DictConfig, seed: int) -> TaskData:
@@ -186,9 +207,7 @@ def synthetic_pairs(dataset: DictConfig, model: DictConfig, seed: int) -> TaskDa
     a freshly initialised TinyBERT picks up within a few dozen steps. Data are fixed by ``dataset.data_seed``, not the
     run's seed, so every seed and variant sees the same train and eval sets.
     """
-    band, sentence = dataset.band_size, (dataset.seq_len - 3) // 2
-    if sentence < 1:
-        raise ValueError(f"dataset.seq_len={dataset.seq_len} is too short for a sentence pair (need >= 5)")
+    band, sentence = dataset.band_size, (dataset.seq_len - 3) // 2  # seq_len >= 5: check_dataset_config
     generator = torch.Generator().manual_seed(dataset.data_seed)
 
     def make(n: int) -> dict[str, torch.Tensor]:
@@ -409,4 +428,184 @@ def imagefolder(dataset: DictConfig, model: DictConfig, seed: int) -> TaskData:
                     image_size=size)
 
 
-__all__ = ["DATASETS", "TaskData", "build_data"]
+# ----------------------------------------------------------------------------- local files, checked before any run
+
+
+def _check_text(path: Path, split: str) -> str:
+    """The file's text: it exists, is not empty and is UTF-8."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such file (dataset.data_files.{split})") from None
+    except OSError as error:
+        raise ValueError(f"{path}: cannot be read ({error.strerror}; dataset.data_files.{split})") from None
+    if not data.strip():
+        raise ValueError(f"{path}: empty file (dataset.data_files.{split}); expected the {split} split's rows")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        column = error.start - (data.rfind(b"\n", 0, error.start) + 1) + 1
+        raise ValueError(f"{path}:{line}: byte 0x{data[error.start]:02x} at column {column} is not UTF-8; expected "
+                         "UTF-8 text") from None
+
+
+def _table_rows(path: Path, text: str) -> tuple[list[str], Iterator[tuple[int, list[str]]]]:
+    """The header and ``(line number, fields)`` of each row, read as the builders read them (tabs for .tsv/.txt,
+    commas for .csv, quotes kept verbatim); a row with another field count than the header is refused."""
+    delimiter = "," if path.suffix == ".csv" else "\t"
+    lines = text.splitlines()
+    header = next(csv.reader(lines[:1], delimiter=delimiter, quoting=csv.QUOTE_NONE))
+
+    def rows() -> Iterator[tuple[int, list[str]]]:
+        reader = csv.reader(lines[1:], delimiter=delimiter, quoting=csv.QUOTE_NONE)
+        for number, fields in enumerate(reader, start=2):
+            if not fields:
+                continue
+            if len(fields) != len(header):
+                raise ValueError(f"{path}:{number}: {len(fields)} fields, expected {len(header)} (the header's: "
+                                 f"{', '.join(header)})")
+            yield number, fields
+
+    return header, rows()
+
+
+def _find_column(path: Path, header: list[str], names: Sequence[str]) -> int:
+    for name in names:
+        if name in header:
+            return header.index(name)
+    raise ValueError(f"{path}:1: the header has none of the columns {', '.join(names)} (it has {', '.join(header)})")
+
+
+def _check_label(path: Path, number: int, value: str, num_labels: int, column: str) -> None:
+    try:
+        label = float(value)
+    except ValueError:
+        label = math.nan
+    if not label.is_integer() or not 0 <= label < num_labels:
+        raise ValueError(f"{path}:{number}: {column} {value!r} is not a label; expected an integer 0 .. "
+                         f"{num_labels - 1} (dataset.num_labels={num_labels})")
+
+
+def _split_paths(dataset: DictConfig) -> dict[str, Path]:
+    """The local files of the train and eval splits; a missing split is refused."""
+    files = {str(split): Path(str(path)) for split, path in dataset.data_files.items()}
+    for split in ("train", dataset.eval_split):
+        if split not in files:
+            raise ValueError(f"dataset.data_files has no {split!r} split (splits given: {', '.join(files) or 'none'});"
+                             f" expected dataset.data_files={{train: PATH, {dataset.eval_split}: PATH}}")
+    return {split: files[split] for split in ("train", dataset.eval_split)}
+
+
+RowCheck = Callable[[int, list[str]], None]  # (line number, fields) -> raises on a bad row
+
+
+def _check_tables(dataset: DictConfig, check_row: Callable[[Path, list[str]], RowCheck]) -> None:
+    """Each split's file as a table (text formats only: parquet and JSON files are checked to exist and hold data)."""
+    for split, path in _split_paths(dataset).items():
+        if path.suffix not in (".tsv", ".txt", ".csv"):
+            _check_size(path, split)
+            continue
+        header, rows = _table_rows(path, _check_text(path, split))
+        check = check_row(path, header)
+        count = 0
+        for number, fields in rows:
+            check(number, fields)
+            count += 1
+        if not count:
+            raise ValueError(f"{path}: a header and no rows (dataset.data_files.{split}); expected the {split} "
+                             "split's rows")
+
+
+def _check_size(path: Path, split: str) -> None:
+    try:
+        empty = path.stat().st_size == 0
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such file (dataset.data_files.{split})") from None
+    if empty:
+        raise ValueError(f"{path}: empty file (dataset.data_files.{split}); expected the {split} split's rows")
+
+
+def _check_glue_files(dataset: DictConfig) -> None:
+    def row_check(path: Path, header: list[str]) -> RowCheck:
+        for names in dataset.text_columns:
+            _find_column(path, header, list(names))
+        label = _find_column(path, header, list(dataset.label_columns))
+        return lambda number, fields: _check_label(path, number, fields[label], dataset.num_labels, header[label])
+
+    _check_tables(dataset, row_check)
+
+
+def _check_listops_files(dataset: DictConfig) -> None:
+    symbols = set(LISTOPS_VOCAB[len(SPECIALS):])
+
+    def row_check(path: Path, header: list[str]) -> RowCheck:
+        source, target = _find_column(path, header, ["Source"]), _find_column(path, header, ["Target"])
+
+        def check(number: int, fields: list[str]) -> None:
+            for token in fields[source].replace("(", " ( ").replace(")", " ) ").split():
+                if token not in symbols:
+                    raise ValueError(f"{path}:{number}: token {token!r} is not a ListOps symbol; expected one of "
+                                     f"{' '.join(LISTOPS_VOCAB[len(SPECIALS):])}")
+            _check_label(path, number, fields[target], 10, "Target")
+
+        return check
+
+    _check_tables(dataset, row_check)
+
+
+def _check_text_files(dataset: DictConfig) -> None:
+    for split, path in _split_paths(dataset).items():
+        _check_text(path, split)
+
+
+def _check_image_folder(dataset: DictConfig) -> None:
+    root = Path(str(dataset.path))
+    if not (root / "train").is_dir():
+        raise ValueError(f"{root}: no train/ folder (dataset.path); expected train/ and val/ with a folder per class")
+    if not any((root / name).is_dir() for name in ("val", "validation", "test")):
+        raise ValueError(f"{root}: no val/ folder (dataset.path); expected train/ and val/ with a folder per class")
+
+
+# Per dataset kind: the check of its local files, and the config key that names them (unset: the hub, or an error
+# from the builder saying what to set).
+_FILE_CHECKS: dict[str, tuple[str, Callable[[DictConfig], None]]] = {
+    "glue": ("data_files", _check_glue_files),
+    "listops": ("data_files", _check_listops_files),
+    "wikitext": ("data_files", _check_text_files),
+    "imagefolder": ("path", _check_image_folder),
+}
+_checked_files: set[str] = set()
+
+
+def _file_versions(dataset: DictConfig, key: str) -> list:
+    paths = [dataset.path] if key == "path" else list(dataset.data_files.values())
+    versions = []
+    for path in map(Path, map(str, paths)):
+        try:
+            stat = path.stat()
+            versions.append((str(path), stat.st_size, stat.st_mtime_ns))
+        except OSError:
+            versions.append((str(path), None, None))
+    return versions
+
+
+def check_data_files(dataset: DictConfig) -> None:
+    """One-line ValueError naming the file, the line and what was expected: a missing or empty file, bytes that are not
+    UTF-8, a split the config asks for and the files lack, a row of the wrong width, a missing column, a label out of
+    range, a ListOps token outside the vocabulary. Each file version is read once per process, so a sweep's jobs pay
+    for it once, before the first run."""
+    if dataset.kind not in _FILE_CHECKS:
+        return
+    key, check = _FILE_CHECKS[dataset.kind]
+    if not dataset.get(key):
+        return
+    fingerprint = json.dumps([OmegaConf.to_container(dataset, resolve=True), _file_versions(dataset, key)],
+                             sort_keys=True, default=str)
+    if fingerprint in _checked_files:
+        return
+    check(dataset)
+    _checked_files.add(fingerprint)
+
+
+__all__ = ["DATASETS", "TaskData", "build_data", "check_data_files", "check_dataset_config"]

@@ -10,11 +10,15 @@ has heads for and its attention implementations.
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
+from urllib.parse import urlsplit
 
 import torch
 from omegaconf import MISSING, DictConfig
@@ -97,6 +101,70 @@ def check_model_config(model: DictConfig, task: str) -> None:
     for key in ("hidden_dropout_prob", "attention_probs_dropout_prob", "drop_rate", "label_smoothing"):
         if key in model:
             check_range(f"model.{key}", model[key], 0.0, 1.0)
+
+
+# Files whose presence in the Hugging Face cache means a checkpoint was downloaded before (transformers', timm's).
+_CHECKPOINT_FILES = ("config.json", "model.safetensors", "pytorch_model.bin")
+_TRUE = ("1", "on", "yes", "true")
+_HUB_PROBE_TIMEOUT_S = 5.0
+
+
+def _hub_offline() -> bool:
+    return any(os.environ.get(name, "").lower() in _TRUE for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def _hub_cache() -> Path:
+    from huggingface_hub import constants
+
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"])
+    return Path(os.environ["HF_HOME"]) / "hub" if os.environ.get("HF_HOME") else Path(constants.HF_HUB_CACHE)
+
+
+def _cached(checkpoint: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return any(isinstance(try_to_load_from_cache(checkpoint, name, cache_dir=_hub_cache()), str)
+                   for name in _CHECKPOINT_FILES)
+    except ValueError:  # not a valid repository id (HFValidationError): nothing of it can be cached
+        return False
+
+
+def _hub_unreachable() -> str | None:
+    """Why the hub (or the HTTPS proxy in front of it) cannot be reached, in a few words; None when it answers."""
+    from huggingface_hub import constants
+
+    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
+    address = urlsplit(proxy or os.environ.get("HF_ENDPOINT") or constants.ENDPOINT)
+    where = (address.hostname or "", address.port or (443 if address.scheme == "https" else 80))
+    try:
+        socket.create_connection(where, timeout=_HUB_PROBE_TIMEOUT_S).close()
+    except OSError as error:
+        return f"{where[0]}:{where[1]} cannot be reached ({type(error).__name__}: {error})"
+    return None
+
+
+@cache
+def _checkpoint_problem(checkpoint: str) -> str | None:
+    if Path(checkpoint).exists() or _cached(checkpoint):
+        return None
+    if _hub_offline():
+        return "the hub is off (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE is set)"
+    return _hub_unreachable()
+
+
+def check_checkpoint_available(model: DictConfig) -> None:
+    """``model.pretrained``: the checkpoint is a local path, in the Hugging Face cache, or the hub answers within a few
+    seconds; otherwise one line, at once, once per process (loading would retry an unreachable hub for ~30 s per run,
+    then fail). Resources, not values: run once per sweep before its first run, not by the config checks."""
+    if not model.pretrained:
+        return
+    problem = _checkpoint_problem(str(model.checkpoint))
+    if problem is not None:
+        raise ValueError(f"model.checkpoint={model.checkpoint!r} is neither a local path nor in the Hugging Face cache "
+                         f"({_hub_cache()}), and {problem}: set model.pretrained=false to build it from config, or "
+                         "point model.checkpoint at a local directory holding the checkpoint")
 
 
 def _check_task(family: str, task: str) -> None:
