@@ -9,14 +9,14 @@ shared with the given parameters are weights kept by layers, the rest are activa
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 
 import torch
 from torch.overrides import TorchFunctionMode
 
 _local = threading.local()
+_tracking = [0]  # trackers open in any thread: with none, a dropout call marks nothing and costs one test
 
 
 def _active_ledgers() -> list[SavedBytes]:
@@ -25,18 +25,30 @@ def _active_ledgers() -> list[SavedBytes]:
     return _local.ledgers
 
 
-@contextmanager
-def dropout_site(origin: str) -> Iterator[None]:
-    """Marks the code inside as one dropout call; ``origin`` is "pmdrop" or "torch"."""
-    ledgers = _active_ledgers()
-    if _local.depth == 0:
-        for ledger in ledgers:
-            ledger.dropout_calls[origin] = ledger.dropout_calls.get(origin, 0) + 1
-    _local.depth += 1
-    try:
-        yield
-    finally:
-        _local.depth -= 1
+class dropout_site:
+    """``with dropout_site(origin):`` marks the code inside as one dropout call; ``origin`` is "pmdrop" or "torch".
+
+    A class, not a generator context manager: it runs on every dropout call, and is free when no
+    :class:`track_saved_tensors` is open.
+    """
+
+    __slots__ = ("marked", "origin")
+
+    def __init__(self, origin: str) -> None:
+        self.origin = origin
+
+    def __enter__(self) -> None:
+        self.marked = _tracking[0] > 0
+        if self.marked:
+            ledgers = _active_ledgers()
+            if _local.depth == 0:
+                for ledger in ledgers:
+                    ledger.dropout_calls[self.origin] = ledger.dropout_calls.get(self.origin, 0) + 1
+            _local.depth += 1
+
+    def __exit__(self, *exc: object) -> None:
+        if self.marked:
+            _local.depth -= 1
 
 
 @dataclass
@@ -90,7 +102,7 @@ class track_saved_tensors:
             return t
         self._seen.add(key)
         nbytes = t.untyped_storage().nbytes()
-        if _local.depth > 0:
+        if getattr(_local, "depth", 0) > 0:
             self.saved.mask_bytes += nbytes
             self.saved.mask_tensors += 1
         elif key in self._parameter_keys or isinstance(t, torch.nn.Parameter):
@@ -101,6 +113,7 @@ class track_saved_tensors:
 
     def __enter__(self) -> SavedBytes:
         _active_ledgers().append(self.saved)
+        _tracking[0] += 1
         self._hooks.__enter__()
         self._mode.__enter__()
         return self.saved
@@ -109,3 +122,4 @@ class track_saved_tensors:
         self._mode.__exit__(*exc)
         self._hooks.__exit__(*exc)
         _active_ledgers().remove(self.saved)
+        _tracking[0] -= 1

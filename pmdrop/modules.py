@@ -1,19 +1,29 @@
 """The one-line swap: ``model = pmdrop.convert(model, "pmdrop")``.
 
 Models apply dropout two ways: ``nn.Dropout`` modules, and ``F.dropout`` called inside their
-code (transformers' attention-probability dropout, Longformer's attention). ``convert`` replaces
-the modules with :class:`PackedDropout` and runs every container module's forward inside
-:func:`dropout_mode`, a ``TorchFunctionMode`` that sends ``F.dropout`` calls to pmdrop. Containers,
-not only the root, enter the mode so that code re-run outside the root's forward (activation
-checkpointing recomputes a layer during backward) still routes its dropout through pmdrop.
+code (transformers' ``eager_attention_forward``, Longformer's self-attention). ``convert``
+replaces the modules with :class:`PackedDropout`. For the functional calls it reads, once per
+module class, which methods can reach ``torch.nn.functional.dropout``: their code objects'
+names resolved through globals, closures, module attributes (``nn.functional.dropout``,
+``F.dropout``, ``torch.nn.functional.dropout``) and ``self.`` methods, a few calls deep. Modules
+of such a class get a same-named subclass whose methods are copies of the originals — the same
+code objects, so signatures, tracebacks and warnings are the originals' — with globals in which
+``F.dropout`` is pmdrop's. Nothing runs per torch op, and a layer re-run by activation
+checkpointing runs the same routed methods.
+
+Code the analysis cannot see (a dropout imported inside a function body, an attention function
+looked up in a registry at run time) needs ``routing="all"``: every container's forward then runs
+under :func:`dropout_mode`, a ``TorchFunctionMode`` that sees every torch call (slower: the mode's
+Python runs for each op).
 """
 
 from __future__ import annotations
 
+import inspect
 import threading
 import types
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -21,9 +31,198 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from .functional import dropout
-from .variants import DropoutVariant, get_variant
+from .variants import DropoutVariant, get_variant, register_variant, variant_names
 
+ROUTINGS = ("static", "all")
+_MAX_DEPTH = 8  # calls and attribute hops followed from a method before the analysis stops
+_TORCH_DROPOUT = torch.nn.functional.dropout
 _local = threading.local()
+
+
+_NOT_SCRIPTABLE = (
+    "pmdrop's dropout cannot be compiled by TorchScript (its autograd Functions are Python): "
+    "use torch.compile or torch.export instead"
+)
+_NOT_TRACEABLE = (
+    "torch.jit.trace cannot record pmdrop's dropout in training mode (its autograd Functions are Python); "
+    "trace in eval mode (model.eval()), or use torch.compile or torch.export"
+)
+
+
+def _refuse_scripting(self: nn.Module) -> nn.Module:
+    raise RuntimeError(_NOT_SCRIPTABLE)
+
+
+def _routed_dropout(spec: DropoutVariant) -> Callable[..., torch.Tensor]:
+    def routed_dropout(input: torch.Tensor, p: float = 0.5, training: bool = True, inplace: bool = False):  # noqa: A002
+        if training and torch.jit.is_tracing():
+            raise RuntimeError(_NOT_TRACEABLE)
+        return dropout(input, p, training, inplace, spec)
+
+    routed_dropout.__qualname__ = f"routed_dropout[{spec.name}]"
+    return routed_dropout
+
+
+def _code_names(code: types.CodeType) -> frozenset[str]:
+    """Global and attribute names a code object and the code nested in it (lambdas, comprehensions) use."""
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _code_names(const)
+    return frozenset(names)
+
+
+class _Router:
+    """Copies of functions and modules in which ``F.dropout`` is ``spec``'s, for one variant.
+
+    Each ``route_*`` returns its argument itself when nothing it reaches calls dropout, so
+    "is it routed" is an identity test and unrelated code is never copied.
+    """
+
+    def __init__(self, spec: DropoutVariant) -> None:
+        self.spec = spec
+        self.dropout = _routed_dropout(spec)
+        self._functions: dict[types.FunctionType, types.FunctionType] = {}
+        self._modules: dict[tuple[types.ModuleType, frozenset[str]], types.ModuleType] = {}
+        self._classes: dict[type, type | None] = {}
+
+    def route_value(self, value: object, names: frozenset[str], depth: int) -> object:
+        if value is _TORCH_DROPOUT:
+            return self.dropout
+        if depth > _MAX_DEPTH:
+            return value
+        if isinstance(value, types.FunctionType):
+            return self.route_function(value, depth)
+        if isinstance(value, types.ModuleType):
+            return self.route_module(value, names, depth)
+        return value
+
+    def route_function(self, fn: types.FunctionType, depth: int = 0) -> types.FunctionType:
+        if fn in self._functions:
+            return self._functions[fn]
+        self._functions[fn] = fn  # while in progress: a recursive call resolves to the original
+        names = _code_names(fn.__code__)
+        replaced = {}
+        for name in names & fn.__globals__.keys():
+            value = fn.__globals__[name]
+            routed = self.route_value(value, names, depth + 1)
+            if routed is not value:
+                replaced[name] = routed
+        cells = fn.__closure__ or ()
+        new_cells = []
+        for cell in cells:
+            try:
+                value = cell.cell_contents
+            except ValueError:  # an empty cell (a name assigned later in the enclosing function)
+                new_cells.append(cell)
+                continue
+            routed = self.route_value(value, names, depth + 1)
+            new_cells.append(cell if routed is value else types.CellType(routed))
+        if not replaced and all(a is b for a, b in zip(cells, new_cells, strict=True)):
+            return fn
+        # A snapshot of the globals: a module global rebound after convert is not seen by the copy.
+        copy = types.FunctionType(
+            fn.__code__, {**fn.__globals__, **replaced}, fn.__name__, fn.__defaults__, tuple(new_cells) or None
+        )
+        copy.__kwdefaults__ = dict(fn.__kwdefaults__) if fn.__kwdefaults__ else None
+        copy.__dict__.update(fn.__dict__)
+        copy.__qualname__, copy.__module__, copy.__doc__ = fn.__qualname__, fn.__module__, fn.__doc__
+        copy.__annotations__ = fn.__annotations__
+        self._functions[fn] = copy
+        return copy
+
+    def route_module(self, module: types.ModuleType, names: frozenset[str], depth: int) -> types.ModuleType:
+        key = (module, names)
+        if key in self._modules:
+            return self._modules[key]
+        self._modules[key] = module  # while in progress (torch.nn.functional imports torch, and so on)
+        replaced = {}
+        for name in names & module.__dict__.keys():
+            value = module.__dict__[name]
+            routed = self.route_value(value, names, depth + 1)
+            if routed is not value:
+                replaced[name] = routed
+        if not replaced:
+            return module
+        shim = types.ModuleType(module.__name__, module.__doc__)
+        shim.__dict__.update(module.__dict__)
+        shim.__dict__.update(replaced)
+        shim.__dict__["__getattr__"] = lambda name: getattr(module, name)  # lazily loaded submodules
+        self._modules[key] = shim
+        return shim
+
+    def routed_methods(self, cls: type) -> dict[str, object]:
+        """Class attributes that make ``cls``'s methods route: every method reachable from ``forward``
+        through ``self.<name>`` whose code reaches ``F.dropout``, as a routed copy."""
+        found: dict[str, object] = {}
+        seen: set[str] = set()
+        pending = ["forward"]
+        while pending:
+            name = pending.pop()
+            if name in seen:
+                continue
+            seen.add(name)
+            attr = inspect.getattr_static(cls, name, None)
+            wrapper = type(attr) if isinstance(attr, staticmethod | classmethod) else None
+            fn = attr.__func__ if wrapper else attr
+            if not isinstance(fn, types.FunctionType):
+                continue
+            routed = self.route_function(fn)
+            if routed is not fn:
+                found[name] = wrapper(routed) if wrapper else routed
+            pending.extend(_function_names(fn))
+        return found
+
+    def routed_class(self, cls: type) -> type | None:
+        """A same-named subclass of ``cls`` with routed methods, or None when ``cls`` never calls F.dropout."""
+        if cls not in self._classes:
+            methods = self.routed_methods(cls)
+            self._classes[cls] = None if not methods else type(cls)(
+                cls.__name__, (cls,), {
+                    **methods, "__module__": cls.__module__, "__qualname__": cls.__qualname__, "__doc__": cls.__doc__,
+                    "_pmdrop_base": cls, "_pmdrop_spec": self.spec, "__reduce_ex__": _reduce_routed,
+                    "__prepare_scriptable__": _refuse_scripting,
+                },
+            )
+        return self._classes[cls]
+
+
+def _function_names(fn: types.FunctionType, depth: int = 0) -> frozenset[str]:
+    """Names used by ``fn`` and by the functions in its closure (a decorator's wrapped function)."""
+    names = _code_names(fn.__code__)
+    for cell in fn.__closure__ or ():
+        try:
+            value = cell.cell_contents
+        except ValueError:
+            continue
+        if isinstance(value, types.FunctionType) and depth < _MAX_DEPTH:
+            names |= _function_names(value, depth + 1)
+    return names
+
+
+_ROUTERS: dict[DropoutVariant, _Router] = {}
+
+
+def _router(spec: DropoutVariant) -> _Router:
+    if spec not in _ROUTERS:
+        _ROUTERS[spec] = _Router(spec)
+    return _ROUTERS[spec]
+
+
+def _registered(spec: DropoutVariant) -> DropoutVariant:
+    """The registry's instance of ``spec`` (registering it if this process has not, e.g. on unpickling)."""
+    return get_variant(spec.name) if spec.name in variant_names() else register_variant(spec)
+
+
+def _restore_routed(base: type, spec: DropoutVariant) -> nn.Module:
+    cls = _router(_registered(spec)).routed_class(base)
+    return (cls or base).__new__(cls or base)
+
+
+def _reduce_routed(self: nn.Module, protocol: int) -> tuple:
+    # The routed subclass is made at run time and cannot be found by name: pickle the original
+    # class and the variant, and make the subclass again on load.
+    return _restore_routed, (self._pmdrop_base, self._pmdrop_spec), self.__getstate__()
 
 
 def _bind_dropout_args(input, p=0.5, training=True, inplace=False):  # noqa: A002 - F.dropout's names
@@ -43,10 +242,16 @@ class _RouteDropout(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+def _stack() -> list:
+    if not hasattr(_local, "stack"):
+        _local.stack = []
+    return _local.stack
+
+
 def active_variant() -> str | None:
     """Name of the variant the innermost :func:`dropout_mode` routes to, or None outside one."""
     stack = getattr(_local, "stack", None)
-    return stack[-1] if stack else None
+    return stack[-1][0] if stack else None
 
 
 @contextmanager
@@ -57,36 +262,65 @@ def dropout_mode(variant: str | DropoutVariant = "pmdrop") -> Iterator[None]:
     ``F.scaled_dot_product_attention`` is not a separate call and stays torch's.
     """
     spec = get_variant(variant)
-    if not hasattr(_local, "stack"):
-        _local.stack = []
-    _local.stack.append(spec.name)
+    stack = _stack()
+    stack.append((spec.name, None))
     try:
         with _RouteDropout(spec):
             yield
     finally:
-        _local.stack.pop()
+        stack.pop()
+
+
+class _EnterDropoutMode:
+    """Forward pre-hook of ``routing="all"``: the module's forward runs under :func:`dropout_mode`."""
+
+    def __init__(self, spec: DropoutVariant) -> None:
+        self.spec = spec
+
+    def __call__(self, module: nn.Module, args: tuple) -> None:
+        stack = _stack()
+        if stack and stack[-1][0] == self.spec.name:  # already routed by an enclosing module
+            stack.append((self.spec.name, None))
+            return
+        mode = _RouteDropout(self.spec)
+        mode.__enter__()
+        stack.append((self.spec.name, mode))
+
+
+class _ExitDropoutMode:
+    """Forward hook (``always_call``, so it also runs when forward raises) closing :class:`_EnterDropoutMode`."""
+
+    def __call__(self, module: nn.Module, args: tuple, output: object) -> None:
+        _, mode = _stack().pop()
+        if mode is not None:
+            mode.__exit__(None, None, None)
 
 
 class PackedDropout(nn.Dropout):
     """``nn.Dropout`` whose mask is stored as ``variant`` says (an ``nn.Dropout`` subclass, so
     code that reads ``.p`` or checks ``isinstance(m, nn.Dropout)`` keeps working)."""
 
-    def __init__(self, p: float = 0.5, inplace: bool = False, variant: str = "pmdrop") -> None:
+    def __init__(self, p: float = 0.5, inplace: bool = False, variant: str | DropoutVariant = "pmdrop") -> None:
         super().__init__(p, inplace)
-        self.variant = get_variant(variant).name
+        self.spec = get_variant(variant)  # resolved once here, not on every call
+
+    @property
+    def variant(self) -> str:
+        return self.spec.name
+
+    @variant.setter
+    def variant(self, name: str | DropoutVariant) -> None:
+        self.spec = get_variant(name)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:  # noqa: A002 - nn.Dropout's name
-        return dropout(input, self.p, self.training, self.inplace, self.variant)
+        if self.training and torch.jit.is_tracing():
+            raise RuntimeError(_NOT_TRACEABLE)
+        return dropout(input, self.p, self.training, self.inplace, self.spec)
+
+    __prepare_scriptable__ = _refuse_scripting  # torch.jit.script calls it on every submodule first
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, variant={self.variant!r}"
-
-
-def _forward_in_dropout_mode(self: nn.Module, *args, **kwargs):
-    if active_variant() == self._pmdrop_variant:
-        return self._pmdrop_forward(*args, **kwargs)
-    with dropout_mode(self._pmdrop_variant):
-        return self._pmdrop_forward(*args, **kwargs)
 
 
 def _warn_fused_attention_dropout(model: nn.Module) -> None:
@@ -111,25 +345,47 @@ def _warn_fused_attention_dropout(model: nn.Module) -> None:
             break
 
 
-def convert(model: nn.Module, variant: str = "pmdrop") -> nn.Module:
+def _undo_routing(module: nn.Module) -> None:
+    """Back to the module's own class and hooks, so that converting again starts from the original."""
+    base = type(module).__dict__.get("_pmdrop_base")
+    if base is not None:
+        module.__class__ = base
+    for hooks in (module._forward_pre_hooks, module._forward_hooks):
+        for key in [k for k, hook in hooks.items() if isinstance(hook, _EnterDropoutMode | _ExitDropoutMode)]:
+            del hooks[key]
+            module._forward_hooks_always_called.pop(key, None)
+
+
+def convert(model: nn.Module, variant: str | DropoutVariant = "pmdrop", routing: str = "static") -> nn.Module:
     """Route every dropout of ``model`` through pmdrop's ``variant``; returns ``model`` (changed in place).
 
-    Converting again switches the variant. Parameters, buffers and state_dict keys are untouched.
+    ``nn.Dropout`` modules become :class:`PackedDropout`. ``routing="static"`` (default) routes the
+    ``F.dropout`` calls found in the modules' code at no cost per op; ``routing="all"`` runs every
+    container's forward under :func:`dropout_mode` instead, for code the analysis cannot see.
+    Converting again switches the variant (and routing). Parameters, buffers, state_dict keys
+    and ``forward``'s signature are untouched; a converted model pickles and loads.
     """
     spec = get_variant(variant)
+    if routing not in ROUTINGS:
+        raise ValueError(f"unknown routing {routing!r}; valid: {', '.join(ROUTINGS)}")
+    router = _router(spec)
     for parent in list(model.modules()):
         for name, child in parent.named_children():
             if type(child) is nn.Dropout:
-                replacement = PackedDropout(child.p, child.inplace, spec.name)
+                replacement = PackedDropout(child.p, child.inplace, spec)
                 replacement.train(child.training)
                 setattr(parent, name, replacement)
-            elif isinstance(child, PackedDropout):
-                child.variant = spec.name
     for module in model.modules():
-        if module is model or next(module.children(), None) is not None:
-            if "_pmdrop_forward" not in module.__dict__:
-                module._pmdrop_forward = module.forward
-                module.forward = types.MethodType(_forward_in_dropout_mode, module)
-            module._pmdrop_variant = spec.name
+        _undo_routing(module)
+        if isinstance(module, PackedDropout):
+            module.spec = spec
+        elif routing == "all":
+            if module is model or next(module.children(), None) is not None:
+                module.register_forward_pre_hook(_EnterDropoutMode(spec))
+                module.register_forward_hook(_ExitDropoutMode(), always_call=True)
+        else:
+            routed = router.routed_class(type(module))
+            if routed is not None:
+                module.__class__ = routed
     _warn_fused_attention_dropout(model)
     return model

@@ -1,9 +1,16 @@
 """The one-line swap on whole models: every dropout site routed, trajectories bit-identical."""
 
 import copy
+import functools
+import inspect
+import pathlib
+import warnings
 
 import pytest
 import torch
+import torch.nn.functional as F  # the spelling models use, which routing must see
+from torch import nn
+from torch.nn.functional import dropout as imported_dropout
 
 import pmdrop
 
@@ -19,11 +26,15 @@ def dropout_calls(model, inputs):
     return saved
 
 
+ROUTINGS = ["static", "all"]
+
+
+@pytest.mark.parametrize("routing", ROUTINGS)
 @pytest.mark.parametrize("layers", [1, 2])
-def test_every_bert_site_goes_through_pmdrop(layers):
+def test_every_bert_site_goes_through_pmdrop(layers, routing):
     model = tinybert_classifier(layers=layers)
     before = dropout_calls(model, token_batch())
-    pmdrop.convert(model, "pmdrop")
+    pmdrop.convert(model, "pmdrop", routing=routing)
     after = dropout_calls(model, token_batch())
     sites = 1 + 3 * layers + 1  # BertModel: embeddings + 3 per layer; the classifier head adds 1
     assert before.dropout_calls == {"torch": sites}
@@ -31,21 +42,23 @@ def test_every_bert_site_goes_through_pmdrop(layers):
     assert after.mask_bytes < before.mask_bytes / 8 * 1.01
 
 
-def test_every_longformer_site_goes_through_pmdrop():
+@pytest.mark.parametrize("routing", ROUTINGS)
+def test_every_longformer_site_goes_through_pmdrop(routing):
     model = tiny_longformer()
     batch = {"input_ids": torch.randint(2, 500, (2, 64)), "attention_mask": torch.ones(2, 64, dtype=torch.long)}
     before = dropout_calls(model, batch)
-    pmdrop.convert(model, "pmdrop")
+    pmdrop.convert(model, "pmdrop", routing=routing)
     after = dropout_calls(model, batch)
     assert set(before.dropout_calls) == {"torch"} and set(after.dropout_calls) == {"pmdrop"}
     assert after.dropout_calls["pmdrop"] == before.dropout_calls["torch"] >= 1 + 3 * 2
 
 
-def test_every_unfused_vit_site_goes_through_pmdrop():
+@pytest.mark.parametrize("routing", ROUTINGS)
+def test_every_unfused_vit_site_goes_through_pmdrop(routing):
     model = tiny_vit()
     images = torch.randn(2, 3, 32, 32)
     before = dropout_calls(model, images)
-    pmdrop.convert(model, "pmdrop")
+    pmdrop.convert(model, "pmdrop", routing=routing)
     after = dropout_calls(model, images)
     assert set(after.dropout_calls) == {"pmdrop"}
     assert after.dropout_calls["pmdrop"] == before.dropout_calls["torch"] >= 4 * 2
@@ -68,6 +81,8 @@ def test_replaced_modules_keep_their_settings_and_state_dict():
 def test_convert_rejects_unknown_variant_and_warns_about_fused_attention_dropout():
     with pytest.raises(ValueError, match="valid: baseline"):
         pmdrop.convert(torch.nn.Sequential(torch.nn.Dropout()), "fast")
+    with pytest.raises(ValueError, match="unknown routing 'dynamic'; valid: static, all"):
+        pmdrop.convert(torch.nn.Sequential(torch.nn.Dropout()), "pmdrop", routing="dynamic")
     with pytest.warns(UserWarning, match="runs inside the fused kernel and is not packed"):
         pmdrop.convert(tinybert_classifier(attn="sdpa", layers=1), "pmdrop")
 
@@ -119,3 +134,176 @@ def test_training_with_hf_gradient_checkpointing_is_bit_identical(variant):
     baseline = train(copy.deepcopy(initial), 3, checkpointing=True)
     trained = train(pmdrop.convert(copy.deepcopy(initial), variant), 3, checkpointing=True)
     assert all(torch.equal(a, b) for a, b in zip(baseline.parameters(), trained.parameters(), strict=True))
+
+
+def _helper_dropout(x, p):
+    return F.dropout(x, p, training=True)
+
+
+def _decorated(forward):
+    @functools.wraps(forward)
+    def wrapper(self, *args, **kwargs):
+        return forward(self, *args, **kwargs)
+
+    return wrapper
+
+
+class FunctionalDropouts(nn.Module):
+    """Every spelling of a functional dropout call that static routing must find."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(64, 64)
+
+    @_decorated
+    def forward(self, x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+        x = F.dropout(self.linear(x), 0.1, self.training)
+        x = nn.functional.dropout(x, p=0.2, training=self.training)
+        x = torch.nn.functional.dropout(x, p=0.3)
+        x = imported_dropout(x, 0.4)
+        x = _helper_dropout(x, 0.5)
+        x = self._method_dropout(x)
+        return (lambda t: F.dropout(t, 0.1))(x) * scale
+
+    def _method_dropout(self, x: torch.Tensor) -> torch.Tensor:
+        return F.dropout(x, 0.2)
+
+
+class ImportsDropoutAtRunTime(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from torch.nn.functional import dropout  # not in the code's globals: only routing="all" sees it
+
+        return dropout(x, 0.1)
+
+
+@pytest.mark.parametrize("routing", ROUTINGS)
+def test_every_functional_spelling_is_routed(routing):
+    model = nn.Sequential(FunctionalDropouts())
+    x = torch.randn(8, 64, requires_grad=True)
+    torch.manual_seed(0)
+    expected = model(x)
+    pmdrop.convert(model, "pmdrop", routing=routing)
+    torch.manual_seed(0)
+    with pmdrop.track_saved_tensors() as saved:
+        got = model(x)
+    assert saved.dropout_calls == {"pmdrop": 7}
+    assert torch.equal(got, expected)
+
+
+def test_dropout_the_code_does_not_show_needs_routing_all():
+    model = nn.Sequential(ImportsDropoutAtRunTime())
+    x = torch.randn(8, 64, requires_grad=True)
+    assert dropout_calls(pmdrop.convert(model, "pmdrop"), x).dropout_calls == {"torch": 1}
+    assert dropout_calls(pmdrop.convert(model, "pmdrop", routing="all"), x).dropout_calls == {"pmdrop": 1}
+    assert dropout_calls(pmdrop.convert(model, "pmdrop"), x).dropout_calls == {"torch": 1}  # hooks removed
+
+
+def _function_modes_seen_by(model, module, inputs) -> int:
+    seen = []
+    handle = module.register_forward_pre_hook(lambda *_: seen.append(torch._C._len_torch_function_stack()))
+    model(**inputs)
+    handle.remove()
+    return max(seen)
+
+
+def test_static_routing_runs_no_function_mode_around_other_ops():
+    """What keeps routing free: no Python sees the matmuls, adds and layer norms of a converted model."""
+    model = tinybert_classifier(layers=1).train()
+    linear = model.bert.encoder.layer[0].attention.self.query
+    assert _function_modes_seen_by(pmdrop.convert(model, "pmdrop"), linear, token_batch()) == 0
+    assert _function_modes_seen_by(pmdrop.convert(model, "pmdrop", routing="all"), linear, token_batch()) == 1
+
+
+def test_only_converted_instances_change_class_and_names_stay():
+    converted, untouched = tinybert_classifier(layers=1), tinybert_classifier(layers=1)
+    pmdrop.convert(converted, "pmdrop")
+    attention = converted.bert.encoder.layer[0].attention.self
+    original = type(untouched.bert.encoder.layer[0].attention.self)
+    assert isinstance(attention, original) and type(attention) is not original
+    assert type(attention).__name__ == original.__name__ and type(attention).__qualname__ == original.__qualname__
+    assert type(converted) is type(untouched)  # the root's forward never calls F.dropout: left as it is
+    assert dropout_calls(untouched, token_batch()).dropout_calls == {"torch": 1 + 3 + 1}
+    pmdrop.convert(converted, "seeded")
+    assert type(converted.bert.encoder.layer[0].attention.self).__bases__ == (original,)
+
+
+@pytest.mark.parametrize("routing", ROUTINGS)
+def test_convert_keeps_forward_signatures_and_sets_no_instance_forward(routing):
+    model = tinybert_classifier(layers=1)
+    kept = [name for name, m in model.named_modules() if not isinstance(m, nn.Dropout)]  # dropouts are replaced
+    signatures = {name: inspect.signature(model.get_submodule(name).forward) for name in kept}
+    pmdrop.convert(model, "pmdrop", routing=routing)
+    assert {name: inspect.signature(model.get_submodule(name).forward) for name in kept} == signatures
+    assert not [name for name, m in model.named_modules() if "forward" in m.__dict__]
+
+
+class WarnsFromForward(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        warnings.warn("from the model's own code", UserWarning, stacklevel=1)
+        return F.dropout(x, 0.1)
+
+
+class WarnsAboutCaller(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = WarnsFromForward()
+        self.drop = nn.Dropout(0.1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        warnings.warn("about this module's caller", UserWarning, stacklevel=2)
+        return self.drop(self.inner(x))
+
+
+@pytest.mark.parametrize("routing", ROUTINGS)
+def test_warnings_inside_a_converted_model_name_the_models_code(routing):
+    model = pmdrop.convert(WarnsAboutCaller(), "pmdrop", routing=routing)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model(torch.randn(4, 8, requires_grad=True))
+    files = {str(w.message): w.filename for w in caught}
+    assert set(files) == {"from the model's own code", "about this module's caller"}
+    assert files["from the model's own code"] == __file__
+    assert not files["about this module's caller"].startswith(str(pathlib.Path(pmdrop.__file__).parent))
+
+
+def test_torchscript_refuses_in_one_sentence_and_trace_records_eval_mode():
+    model = pmdrop.convert(nn.Sequential(nn.Linear(4, 64), nn.Dropout(0.5), FunctionalDropouts()), "pmdrop")
+    for scriptable in (model, pmdrop.PackedDropout(0.5), model[2]):
+        with pytest.raises(RuntimeError, match=r"^pmdrop's dropout cannot be compiled by TorchScript \(.*\): use"):
+            torch.jit.script(scriptable)
+    x = torch.randn(3, 4, requires_grad=True)
+    for traced in (model[:2], model):
+        with pytest.raises(RuntimeError, match=r"^torch.jit.trace cannot record pmdrop's dropout in training mode"):
+            torch.jit.trace(traced.train(), x)
+    traced = torch.jit.trace(model[:2].eval(), x)  # eval: dropout is the identity, nothing to record
+    assert torch.equal(traced(x), model[:2](x))
+
+
+@pytest.mark.parametrize(
+    ("name", "build", "inputs"),
+    [
+        ("bert", lambda: tinybert_classifier(layers=2), lambda: ((), token_batch())),
+        ("vit", tiny_vit, lambda: ((torch.randn(2, 3, 32, 32),), {})),
+    ],
+)
+def test_routing_traces_under_torch_compile_without_graph_breaks(name, build, inputs):
+    torch._dynamo.reset()
+    model = pmdrop.convert(build().train(), "baseline")
+    args, kwargs = inputs()
+    explained = torch._dynamo.explain(model)(*args, **kwargs)
+    assert explained.graph_break_count == 0, f"{name}: {[r.reason for r in explained.break_reasons]}"
+    assert explained.graph_count == 1
+
+
+def test_routing_adds_no_graph_break_to_longformer():
+    """Longformer breaks the graph itself (``.item()`` on its global-attention test): routing adds none."""
+    batch = {"input_ids": torch.randint(2, 500, (2, 64)), "attention_mask": torch.ones(2, 64, dtype=torch.long)}
+    counts = {}
+    for variant in (None, "baseline"):
+        torch._dynamo.reset()
+        torch.manual_seed(0)
+        model = tiny_longformer().train()
+        explained = torch._dynamo.explain(pmdrop.convert(model, variant) if variant else model)(**batch)
+        counts[variant] = explained.graph_break_count
+        assert not [r for r in explained.break_reasons if "pmdrop" in str(r)]
+    assert counts["baseline"] == counts[None]

@@ -1,0 +1,64 @@
+"""A converted model under the tools real training code uses: pickle, torch.save, deepcopy, HF Trainer."""
+
+import copy
+import io
+import pickle
+
+import pytest
+import torch
+
+import pmdrop
+
+from .helpers import EXACT_VARIANTS
+from .models import tinybert_classifier, token_batch
+
+
+def train(model: torch.nn.Module, steps: int, seed: int) -> torch.nn.Module:
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    torch.manual_seed(seed)
+    for step in range(steps):
+        model(**token_batch(batch=2, seq=16, seed=seed + step)).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return model
+
+
+def _pickle(model):
+    return pickle.loads(pickle.dumps(model))
+
+
+def _torch_save(model):
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=False)
+
+
+@pytest.mark.parametrize("round_trip", [_pickle, _torch_save, copy.deepcopy], ids=["pickle", "torch.save", "deepcopy"])
+@pytest.mark.parametrize("variant", EXACT_VARIANTS)
+def test_a_converted_model_round_trips_and_keeps_training_bit_identically(variant, round_trip):
+    torch.manual_seed(0)
+    twin = train(tinybert_classifier(layers=1), 2, seed=10)
+    converted = train(pmdrop.convert(copy.deepcopy(twin), variant), 2, seed=20)
+    twin = train(twin, 2, seed=20)
+    twin, loaded = round_trip(twin), round_trip(converted)
+    attention = loaded.bert.encoder.layer[0].attention.self
+    assert type(attention).__bases__ == (type(twin.bert.encoder.layer[0].attention.self),)
+    with pmdrop.track_saved_tensors() as saved:
+        loaded(**token_batch(batch=2, seq=16))
+    assert saved.dropout_calls == {"pmdrop": 1 + 3 + 1}
+    train(twin, 2, seed=30)
+    train(loaded, 2, seed=30)
+    for (name, a), b in zip(twin.named_parameters(), loaded.parameters(), strict=True):
+        assert torch.equal(a, b), f"{variant}: {name} differs after the round trip"
+
+
+def test_a_round_tripped_model_converts_again_to_another_variant():
+    loaded = _pickle(pmdrop.convert(tinybert_classifier(layers=1), "pmdrop"))
+    pmdrop.convert(loaded, "pmdrop_4bit")
+    with pmdrop.track_saved_tensors() as saved:
+        loaded(**token_batch(batch=2, seq=16))
+    assert saved.dropout_calls == {"pmdrop": 5}
+    assert {m.variant for m in loaded.modules() if isinstance(m, pmdrop.PackedDropout)} == {"pmdrop_4bit"}
+    assert loaded.bert.encoder.layer[0].attention.self._pmdrop_spec.name == "pmdrop_4bit"
