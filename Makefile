@@ -1,28 +1,48 @@
-# make install | demo | test | lint | report | suite1 | suite2 | gpu-campaign | maxfit | maxfit-gpu | composability |
-# robustness
+# make install | lock | demo | test | lint | report | suite1 | suite2 | gpu-campaign | maxfit | maxfit-gpu |
+# composability | robustness
 # Extra Hydra overrides go in ARGS, e.g. `make suite1 ARGS="trainer.device=cuda"`; the campaign's size in SCALE.
 PYTHON3 ?= python3
 VENV := .venv
 PYTHON := $(VENV)/bin/python
+UV := $(VENV)/bin/uv
+UV_VERSION := 0.13.9
+LOCK := requirements.lock
 STAMP := $(VENV)/.installed
 RUNS ?= runs
-RESULTS ?= results
+# Reports go next to the runs they describe; the committed results/ is redrawn only on purpose (make report REPORT=results).
+REPORT ?= $(RUNS)/report
 SCALE ?= full
 ARGS ?=
-# After a sweep: the report of every run under RUNS goes to RESULTS, also when a run failed (it counts failed runs);
+# After a sweep: the report of every run under RUNS goes to REPORT, also when a run failed (it counts failed runs);
 # make still fails then, with the sweep's exit status.
-REPORT_AFTER = status=$$?; $(PYTHON) -m scripts.report $(RUNS) --out $(RESULTS) && exit $$status
+REPORT_AFTER = status=$$?; $(PYTHON) -m scripts.report $(RUNS) --out $(REPORT) && exit $$status
 
-.PHONY: install demo test lint report suite1 suite2 gpu-campaign maxfit maxfit-gpu composability robustness
+# uv looks for packages where pip is configured to (pip.conf or PIP_* variables: a local mirror or wheel folder, as
+# where torch's wheels lie on disk), and like pip takes the best match across those indexes.
+pip_setting = $(shell $(PYTHON3) -m pip config list 2>/dev/null | sed -n "s/^[^ ]*\.$(1)='\(.*\)'$$/\1/p")
+UV_SOURCES := $(addprefix --index-url ,$(call pip_setting,index-url)) \
+	$(addprefix --extra-index-url ,$(call pip_setting,extra-index-url)) \
+	$(addprefix --find-links ,$(sort $(call pip_setting,find-links))) --index-strategy unsafe-best-match
+
+.PHONY: install lock demo test lint report suite1 suite2 gpu-campaign maxfit maxfit-gpu composability robustness
 
 install: $(STAMP)
 
-# Torch's pinned build first, so the project's `torch>=2.4` is already met; redone when pyproject.toml changes.
-$(STAMP): pyproject.toml
+# The environment is the lock file's, exactly (hashes checked): `uv pip sync` installs what it lists and removes what it
+# does not; then the library itself, editable. Redone when the lock or pyproject.toml changes.
+$(STAMP): $(LOCK) pyproject.toml
 	test -x $(PYTHON) || $(PYTHON3) -m venv $(VENV)
-	$(PYTHON) -m pip install torch==2.14.1 torchvision==0.29.1
-	$(PYTHON) -m pip install -e '.[harness,dev]'
+	$(PYTHON) -m pip install --quiet uv==$(UV_VERSION)
+	$(UV) pip sync --quiet --python $(PYTHON) $(UV_SOURCES) $(LOCK)
+	$(UV) pip install --quiet --python $(PYTHON) --no-deps --editable .
 	touch $@
+
+# The lock from pyproject.toml's ranges (harness and dev extras), for every platform and Python >= 3.10, with torch at
+# the build the project is tested with; versions already in the lock are kept unless a range excludes them.
+lock:
+	test -x $(UV) || { test -x $(PYTHON) || $(PYTHON3) -m venv $(VENV); $(PYTHON) -m pip install --quiet uv==$(UV_VERSION); }
+	printf 'torch==2.14.1\ntorchvision==0.29.1\n' | $(UV) pip compile $(UV_SOURCES) pyproject.toml - --extra harness --extra dev \
+		--universal --python-version 3.10 --generate-hashes --output-file $(LOCK)
 
 test: install
 	$(PYTHON) -m pytest -n 2
@@ -35,7 +55,7 @@ demo: install
 	$(PYTHON) run.py -m experiment=demo runs_root=$(RUNS) $(ARGS); $(REPORT_AFTER)
 
 report: install
-	$(PYTHON) -m scripts.report $(RUNS)/ --out $(RESULTS)/
+	$(PYTHON) -m scripts.report $(RUNS)/ --out $(REPORT)/
 
 # The paper's suites, on real data (see conf/workload/ for the data paths each needs) and a GPU.
 suite1: install
@@ -48,7 +68,7 @@ suite2: install
 gpu-campaign: install
 	$(PYTHON) run.py -m experiment=gpu_campaign campaign/scale=$(SCALE) runs_root=$(RUNS) $(ARGS)
 
-# Issue 6's experiments, each followed by the report: largest batch/context per variant (CPU: saved-bytes budget;
+# The other experiments, each followed by the report: largest batch/context per variant (CPU: saved-bytes budget;
 # maxfit-gpu: CUDA memory), exactness and saved bytes under checkpointing/bf16/compile/sdpa, and the bit-flip and
 # FGSM robustness checks.
 maxfit: install
