@@ -1,9 +1,12 @@
-"""W&B: one offline run per job, read back with wandb 0.31's ``wandb leet inspect``; logger=disabled never calls W&B."""
+"""W&B: one offline run per job, read back with wandb 0.31's ``wandb leet inspect``; logger=disabled never calls W&B;
+online with no reachable server: one bounded wait, then offline."""
 
 import json
+import logging
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -82,3 +85,58 @@ def test_bad_wandb_mode_names_the_valid_ones(monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "ofline")
     with pytest.raises(ValueError, match=r"unknown W&B mode 'ofline'.*valid: offline, online, disabled"):
         tracking.wandb_mode(OmegaConf.create({"logger": {"mode": "offline"}}))
+
+
+@pytest.fixture
+def fresh_wandb():
+    """W&B reads WANDB_BASE_URL when it sets up, once per process: set up afresh before and after the test."""
+    import wandb
+
+    wandb.teardown()
+    yield wandb
+    wandb.teardown()
+
+
+def test_online_without_a_reachable_server_waits_once_then_logs_offline(launch, training, runs_root, monkeypatch,
+                                                                        caplog, fresh_wandb):
+    wandb = fresh_wandb
+
+    # A key but no server: nothing listens on loopback port 9 (discard), so every request is refused.
+    monkeypatch.setenv("WANDB_MODE", "online")
+    monkeypatch.setenv("WANDB_API_KEY", "0" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("WANDB_INIT_TIMEOUT", "3")
+    monkeypatch.setattr(tracking, "_unreachable", [], raising=False)
+    online_waits = []
+    init = wandb.init
+
+    def timed_init(*args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return init(*args, **kwargs)
+        finally:
+            if kwargs.get("mode") == "online":
+                online_waits.append(time.perf_counter() - started)
+
+    monkeypatch.setattr(wandb, "init", timed_init)
+    with caplog.at_level(logging.WARNING, logger="experiments.tracking"):
+        assert launch("-m", "variant=pmdrop", "seed=0,1", "logger=wandb_online", "experiment_name=wb") == 0
+
+    assert len(online_waits) == 1 and online_waits[0] < 3 + 30  # one bounded wait, not W&B's 90 s per run
+    (warning,) = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert "within 3 s" in warning and "127.0.0.1:9" in warning and "wandb sync" in warning
+    for seed in (0, 1):
+        run_dir = runs_root / f"wb/tinybert/synthetic_pairs/pmdrop/seed{seed}"
+        assert json.loads((run_dir / "results.json").read_text())["status"] == "ok"
+        assert not list((run_dir / "wandb").glob("run-*"))  # the unconnected attempt left nothing
+        summary = json.loads(inspect(run_dir, "--summary"))  # the run itself is complete, offline, for `wandb sync`
+        assert summary["state"] == "finished" and summary["name"] == f"pmdrop-seed{seed}"
+        history = [r["history"]["item"] for r in map(json.loads, inspect(run_dir).splitlines())
+                   if r["type"] == "history"]
+        assert [h["loss"] for h in history] == [1.0 / step + seed for step in (1, 2, 3)]
+
+
+def test_bad_init_timeout_names_the_key(monkeypatch):
+    monkeypatch.setenv("WANDB_INIT_TIMEOUT", "soon")
+    with pytest.raises(ValueError, match=r"W&B init timeout 'soon' .*must be a number of seconds > 0"):
+        tracking.init_timeout_s(OmegaConf.create({"logger": {"init_timeout_s": 30}}))
