@@ -77,6 +77,9 @@ class ModelFamily:
 
 
 MODELS: dict[str, ModelFamily] = {}
+# Sizes a model is built with: zero or negative fails deep inside transformers (or builds an empty model).
+_SIZES = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "max_position_embeddings",
+          "type_vocab_size", "vocab_size", "attention_window")
 
 
 def register(family: str, schema: type[ModelSchema], tasks: tuple[str, ...], attention: tuple[str, ...]):
@@ -101,6 +104,9 @@ def check_model_config(model: DictConfig, task: str) -> None:
     for key in ("hidden_dropout_prob", "attention_probs_dropout_prob", "drop_rate", "label_smoothing"):
         if key in model:
             check_range(f"model.{key}", model[key], 0.0, 1.0)
+    for key in _SIZES:
+        if key in model:
+            check_range(f"model.{key}", model[key], 1)
 
 
 # Files whose presence in the Hugging Face cache means a checkpoint was downloaded before (transformers', timm's).

@@ -161,3 +161,15 @@ def test_a_cached_or_local_checkpoint_or_none_at_all_passes(empty_hub_cache, mon
     (repo / "snapshots" / "abc123").mkdir(parents=True)
     (repo / "snapshots" / "abc123" / "config.json").write_text("{}")
     check_checkpoint("model.pretrained=true")
+
+
+@pytest.mark.parametrize("overrides", [["model.num_hidden_layers=0"], ["model.hidden_size=-8"],
+                                       ["model.num_attention_heads=0"], ["model.intermediate_size=0"],
+                                       ["model=longformer_base", "model.attention_window=0"]])
+def test_model_sizes_below_one_are_refused_first(overrides):
+    from experiments.models import check_model_config
+
+    cfg = compose_run(*overrides)
+    key, value = overrides[-1].split("=")
+    with pytest.raises(ValueError, match=rf"^{key}={value} must be >= 1$"):
+        check_model_config(cfg.model, cfg.dataset.task)
