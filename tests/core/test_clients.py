@@ -62,3 +62,55 @@ def test_a_round_tripped_model_converts_again_to_another_variant():
     assert saved.dropout_calls == {"pmdrop": 5}
     assert {m.variant for m in loaded.modules() if isinstance(m, pmdrop.PackedDropout)} == {"pmdrop_4bit"}
     assert loaded.bert.encoder.layer[0].attention.self._pmdrop_spec.name == "pmdrop_4bit"
+
+
+def tiny_bert() -> torch.nn.Module:
+    from transformers import BertConfig, BertForSequenceClassification
+
+    config = BertConfig(
+        vocab_size=200, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        max_position_embeddings=32, num_labels=2, attn_implementation="eager",
+    )
+    torch.manual_seed(0)
+    return BertForSequenceClassification(config)
+
+
+def trainer_run(model: torch.nn.Module, output_dir, gradient_checkpointing: bool) -> torch.nn.Module:
+    """A few steps of ``transformers.Trainer`` on its default arguments (CPU, no reporting)."""
+    datasets = pytest.importorskip("datasets")
+    pytest.importorskip("accelerate")
+    from transformers import Trainer, TrainingArguments
+
+    g = torch.Generator().manual_seed(0)
+    rows = 24
+    data = datasets.Dataset.from_dict({
+        "input_ids": torch.randint(2, 200, (rows, 12), generator=g).tolist(),
+        "attention_mask": [[1] * 12] * rows,
+        "labels": torch.randint(0, 2, (rows,), generator=g).tolist(),
+        "sentence": [f"row {i}" for i in range(rows)],  # columns the model does not take: Trainer drops them
+        "idx": list(range(rows)),
+    })
+    args = TrainingArguments(
+        output_dir=str(output_dir), report_to="none", use_cpu=True, max_steps=3,
+        activation_checkpointing=gradient_checkpointing,
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=data)
+    torch.manual_seed(1234)
+    trainer.train()
+    return model
+
+
+@pytest.fixture(scope="module")
+def trainer_references(tmp_path_factory):
+    return {ckpt: trainer_run(tiny_bert(), tmp_path_factory.mktemp("reference"), ckpt) for ckpt in (False, True)}
+
+
+@pytest.mark.parametrize("gradient_checkpointing", [False, True], ids=["plain", "checkpointing"])
+@pytest.mark.parametrize("variant", EXACT_VARIANTS)
+def test_hf_trainer_on_default_arguments_trains_bit_identically(variant, gradient_checkpointing, tmp_path,
+                                                                trainer_references):
+    reference = trainer_references[gradient_checkpointing]
+    trained = trainer_run(pmdrop.convert(tiny_bert(), variant), tmp_path, gradient_checkpointing)
+    assert any(not torch.equal(a, b) for a, b in zip(tiny_bert().parameters(), trained.parameters(), strict=True))
+    for (name, a), b in zip(reference.named_parameters(), trained.parameters(), strict=True):
+        assert torch.equal(a, b), f"{variant}: {name} differs after Trainer steps"
