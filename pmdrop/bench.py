@@ -1,29 +1,44 @@
-"""Benchmark: each variant's fwd+bwd time as a ratio to ``torch.nn.Dropout``, and its saved bytes.
+"""Benchmark: each variant's fwd+bwd time as a ratio to ``torch.nn.Dropout``, its saved bytes, and the
+launch-bound view (what a step pays per call where kernels are short: host work and dispatched ops).
 
-    python -m pmdrop.bench                         # fp32 (32, 512, 768) on the CPU, every variant
+    python -m pmdrop.bench                         # fp32 (32, 512, 768) on the CPU, every variant, then the launch view
     python -m pmdrop.bench --dtype fp32 bf16 --shape 8,12,512,512 --pairs 15 --json out.json
+    python -m pmdrop.bench --views launch --threads 1          # per call, op counts, routing cost only
 
 Ratios, not absolute times, because shared machines are noisy: every repetition times the
 baseline and the variant back to back (alternating which goes first) in this one process, and
 the figure reported is the median of those per-pair ratios.
+
+The launch-bound view: fwd+bwd of a (64, 64) tensor per variant vs ``nn.Dropout``; the aten ops one
+call dispatches forward and backward on each route (counted with a ``TorchDispatchMode``; the fused
+route is the one CUDA takes, its logic run here on CPU tensors; on a GPU each counted kernel is a
+launch); and a tiny eager BERT's fwd+bwd converted to ``baseline`` and ``pmdrop`` vs unconverted,
+under both routings of :func:`pmdrop.convert`.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import statistics
 import subprocess
+import sys
 import time
-from collections.abc import Callable
+import unittest.mock
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
+from . import functional
 from .accounting import track_saved_tensors
-from .modules import PackedDropout
-from .variants import variant_names
+from .modules import PackedDropout, convert
+from .variants import get_variant, variant_names
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp64": torch.float64}
 
@@ -67,24 +82,45 @@ def saved_bytes_per_element(layer: torch.nn.Module, x: torch.Tensor) -> float:
     return saved.mask_bytes / x.numel()
 
 
-def compare(
-    variant: str, x: torch.Tensor, p: float, pairs: int, time_pair: Callable | None = None
-) -> tuple[list[float], list[float], list[float], float]:
+Times = tuple[float, ...]
+
+
+def interleaved(reference: Callable[[], Times], candidate: Callable[[], Times], pairs: int,
+                warmup: int = 1) -> list[tuple[Times, Times]]:
+    """``pairs`` timings of ``reference`` and ``candidate`` back to back, alternating which goes first.
+
+    Each callable runs once and returns its phase times (e.g. forward, backward). Shared machines
+    are noisy; a ratio taken within one pair sees the same noise on both sides.
+    """
+    for _ in range(warmup):  # allocator, lazily built tables, compilation
+        reference()
+        candidate()
+    timed = []
+    for i in range(pairs):
+        if i % 2 == 0:
+            ref = reference()
+            cand = candidate()
+        else:
+            cand = candidate()
+            ref = reference()
+        timed.append((ref, cand))
+    return timed
+
+
+def fwd_bwd_ratios(timed: list[tuple[Times, Times]]) -> tuple[list[float], list[float], list[float]]:
+    """Per-pair candidate / reference ratios of forward, backward and their sum, from (fwd, bwd) timings."""
+    fwd = [cf / bf for (bf, _), (cf, _) in timed]
+    bwd = [cb / bb for (_, bb), (_, cb) in timed]
+    return fwd, bwd, [sum(c) / sum(b) for b, c in timed]
+
+
+def compare(variant: str, x: torch.Tensor, p: float, pairs: int) -> tuple[list[float], list[float], list[float], float]:
     """Per-pair ratios (fwd, bwd, fwd+bwd) of ``variant`` to nn.Dropout, and the median baseline fwd+bwd seconds."""
     baseline, candidate = torch.nn.Dropout(p), PackedDropout(p, variant=variant)
     grad = torch.ones_like(x)
-    for layer in (baseline, candidate):  # warm-up: allocator, lazily built tables
-        _time_fwd_bwd(layer, x, grad)
-    fwd, bwd, total, base_total = [], [], [], []
-    for i in range(pairs):
-        order = (baseline, candidate) if i % 2 == 0 else (candidate, baseline)
-        times = {id(layer): _time_fwd_bwd(layer, x, grad) for layer in order}
-        (bf, bb), (cf, cb) = times[id(baseline)], times[id(candidate)]
-        fwd.append(cf / bf)
-        bwd.append(cb / bb)
-        total.append((cf + cb) / (bf + bb))
-        base_total.append(bf + bb)
-    return fwd, bwd, total, statistics.median(base_total)
+    timed = interleaved(lambda: _time_fwd_bwd(baseline, x, grad), lambda: _time_fwd_bwd(candidate, x, grad), pairs)
+    fwd, bwd, total = fwd_bwd_ratios(timed)
+    return fwd, bwd, total, statistics.median(sum(b) for b, _ in timed)
 
 
 def git_commit() -> str:
@@ -120,6 +156,199 @@ def run(shape: tuple[int, ...], dtypes: list[str], variants: list[str], p: float
     return rows
 
 
+# --- launch-bound view: where a GPU step is bound by host work per call, not by bandwidth -------------
+
+PER_CALL_SHAPE = (64, 64)
+# Ops that dispatch but launch no kernel on a GPU (allocation, aliasing); views are recognised by their schema.
+_NO_KERNEL = frozenset({"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "set_", "detach",
+                        "alias", "lift_fresh", "_unsafe_view"})
+
+
+@dataclass
+class OpCount:
+    variant: str
+    route: str  # "noise" (CPU, in place) or "fused" (CUDA out of place: native_dropout)
+    fwd_ops: int
+    bwd_ops: int
+    fwd_kernels: int  # ops that launch a kernel on a GPU (views and allocations left out)
+    bwd_kernels: int
+    fwd_op_names: list[str]
+    bwd_op_names: list[str]
+    error: str | None = None  # why the route was not counted (then no counts)
+
+
+class _CountOps(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: list[str] = []
+        self.kernels = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        self.names.append(name)
+        self.kernels += name not in _NO_KERNEL and not func.is_view
+        return func(*args, **(kwargs or {}))
+
+
+@contextmanager
+def _route(route: str) -> Iterator[None]:
+    """Run the call on the given route; the fused (CUDA) route's logic also runs on CPU tensors."""
+    if route == "noise":
+        yield
+        return
+    with unittest.mock.patch.object(functional, "_FUSED_DEVICE_TYPES", functional._FUSED_DEVICE_TYPES | {"cpu"}):
+        yield
+
+
+def count_ops(variant: str, route: str, p: float = 0.1) -> OpCount:
+    """Aten ops one fwd and one bwd of a (64, 64) fp32 call dispatch, on ``route``; "nn.Dropout" is torch's own."""
+    x = torch.randn(PER_CALL_SHAPE, requires_grad=True)
+    grad = torch.ones_like(x)
+    if variant == "nn.Dropout":  # torch's own routes: F.dropout on CPU, native_dropout where the fused route runs
+        layer = (lambda t: torch.native_dropout(t, p, True)[0]) if route == "fused" else torch.nn.Dropout(p)
+    elif route == "fused" and get_variant(variant).apply is functional._baseline:
+        return OpCount(variant, route, 0, 0, 0, 0, [], [], "torch's own dropout: on its device, nn.Dropout's ops")
+    else:
+        layer = PackedDropout(p, variant=variant)
+    try:
+        with _route(route):
+            layer(x).backward(grad)  # warm-up: lazily built tables are not part of a call
+            x.grad = None  # so that backward's count has no gradient accumulation in it
+            with _CountOps() as fwd:
+                y = layer(x)
+            with _CountOps() as bwd:
+                y.backward(grad)
+    except (AttributeError, RuntimeError) as error:  # device-specific code the CPU cannot stand in for
+        return OpCount(variant, route, 0, 0, 0, 0, [], [], f"{type(error).__name__}: {error}")
+    return OpCount(variant, route, len(fwd.names), len(bwd.names), fwd.kernels, bwd.kernels, fwd.names, bwd.names)
+
+
+@dataclass
+class RoutingRow:
+    variant: str
+    routing: str
+    fwd_bwd_ratio: float  # converted model / plain model, median of interleaved pairs
+    fwd_bwd_ratio_min: float
+    fwd_bwd_ratio_max: float
+    plain_fwd_bwd_ms: float
+
+
+def _eager_attention(module: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    # As transformers' eager_attention_forward: the attention-probability dropout is a functional call.
+    probs = nn.functional.softmax(torch.matmul(q, k.transpose(-1, -2)) * module.scaling, dim=-1)
+    probs = nn.functional.dropout(probs, p=module.dropout_p, training=module.training)
+    return torch.matmul(probs, v)
+
+
+class _TinyBertLayer(nn.Module):
+    def __init__(self, hidden: int, heads: int, p: float) -> None:
+        super().__init__()
+        self.heads, self.scaling, self.dropout_p = heads, (hidden // heads) ** -0.5, p
+        self.qkv = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(3))
+        self.attn_out, self.attn_drop, self.attn_norm = nn.Linear(hidden, hidden), nn.Dropout(p), nn.LayerNorm(hidden)
+        self.up, self.down = nn.Linear(hidden, 2 * hidden), nn.Linear(2 * hidden, hidden)
+        self.out_drop, self.out_norm = nn.Dropout(p), nn.LayerNorm(hidden)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        b, s, d = h.shape
+        q, k, v = (lin(h).view(b, s, self.heads, -1).transpose(1, 2) for lin in self.qkv)
+        a = _eager_attention(self, q, k, v).transpose(1, 2).reshape(b, s, d)
+        h = self.attn_norm(h + self.attn_drop(self.attn_out(a)))
+        return self.out_norm(h + self.out_drop(self.down(nn.functional.gelu(self.up(h)))))
+
+
+class TinyBert(nn.Module):
+    """BERT's dropout sites in plain torch (embeddings, 3 per layer, one functional; classifier):
+    4 layers, hidden 64, 2 labels, for the routing cost without transformers."""
+
+    def __init__(self, layers: int = 4, hidden: int = 64, heads: int = 4, vocab: int = 1000, p: float = 0.1) -> None:
+        super().__init__()
+        self.words, self.positions = nn.Embedding(vocab, hidden), nn.Embedding(64, hidden)
+        self.embed_norm, self.embed_drop = nn.LayerNorm(hidden), nn.Dropout(p)
+        self.layers = nn.ModuleList(_TinyBertLayer(hidden, heads, p) for _ in range(layers))
+        self.pooler, self.head_drop, self.classifier = nn.Linear(hidden, hidden), nn.Dropout(p), nn.Linear(hidden, 2)
+
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        h = self.embed_drop(self.embed_norm(self.words(input_ids) + self.positions(positions)))
+        for layer in self.layers:
+            h = layer(h)
+        logits = self.classifier(self.head_drop(torch.tanh(self.pooler(h[:, 0]))))
+        return nn.functional.cross_entropy(logits, labels)
+
+
+def _tiny_model(kind: str) -> tuple[nn.Module, Callable[[nn.Module], torch.Tensor]]:
+    """The tiny model and its loss on a batch of 1 x 8 tokens."""
+    torch.manual_seed(0)
+    ids, labels = torch.randint(2, 1000, (1, 8)), torch.tensor([1])
+    if kind == "torch":
+        return TinyBert().train(), lambda m: m(ids, labels)
+    from transformers import BertConfig, BertForSequenceClassification  # optional: only for --tiny-model transformers
+
+    config = BertConfig(vocab_size=1000, hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
+                        intermediate_size=128, max_position_embeddings=64, num_labels=2, attn_implementation="eager")
+    return BertForSequenceClassification(config).train(), lambda m: m(input_ids=ids, labels=labels).loss
+
+
+def routing_cost(variants: list[str], routings: list[str], pairs: int, kind: str = "torch") -> list[RoutingRow]:
+    """fwd+bwd of the tiny model converted to each variant, as a ratio to the same model unconverted."""
+    plain, loss_of = _tiny_model(kind)
+
+    def step(model: nn.Module) -> Times:
+        start = time.perf_counter()
+        loss_of(model).backward()
+        return (time.perf_counter() - start,)
+
+    rows = []
+    for variant in variants:
+        for routing in routings:
+            converted = convert(copy.deepcopy(plain), variant, routing=routing)
+            timed = interleaved(lambda: step(plain), lambda c=converted: step(c), pairs, warmup=3)
+            ratios = [c[0] / b[0] for b, c in timed]
+            rows.append(RoutingRow(variant, routing, statistics.median(ratios), min(ratios), max(ratios),
+                                   statistics.median(b[0] for b, _ in timed) * 1e3))
+    return rows
+
+
+def launch_bound(variants: list[str], p: float, pairs: int, routing_pairs: int, tiny_model: str,
+                 device: torch.device) -> dict:
+    """The three launch-bound figures: per-call cost on a small tensor (on ``device``), aten ops per call
+    per route, and the routing cost of a tiny model (on the CPU)."""
+    x = torch.randn(PER_CALL_SHAPE, device=device, requires_grad=True)
+    per_call = []
+    print(f"\n# launch-bound view, per call: fwd+bwd of a {'x'.join(map(str, PER_CALL_SHAPE))} fp32 tensor "
+          "vs nn.Dropout (median of interleaved pairs)")
+    print(f"{'variant':<16}{'fwd':>7}{'bwd':>7}{'fwd+bwd':>9}{'(min-max)':>15}{'base us':>9}")
+    for variant in variants:
+        fwd, bwd, total, base_s = compare(variant, x, p, pairs)
+        per_call.append({"variant": variant, "fwd_ratio": statistics.median(fwd), "bwd_ratio": statistics.median(bwd),
+                         "fwd_bwd_ratio": statistics.median(total), "fwd_bwd_ratio_min": min(total),
+                         "fwd_bwd_ratio_max": max(total), "baseline_fwd_bwd_us": base_s * 1e6})
+        r = per_call[-1]
+        print(f"{variant:<16}{r['fwd_ratio']:>6.3f}x{r['bwd_ratio']:>6.3f}x{r['fwd_bwd_ratio']:>8.3f}x"
+              f"{f'({min(total):.2f}-{max(total):.2f})':>15}{base_s * 1e6:>9.1f}", flush=True)
+    print("\n# aten ops dispatched per call (kernels: those a GPU launches, views and allocations left out); "
+          "fused = the CUDA route's logic, run on CPU tensors")
+    print(f"{'variant':<16}{'route':<7}{'fwd ops':>8}{'bwd ops':>8}{'fwd kern':>9}{'bwd kern':>9}")
+    ops = []
+    for variant in ["nn.Dropout", *variants]:
+        for route in ("noise", "fused"):
+            ops.append(count_ops(variant, route, p))
+            c = ops[-1]
+            counts = (f"  not counted: {c.error}" if c.error else
+                      f"{c.fwd_ops:>8}{c.bwd_ops:>8}{c.fwd_kernels:>9}{c.bwd_kernels:>9}")
+            print(f"{variant:<16}{route:<7}{counts}")
+    routed = [v for v in ("baseline", "pmdrop") if v in variants] or variants[:1]
+    print(f"\n# routing cost: tiny eager BERT ({tiny_model}; 4 layers, hidden 64, batch 1 x 8 tokens) fwd+bwd, "
+          "converted / plain (median of interleaved pairs)")
+    print(f"{'variant':<16}{'routing':<9}{'ratio':>8}{'(min-max)':>15}{'plain ms':>10}")
+    routing = routing_cost(routed, ["static", "all"], routing_pairs, tiny_model)
+    for r in routing:
+        print(f"{r.variant:<16}{r.routing:<9}{r.fwd_bwd_ratio:>7.3f}x"
+              f"{f'({r.fwd_bwd_ratio_min:.2f}-{r.fwd_bwd_ratio_max:.2f})':>15}{r.plain_fwd_bwd_ms:>10.2f}", flush=True)
+    return {"per_call": per_call, "op_counts": [asdict(c) for c in ops], "routing": [asdict(r) for r in routing]}
+
+
 _HEADER = (
     f"{'variant':<16}{'dtype':<6}{'fwd':>7}{'bwd':>7}{'fwd+bwd':>9}{'(min-max)':>15}{'base ms':>9}"
     f"{'mask B/elem':>13}{'vs torch':>10}"
@@ -134,24 +363,34 @@ def _format_row(r: Row) -> str:
     )
 
 
+VIEWS = ("size", "launch")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--views", nargs="+", default=list(VIEWS), choices=VIEWS,
+                        help="size: the --shape table; launch: per-call cost, op counts and routing cost")
     parser.add_argument("--shape", default="32,512,768", help="comma-separated tensor shape")
     parser.add_argument("--dtype", nargs="+", default=["fp32"], choices=sorted(DTYPES))
     parser.add_argument("--variants", nargs="+", default=None, help="default: every registered bit-exact variant")
     parser.add_argument("--p", type=float, default=0.1)
     parser.add_argument("--pairs", type=int, default=9, help="interleaved baseline/variant pairs per variant")
+    parser.add_argument("--call-pairs", type=int, default=101, help="pairs per variant of the per-call figure")
+    parser.add_argument("--routing-pairs", type=int, default=101, help="pairs per variant of the routing figure")
+    parser.add_argument("--tiny-model", default="torch", choices=["torch", "transformers"],
+                        help="the routing figure's model: plain torch, or transformers' BertForSequenceClassification")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (the floors: 1)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", help="also write the rows and provenance to this file")
     args = parser.parse_args(argv)
-    from .variants import get_variant
-
     variants = args.variants or [v for v in variant_names() if get_variant(v).bit_exact]
     for name in variants:
         get_variant(name)  # one-line error naming valid choices before any timing
+    if args.threads:
+        torch.set_num_threads(args.threads)
     shape = tuple(int(s) for s in args.shape.split(","))
     provenance = {
-        "command": "python -m pmdrop.bench " + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
+        "command": "python -m pmdrop.bench " + " ".join(argv if argv is not None else sys.argv[1:]),
         "device": device_name(torch.device(args.device)),
         "torch": torch.__version__,
         "commit": git_commit(),
@@ -160,12 +399,17 @@ def main(argv: list[str] | None = None) -> None:
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     print("# " + ", ".join(f"{k}: {v}" for k, v in provenance.items()))
-    print("# ratios: median over interleaved pairs of (variant time / nn.Dropout time); bytes: saved for backward")
-    print(_HEADER)
-    rows = run(shape, args.dtype, variants, args.p, args.pairs, args.device)
+    report: dict = {"provenance": provenance, "rows": []}
+    if "size" in args.views:
+        print("# ratios: median over interleaved pairs of (variant time / nn.Dropout time); bytes: saved for backward")
+        print(_HEADER)
+        report["rows"] = [asdict(r) for r in run(shape, args.dtype, variants, args.p, args.pairs, args.device)]
+    if "launch" in args.views:
+        report["launch_bound"] = launch_bound(variants, args.p, args.call_pairs, args.routing_pairs, args.tiny_model,
+                                              torch.device(args.device))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"provenance": provenance, "rows": [asdict(r) for r in rows]}, f, indent=2)
+            json.dump(report, f, indent=2)
 
 
 if __name__ == "__main__":

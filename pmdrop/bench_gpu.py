@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .bench import DTYPES, device_name, git_commit, saved_bytes_per_element
+from .bench import DTYPES, device_name, fwd_bwd_ratios, git_commit, interleaved, saved_bytes_per_element
 from .modules import PackedDropout
 from .packing import pack_flat, unpack_flat, unpack_mask
 from .variants import get_variant, variant_names
@@ -48,7 +48,9 @@ TARGETS = {  # fwd+bwd ratio to nn.Dropout at most, fraction of copy bandwidth a
     "pmdrop_fused": {"fwd_bwd_ratio": 0.85, "copy_bandwidth_fraction": 0.80},
     "pmdrop": {"fwd_bwd_ratio": 1.10},
 }
-PIECE_MASKS_PER_BYTE = (8, 4)  # pmdrop and pmdrop_4bit
+# Densities of the registered exact packed variants (pmdrop, pmdrop_4bit, ...): the exact route's pieces at each.
+_EXACT = [get_variant(v) for v in variant_names() if get_variant(v).bit_exact]
+PIECE_MASKS_PER_BYTE = tuple(sorted({v.masks_per_byte for v in _EXACT if v.masks_per_byte}, reverse=True))
 _SLEEP_CYCLES = 2_000_000  # ~1 ms of GPU time: longer than the host needs to queue one op
 _L2_FLUSH_BYTES = 256 * 2**20
 
@@ -123,18 +125,11 @@ def copy_seconds(timer: _GpuTimer, x: torch.Tensor, reps: int) -> float:
 def measure(variant: str, x: torch.Tensor, p: float, reps: int, timer: _GpuTimer, copy_s: float) -> Row:
     grad = torch.randn_like(x)
     baseline, candidate = _layer("nn.Dropout", p), _layer(variant, p)
-    for layer in (baseline, candidate, baseline, candidate):  # warm-up: Triton compilation, allocator, tables
-        _time_fwd_bwd(timer, layer, x, grad)
-    fwd, bwd, total, base_total, cand = [], [], [], [], []
-    for i in range(reps):
-        order = (baseline, candidate) if i % 2 == 0 else (candidate, baseline)
-        times = {id(layer): _time_fwd_bwd(timer, layer, x, grad) for layer in order}
-        (bf, bb), (cf, cb) = times[id(baseline)], times[id(candidate)]
-        fwd.append(cf / bf)
-        bwd.append(cb / bb)
-        total.append((cf + cb) / (bf + bb))
-        base_total.append(bf + bb)
-        cand.append((cf, cb))
+    timed = interleaved(lambda: _time_fwd_bwd(timer, baseline, x, grad),
+                        lambda: _time_fwd_bwd(timer, candidate, x, grad), reps, warmup=2)  # 2: Triton compiles first
+    fwd, bwd, total = fwd_bwd_ratios(timed)
+    base_total = [sum(b) for b, _ in timed]
+    cand = [c for _, c in timed]
     mask_bytes = saved_bytes_per_element(candidate, x)
     fwd_s, bwd_s = statistics.median(c[0] for c in cand), statistics.median(c[1] for c in cand)
     # at least: read x + write y + write mask; read grad + read mask + write grad_x
@@ -171,12 +166,8 @@ def _format_row(r: Row) -> str:
 
 def _interleaved(timer: Timer, torch_op: Callable[[], object], triton_op: Callable[[], object], reps: int):
     """Median seconds of each op and median of the per-repetition ratios triton / torch (order alternating)."""
-    for op in (torch_op, triton_op):  # warm-up: Triton compilation, decode tables
-        timer(op)
-    torch_s, triton_s = [], []
-    for i in range(reps):
-        for op, times in ((torch_op, torch_s), (triton_op, triton_s))[:: 1 if i % 2 == 0 else -1]:
-            times.append(timer(op))
+    timed = interleaved(lambda: (timer(torch_op),), lambda: (timer(triton_op),), reps)
+    torch_s, triton_s = [a for (a,), _ in timed], [b for _, (b,) in timed]
     ratios = [b / a for a, b in zip(torch_s, triton_s, strict=True)]
     return statistics.median(torch_s), statistics.median(triton_s), statistics.median(ratios)
 
@@ -294,9 +285,7 @@ def main(argv: list[str] | None = None) -> None:
     if not cuda:
         raise SystemExit("pmdrop.bench_gpu times CUDA kernels and no CUDA device is visible: timing refused. "
                          "Run with --smoke for the interpreter correctness check, or pmdrop.bench for CPU timings.")
-    from . import fused  # noqa: F401 - registers pmdrop_fused and seeded_fused
-
-    variants = args.variants or variant_names()
+    variants = args.variants or variant_names()  # the registry's, fused variants included (pmdrop imports them)
     for name in variants:
         get_variant(name)  # one-line error naming the valid choices before any timing
     import triton
