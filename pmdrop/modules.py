@@ -36,6 +36,8 @@ from .variants import DropoutVariant, get_variant, register_variant, variant_nam
 ROUTINGS = ("static", "all")
 _MAX_DEPTH = 8  # calls and attribute hops followed from a method before the analysis stops
 _TORCH_DROPOUT = torch.nn.functional.dropout
+# torch.jit.is_tracing() without its two Python calls on every training call (private; dynamo folds it to None).
+_tracing = torch._C._get_tracing_state
 _local = threading.local()
 
 
@@ -55,7 +57,7 @@ def _refuse_scripting(self: nn.Module) -> nn.Module:
 
 def _routed_dropout(spec: DropoutVariant) -> Callable[..., torch.Tensor]:
     def routed_dropout(input: torch.Tensor, p: float = 0.5, training: bool = True, inplace: bool = False):  # noqa: A002
-        if training and torch.jit.is_tracing():
+        if training and _tracing():
             raise RuntimeError(_NOT_TRACEABLE)
         return dropout(input, p, training, inplace, spec)
 
@@ -313,7 +315,7 @@ class PackedDropout(nn.Dropout):
         self.spec = get_variant(name)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:  # noqa: A002 - nn.Dropout's name
-        if self.training and torch.jit.is_tracing():
+        if self.training and _tracing():
             raise RuntimeError(_NOT_TRACEABLE)
         return dropout(input, self.p, self.training, self.inplace, self.spec)
 

@@ -114,3 +114,12 @@ def test_hf_trainer_on_default_arguments_trains_bit_identically(variant, gradien
     assert any(not torch.equal(a, b) for a, b in zip(tiny_bert().parameters(), trained.parameters(), strict=True))
     for (name, a), b in zip(reference.named_parameters(), trained.parameters(), strict=True):
         assert torch.equal(a, b), f"{variant}: {name} differs after Trainer steps"
+
+
+def test_a_model_converted_with_routing_all_round_trips_and_keeps_routing():
+    converted = pmdrop.convert(tinybert_classifier(layers=1), "pmdrop", routing="all")
+    for loaded in (_pickle(converted), _torch_save(converted), copy.deepcopy(converted)):
+        with pmdrop.track_saved_tensors() as saved:
+            loaded(**token_batch(batch=2, seq=16))
+        assert saved.dropout_calls == {"pmdrop": 5}
+        assert pmdrop.active_variant() is None  # every mode a forward entered was left
