@@ -20,8 +20,8 @@ Budgets (``maxfit.budget``, a registry):
   ``pmdrop.track_saved_tensors``) against ``budget_bytes``. The offline CPU stand-in: nothing runs out of memory.
 * ``auto``: ``cuda_memory`` on a CUDA device, ``saved_bytes`` otherwise.
 
-results.json gets ``maxfit`` = {axis, largest, budget, budget_bytes, memory_fraction, multiple_of, probes: [[size,
-fits, bytes], ...]}, and the searched field (``batch_size`` or ``seq_len``) holds the largest size that fit.
+The measurement's ``maxfit`` (``record.MaxfitSearch``) holds the axis, the largest size, the budget and every probe
+(``[size, fits, bytes]``); its searched field (``batch_size`` or ``seq_len``) holds the largest size that fit.
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ from . import distributed
 from .data import TaskData, build_data
 from .distributed import Ranks
 from .models import build_model
-from .train import Learner, prepare, resolve_device
+from .record import MaxfitSearch, Measurement
+from .step import Learner, device_name, prepare, resolve_device
 
 # The config key each axis sets on a probe's config.
 AXES = {"batch_size": ("trainer", "batch_size"), "seq_len": ("dataset", "seq_len")}
@@ -145,7 +146,7 @@ def _budget_name(maxfit: DictConfig, device: torch.device) -> str:
 
 
 def check_maxfit_config(cfg: DictConfig) -> None:
-    """One-line ValueError for a bad ``maxfit`` block (called by ``train.check_config``)."""
+    """One-line ValueError for a bad ``maxfit`` block (after ``train.check_config``, by experiments/jobs.py)."""
     try:
         maxfit = OmegaConf.merge(OmegaConf.structured(MaxfitSchema), cfg.maxfit)
     except OmegaConfBaseException as error:
@@ -226,8 +227,8 @@ def _probe(cfg: DictConfig, workload: _Workload, budget: Budget, device: torch.d
     return fits, used
 
 
-def run_search(cfg: DictConfig, log_step: Callable[[int, dict], None]) -> dict:
-    """The job of a config with a ``maxfit`` block: the search, and results.json's measured fields."""
+def run_search(cfg: DictConfig, log_step: Callable[[int, dict], None]) -> Measurement:
+    """The job of a config with a ``maxfit`` block: the search, and its measurement."""
     maxfit = OmegaConf.merge(OmegaConf.structured(MaxfitSchema), cfg.maxfit)
     trainer, device = cfg.trainer, resolve_device(cfg.trainer.device)
     if trainer.get("threads"):
@@ -246,21 +247,14 @@ def run_search(cfg: DictConfig, log_step: Callable[[int, dict], None]) -> dict:
     with budget:
         largest = largest_fitting(fits, maxfit.start, maxfit.limit, maxfit.multiple_of)
     searched = _sized(cfg, maxfit.axis, largest)
-    return {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "world_size": 1,
-        "batch_size": searched.trainer.batch_size,
-        "seq_len": searched.dataset.get("seq_len"),
-        "precision": trainer.precision,
-        "task_metric": None,
-        "metrics": {},
-        "maxfit": {
-            "axis": maxfit.axis,
-            "largest": largest,
-            "budget": budget_name,
-            "budget_bytes": budget.limit_bytes,
-            "memory_fraction": maxfit.memory_fraction,
-            "multiple_of": maxfit.multiple_of,
-            "probes": probes,
-        },
-    }
+    return Measurement(
+        device=device_name(device),
+        world_size=1,
+        batch_size=searched.trainer.batch_size,
+        seq_len=searched.dataset.get("seq_len"),
+        precision=trainer.precision,
+        task_metric=None,
+        metrics={},
+        maxfit=MaxfitSearch(axis=maxfit.axis, largest=largest, budget=budget_name, budget_bytes=budget.limit_bytes,
+                            memory_fraction=maxfit.memory_fraction, multiple_of=maxfit.multiple_of, probes=probes),
+    )

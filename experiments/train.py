@@ -16,7 +16,11 @@ trains, evaluates and returns the measured fields of results.json. Measurements:
   largest as ``peak_memory_bytes``), the rest from rank 0;
 * robustness (experiments/robustness.py): bit flips in packed masks while training, FGSM after it.
 
-A config with a ``maxfit`` block searches for the largest batch or sequence length instead (experiments/maxfit.py).
+``run_training`` reads top to bottom: set up (data, model, the learner and its paired reference), train
+(``_train_steps``: the loop, with its instruments kept beside it), evaluate (rank 0), then gather the ranks'
+measurements into the record's ``Measurement``. The step machinery (learner, device, peak memory) is
+experiments/step.py; a config with a ``maxfit`` block is a size search instead (experiments/maxfit.py), which the
+runner chooses (experiments/jobs.py).
 """
 
 from __future__ import annotations
@@ -25,13 +29,10 @@ import copy
 import dataclasses
 import hashlib
 import math
-import re
-import resource
 import time
-from collections.abc import Callable, Iterator
-from contextlib import nullcontext, suppress
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
 
 import torch
 from omegaconf import DictConfig
@@ -43,10 +44,22 @@ from . import distributed, robustness
 from .data import TaskData, build_data, check_dataset_config
 from .distributed import Ranks
 from .models import build_model, check_model_config
+from .record import Measurement
 from .schema import check_choice, typed
-
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-DEVICES = ("auto", "cpu", "cuda")
+from .step import (
+    DEVICES,
+    PRECISIONS,
+    Learner,
+    compile_settings,
+    device_name,
+    peak_memory,
+    prepare,
+    reset_peak_memory,
+    resolve_device,
+    rng_state,
+    set_rng_state,
+    sync,
+)
 
 
 @dataclass
@@ -98,83 +111,10 @@ def check_config(cfg: DictConfig) -> None:
     if trainer.fgsm_epsilon is not None and cfg.dataset.task != "image_classification":
         raise ValueError(f"trainer.fgsm_epsilon={trainer.fgsm_epsilon} needs an image task, not dataset.task="
                          f"{cfg.dataset.task!r}; valid: image_classification")
-    if cfg.get("maxfit") is not None:
-        from .maxfit import check_maxfit_config  # maxfit builds on this module
-
-        check_maxfit_config(cfg)
-
-
-def resolve_device(name: str) -> torch.device:
-    return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else "cpu" if name == "auto" else name)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _rng_state(device: torch.device) -> tuple:
-    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-
-
-def _set_rng_state(state: tuple, device: torch.device) -> None:
-    torch.set_rng_state(state[0])
-    if state[1] is not None:
-        torch.cuda.set_rng_state(state[1], device)
 
 
 def _flat_grad(model: torch.nn.Module) -> torch.Tensor:
     return torch.cat([p.grad.reshape(-1).double() for p in model.parameters() if p.grad is not None])
-
-
-class Learner:
-    """A model with its optimizer, schedule and mixed-precision settings: one ``step`` = forward + backward."""
-
-    def __init__(self, model: torch.nn.Module, trainer: DictConfig, device: torch.device) -> None:
-        self.model = model
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=trainer.lr, weight_decay=trainer.weight_decay)
-        warmup, total = trainer.warmup_steps, trainer.steps
-
-        def schedule(step: int) -> float:  # linear warm-up, then linear decay to 0
-            if step < warmup:
-                return (step + 1) / warmup
-            return max(0.0, (total - step) / max(1, total - warmup))
-
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
-        dtype = PRECISIONS[trainer.precision]
-        self.autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else nullcontext
-        self.scaler = torch.amp.GradScaler("cuda", enabled=trainer.precision == "fp16" and device.type == "cuda")
-
-    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        with self.autocast():
-            return self.model(**batch).loss
-
-    def backward(self, loss: torch.Tensor) -> float:
-        self.scaler.scale(loss).backward()
-        return loss.item()
-
-    def update(self) -> None:
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-
-
-def prepare(model: torch.nn.Module, trainer: DictConfig, device: torch.device, ranks: Ranks) -> torch.nn.Module:
-    """Activation checkpointing, torch.compile, then DDP around it when there are several ranks."""
-    if trainer.grad_checkpointing:  # every family has transformers' method (models.VisionClassifier for timm)
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    return distributed.wrap(torch.compile(model) if trainer.compile else model, device, ranks)
-
-
-def compile_settings(trainer: DictConfig):
-    """Inductor draws random numbers with its own RNG unless ``fallback_random`` is set: compiled dropout (torch's
-    and pmdrop's) then matches eager dropout bit for bit only with it (see the README's torch.compile notes)."""
-    if not trainer.compile:
-        return nullcontext()
-    import torch._inductor.config as inductor_config
-
-    return inductor_config.patch(fallback_random=trainer.compile_fallback_random)
 
 
 def evaluate(model: torch.nn.Module, data: TaskData, trainer: DictConfig, device: torch.device,
@@ -208,32 +148,6 @@ def _headline_metric(task: str, dataset: DictConfig) -> str:
     return {"mlm": "perplexity", "pair_classification": "f1"}.get(task, "accuracy")
 
 
-def _process_status(field: str) -> int:
-    """A memory field of Linux's /proc/self/status, in bytes (OSError elsewhere)."""
-    return int(re.search(rf"{field}:\s+(\d+) kB", Path("/proc/self/status").read_text())[1]) * 1024
-
-
-def _reset_peak_memory(device: torch.device) -> int | None:
-    """Start this run's peak afresh (a sweep runs its jobs one after another in the same process) and return the
-    memory in use now: CUDA memory allocated, or on CPU the process's RSS (None where there is no /proc)."""
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        return torch.cuda.memory_allocated(device)
-    with suppress(OSError):  # not Linux: _peak_memory falls back to the process's lifetime peak
-        Path("/proc/self/clear_refs").write_text("5")  # Linux: resets the RSS high-water mark (VmHWM)
-        return _process_status("VmRSS")
-    return None
-
-
-def _peak_memory(device: torch.device) -> tuple[int, str]:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device), "cuda_max_memory_allocated"
-    try:
-        return _process_status("VmHWM"), "cpu_peak_rss"
-    except OSError:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "cpu_peak_rss"
-
-
 def _steady_step_times(step_times: list[float], trainer: DictConfig) -> list[float]:
     """The last ``throughput_window`` steps after ``timing_warmup_steps`` (allocator growth, lazy init, compiling),
     without ``measure_step`` (its saved-tensor hooks slow it down); every step when that leaves none."""
@@ -260,110 +174,154 @@ def _rank_data(data: TaskData, batch_size: int, ranks: Ranks) -> TaskData:
     return data
 
 
-def run_training(cfg: DictConfig, log_step: Callable[[int, dict], None]) -> dict:
-    if cfg.get("maxfit") is not None:
-        from .maxfit import run_search  # maxfit builds on this module
+def _learners(model: torch.nn.Module, cfg: DictConfig, device: torch.device,
+              ranks: Ranks) -> tuple[Learner, Learner | None]:
+    """The run's learner (dropout routed through the variant) and, in paired mode, a baseline copy from the same
+    initial weights (a baseline run is paired with a second baseline: the control)."""
+    trainer = cfg.trainer
 
-        return run_search(cfg, log_step)
+    def learner(variant: str, module: torch.nn.Module) -> Learner:
+        return Learner(prepare(pmdrop.convert(module, variant), trainer, device, ranks), trainer, device)
+
+    reference = learner("baseline", copy.deepcopy(model)) if trainer.paired else None
+    return learner(cfg.variant.name, model), reference
+
+
+@dataclass
+class _Trained:
+    """What the training loop leaves for the measurement: per-step times, the gradient cosines of a paired run, the
+    last loss, the bytes saved for backward at ``measure_step``, and the bit flips injected."""
+
+    step_times: list[float] = field(default_factory=list)
+    grad_cosine: list[list[float]] = field(default_factory=list)
+    loss: float = math.nan
+    saved: pmdrop.SavedBytes = field(default_factory=pmdrop.SavedBytes)
+    flips: pmdrop.BitflipLog | None = None
+
+
+def _saved_tensors_at(step: int, learner: Learner, trainer: DictConfig) -> AbstractContextManager:
+    """At ``measure_step``, count what the forward saves for backward (``as`` gives the SavedBytes); else nothing."""
+    if step == trainer.measure_step:
+        return pmdrop.track_saved_tensors(learner.model.parameters())
+    return nullcontext()
+
+
+def _grad_cosine(learner: Learner, reference: Learner) -> float:
+    return torch.nn.functional.cosine_similarity(_flat_grad(learner.model), _flat_grad(reference.model), dim=0).item()
+
+
+def _train_steps(cfg: DictConfig, learner: Learner, reference: Learner | None, data: TaskData, device: torch.device,
+                 ranks: Ranks, log_step: Callable[[int, dict], None]) -> _Trained:
+    """``trainer.steps`` steps; the paired reference steps first from the same RNG state, so both draw the same
+    masks. A step's time runs from its forward to the end of its update, the gradient cosine left out."""
+    trainer, trained = cfg.trainer, _Trained()
+    batches = data.batches(trainer.batch_size, torch.Generator().manual_seed(cfg.seed))
+    bar = tqdm(range(1, trainer.steps + 1), desc=f"{cfg.model.name}/{cfg.variant.name}/seed{cfg.seed}", leave=False,
+               mininterval=1.0, disable=not ranks.is_main)
+    flipping = robustness.bitflip_injection(trainer.bitflip_fraction, cfg.seed, ranks.rank)
+    with compile_settings(trainer), flipping as trained.flips:
+        for step in bar:
+            batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
+            if reference is not None:
+                state = rng_state(device)
+                reference.backward(reference.forward(batch))
+                set_rng_state(state, device)
+            sync(device)
+            start = time.perf_counter()
+            with _saved_tensors_at(step, learner, trainer) as saved:
+                loss_tensor = learner.forward(batch)
+            trained.saved = saved or trained.saved
+            trained.loss = learner.backward(loss_tensor)
+            del loss_tensor  # let the graph go before the optimizer step, as a training loop does
+            if reference is not None and (step % trainer.grad_cosine_every == 0 or step == 1):
+                measured = time.perf_counter()
+                cosine = _grad_cosine(learner, reference)
+                trained.grad_cosine.append([step, cosine])
+                log_step(step, {"grad_cosine": cosine})
+                start += time.perf_counter() - measured  # instrumentation, not training: kept out of the step time
+            lr = learner.scheduler.get_last_lr()[0]  # this step's
+            learner.update()
+            sync(device)
+            trained.step_times.append(time.perf_counter() - start)
+            if reference is not None:
+                reference.update()
+            if step % trainer.log_every == 0 or step == trainer.steps:
+                rate = trainer.batch_size * ranks.world_size / trained.step_times[-1]
+                bar.set_postfix(loss=f"{trained.loss:.4f}", samples_per_s=f"{rate:.1f}")
+                log_step(step, {"loss": trained.loss, "lr": lr, "step_time_s": trained.step_times[-1],
+                                "samples_per_s": rate})
+    bar.close()
+    return trained
+
+
+def _evaluate_on_main(learner: Learner, data: TaskData, trainer: DictConfig, device: torch.device,
+                      ranks: Ranks) -> dict[str, float]:
+    """Every rank's replica is the same: rank 0 evaluates (and attacks, for FGSM) alone, the others get its metrics."""
+    metrics = None
+    if ranks.is_main:
+        model = distributed.unwrap(learner.model)
+        with compile_settings(trainer):
+            metrics = evaluate(model, data, trainer, device, learner.autocast)
+        if trainer.fgsm_epsilon is not None:
+            metrics |= robustness.fgsm_metrics(model, data, trainer, device, learner.autocast, metrics["accuracy"])
+    return distributed.broadcast_from_main(metrics)
+
+
+def _measurement(cfg: DictConfig, model: torch.nn.Module, data: TaskData, trained: _Trained,
+                 metrics: dict[str, float], memory_at_start: int | None, device: torch.device,
+                 ranks: Ranks) -> Measurement:
+    """The run's measurement: this rank's timings and peak gathered from every rank (throughput summed, peak memory
+    the largest rank's), the rest from this one."""
+    trainer = cfg.trainer
+    timed = _steady_step_times(trained.step_times, trainer)
+    per_rank = distributed.gather({"peak": peak_memory(device), "start": memory_at_start,
+                                   "step_time": sum(timed) / len(timed), "loss": trained.loss})
+    peaks = [rank["peak"][0] for rank in per_rank]
+    highest = peaks.index(max(peaks))
+    throughput = sum(trainer.batch_size / rank["step_time"] for rank in per_rank)
+    saved, flips = trained.saved, trained.flips
+    return Measurement(
+        device=device_name(device),
+        world_size=ranks.world_size,
+        steps=trainer.steps,
+        batch_size=trainer.batch_size,
+        global_batch_size=trainer.batch_size * ranks.world_size,
+        seq_len=data.seq_len,
+        num_params=sum(p.numel() for p in model.parameters()),
+        precision=trainer.precision,
+        peak_memory_bytes=max(peaks),
+        peak_memory_bytes_per_rank=peaks,
+        peak_memory_kind=per_rank[0]["peak"][1],
+        memory_at_start_bytes=per_rank[highest]["start"],
+        saved_mask_bytes=saved.mask_bytes,
+        saved_activation_bytes=saved.activation_bytes,
+        saved_parameter_bytes=saved.parameter_bytes,
+        dropout_calls=dict(saved.dropout_calls),
+        throughput_samples_per_s=throughput,
+        tokens_per_s=throughput * data.seq_len if data.seq_len else None,
+        step_time_s=sum(rank["step_time"] for rank in per_rank) / len(per_rank),
+        task_metric=_headline_metric(data.task, cfg.dataset),
+        metrics=metrics,
+        final_loss=sum(rank["loss"] for rank in per_rank) / len(per_rank),
+        grad_cosine=trained.grad_cosine if trainer.paired else None,
+        param_sha256=parameter_digest(model),
+        bitflips=None if flips is None else {"fraction": flips.fraction, "bits": flips.bits, "masks": flips.masks},
+        notes=data.notes,
+    )
+
+
+def run_training(cfg: DictConfig, log_step: Callable[[int, dict], None]) -> Measurement:
+    """Train the run ``cfg`` describes (under DDP on every rank in step), evaluate it, and measure it."""
     trainer, ranks = cfg.trainer, distributed.current()
     device = distributed.device_for(ranks, resolve_device(trainer.device))
     if trainer.get("threads"):
         torch.set_num_threads(trainer.threads)
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-    memory_at_start = _reset_peak_memory(device)
+    memory_at_start = reset_peak_memory(device)
     data = _rank_data(build_data(cfg.dataset, cfg.model, cfg.seed), trainer.batch_size, ranks)
     model = build_model(cfg.model, data).to(device)
     torch.manual_seed(cfg.seed + ranks.rank)  # each rank its own dropout masks, reproducibly
-    variant = cfg.variant.name
-    paired = trainer.paired  # a baseline run is paired with a second baseline: the control
-    reference = Learner(prepare(pmdrop.convert(copy.deepcopy(model), "baseline"), trainer, device, ranks), trainer,
-                        device) if paired else None
-    learner = Learner(prepare(pmdrop.convert(model, variant), trainer, device, ranks), trainer, device)
-    batches: Iterator = data.batches(trainer.batch_size, torch.Generator().manual_seed(cfg.seed))
-
-    saved = pmdrop.SavedBytes()
-    step_times, grad_cosine, loss = [], [], math.nan
-    bar = tqdm(range(1, trainer.steps + 1), desc=f"{cfg.model.name}/{variant}/seed{cfg.seed}", leave=False,
-               mininterval=1.0, disable=not ranks.is_main)
-    with compile_settings(trainer), robustness.bitflip_injection(trainer.bitflip_fraction, cfg.seed,
-                                                                 ranks.rank) as flips:
-        for step in bar:
-            batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
-            if reference is not None:
-                state = _rng_state(device)
-                reference.backward(reference.forward(batch))
-                _set_rng_state(state, device)
-            _sync(device)
-            start = time.perf_counter()
-            if step == trainer.measure_step:
-                with pmdrop.track_saved_tensors(learner.model.parameters()) as saved:
-                    loss_tensor = learner.forward(batch)
-            else:
-                loss_tensor = learner.forward(batch)
-            loss = learner.backward(loss_tensor)
-            del loss_tensor  # let the graph go before the optimizer step, as a training loop does
-            if reference is not None and (step % trainer.grad_cosine_every == 0 or step == 1):
-                measured = time.perf_counter()
-                cosine = torch.nn.functional.cosine_similarity(_flat_grad(learner.model), _flat_grad(reference.model),
-                                                               dim=0).item()
-                grad_cosine.append([step, cosine])
-                log_step(step, {"grad_cosine": cosine})
-                start += time.perf_counter() - measured  # instrumentation, not training: kept out of the step time
-            lr = learner.scheduler.get_last_lr()[0]  # this step's
-            learner.update()
-            _sync(device)
-            step_times.append(time.perf_counter() - start)
-            if reference is not None:
-                reference.update()
-            if step % trainer.log_every == 0 or step == trainer.steps:
-                rate = trainer.batch_size * ranks.world_size / step_times[-1]
-                bar.set_postfix(loss=f"{loss:.4f}", samples_per_s=f"{rate:.1f}")
-                log_step(step, {"loss": loss, "lr": lr, "step_time_s": step_times[-1], "samples_per_s": rate})
-    bar.close()
-
-    timed = _steady_step_times(step_times, trainer)
-    step_time = sum(timed) / len(timed)
-    # Every rank's replica is the same; rank 0 evaluates alone, the others wait for its metrics.
-    metrics = None
-    if ranks.is_main:
-        with compile_settings(trainer):
-            metrics = evaluate(distributed.unwrap(learner.model), data, trainer, device, learner.autocast)
-        if trainer.fgsm_epsilon is not None:
-            metrics |= robustness.fgsm_metrics(distributed.unwrap(learner.model), data, trainer, device,
-                                               learner.autocast, metrics["accuracy"])
-    metrics = distributed.broadcast_from_main(metrics)
-    per_rank = distributed.gather({"peak": _peak_memory(device), "start": memory_at_start, "step_time": step_time,
-                                   "loss": loss})
-    peaks = [rank["peak"][0] for rank in per_rank]
-    highest = peaks.index(max(peaks))
-    throughput = sum(trainer.batch_size / rank["step_time"] for rank in per_rank)
-    return {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "world_size": ranks.world_size,
-        "steps": trainer.steps,
-        "batch_size": trainer.batch_size,  # per rank
-        "global_batch_size": trainer.batch_size * ranks.world_size,
-        "seq_len": data.seq_len,
-        "num_params": sum(p.numel() for p in model.parameters()),
-        "precision": trainer.precision,
-        "peak_memory_bytes": max(peaks),
-        "peak_memory_bytes_per_rank": peaks,
-        "peak_memory_kind": per_rank[0]["peak"][1],
-        # what the process already held when the run began (on CPU: the interpreter and libraries, growing over a
-        # sweep's jobs); peak_memory_bytes minus this is the run's own growth
-        "memory_at_start_bytes": per_rank[highest]["start"],
-        "saved_mask_bytes": saved.mask_bytes,
-        "saved_activation_bytes": saved.activation_bytes,
-        "saved_parameter_bytes": saved.parameter_bytes,
-        "dropout_calls": dict(saved.dropout_calls),
-        "throughput_samples_per_s": throughput,
-        "tokens_per_s": throughput * data.seq_len if data.seq_len else None,
-        "step_time_s": sum(rank["step_time"] for rank in per_rank) / len(per_rank),
-        "task_metric": _headline_metric(data.task, cfg.dataset),
-        "metrics": metrics,
-        "final_loss": sum(rank["loss"] for rank in per_rank) / len(per_rank),
-        "grad_cosine": grad_cosine if paired else None,
-        "param_sha256": parameter_digest(model),
-        "bitflips": None if flips is None else {"fraction": flips.fraction, "bits": flips.bits, "masks": flips.masks},
-        "notes": data.notes,
-    }
+    learner, reference = _learners(model, cfg, device, ranks)
+    trained = _train_steps(cfg, learner, reference, data, device, ranks, log_step)
+    metrics = _evaluate_on_main(learner, data, trainer, device, ranks)
+    return _measurement(cfg, model, data, trained, metrics, memory_at_start, device, ranks)

@@ -1,23 +1,20 @@
 """The composability table: each variant against the baseline under one technique at a time.
 
-Reads the runs of ``experiment=composability`` (experiments ``composability-<setting>-ws<ranks>``, one per
-``conf/composability/`` setting and DDP world size). A row per setting, ranks, model, variant and seed: whether the
-run ended with parameters bit-identical to the baseline's (``param_sha256``), its final loss, the bytes saved for
-backward (masks, and masks plus activations) and their change from the baseline. A failed run is listed with its
-error. Under torch.compile the mask/activation split is not seen (Inductor's own dropout is not a dropout call):
-compare the totals there.
+Reads the runs of ``experiment=composability``: those whose record has the ``composability`` axis (the
+``conf/composability/`` setting) and the ``ranks`` axis (the DDP world size). A row per setting, ranks, model,
+variant and seed: whether the run ended with parameters bit-identical to the baseline's (``param_sha256``), its
+final loss, the bytes saved for backward (masks, and masks plus activations) and their change from the baseline. A
+failed run is listed with its error. Under torch.compile the mask/activation split is not seen (Inductor's own
+dropout is not a dropout call): compare the totals there.
 """
 
 from __future__ import annotations
-
-import re
 
 import pandas as pd
 
 from .analysis import METRICS
 from .tables import markdown_table
 
-EXPERIMENT = re.compile(r"composability-(?P<setting>.+)-ws(?P<ranks>\d+)")
 COLUMNS = ("setting", "ranks", "model", "dataset", "variant", "seed", "status", "identical_to_baseline", "final_loss",
            "saved_mask_bytes", "saved_bytes", "saved_bytes_change")
 
@@ -25,9 +22,9 @@ COLUMNS = ("setting", "ranks", "model", "dataset", "variant", "seed", "status", 
 def composability_table(runs: pd.DataFrame, baseline: str = "baseline") -> pd.DataFrame:
     """One row per composability run in ``runs`` (the report's runs table), compared with the baseline of its
     setting, world size and seed; empty when there are none."""
-    mine = runs[runs["experiment"].str.fullmatch(EXPERIMENT.pattern)]
-    named = mine["experiment"].str.extract(EXPERIMENT.pattern)
-    mine = mine.assign(setting=named["setting"], ranks=named["ranks"].astype(int),
+    mine = runs[runs["results"].map(lambda r: "composability" in r["axes"])]
+    mine = mine.assign(setting=mine["results"].map(lambda r: r["axes"]["composability"]),
+                       ranks=mine["results"].map(lambda r: int(r["axes"]["ranks"])),
                        saved_bytes=mine["saved_mask_bytes"] + mine["saved_activation_bytes"],
                        digest=mine["results"].map(lambda r: r.get("param_sha256")))
     key = ["experiment", "model", "dataset", "seed"]

@@ -16,24 +16,22 @@ import json
 import numpy as np
 import pandas as pd
 
+from experiments.record import run_defining
+
 from .analysis import ci_end
 from .settings import Settings
 from .stats import compare, summarize, verdict, with_holm
 from .tables import markdown_table
 
-# Keys that file a run but do not change what it computes.
-_FILING = ("experiment_name", "runs_root", "force", "logger")
-
 
 def bitflip_fraction(results: dict) -> float:
-    return float(((results.get("config") or {}).get("trainer") or {}).get("bitflip_fraction") or 0.0)
+    return float(results["axes"].get("bitflip_fraction") or 0.0)
 
 
 def same_run_without_flips(results: dict) -> str:
     """What makes two runs the same apart from bit flips (and where they were filed)."""
-    config = {k: v for k, v in (results.get("config") or {}).items() if k not in _FILING}
-    config["trainer"] = {k: v for k, v in (config.get("trainer") or {}).items() if k != "bitflip_fraction"}
-    return json.dumps(config, sort_keys=True, default=str)
+    return json.dumps(run_defining(results.get("config") or {}, leave_out=("trainer.bitflip_fraction",)),
+                      sort_keys=True, default=str)
 
 
 def bitflip_pairs(runs: pd.DataFrame) -> pd.DataFrame:

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from experiments.record import Measurement
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONF_DIR = REPO_ROOT / "conf"
 # Overrides that make a real run take a second or two on the CPU: a 1-layer, 32-wide BERT and a few steps.
@@ -64,7 +66,7 @@ class StandInTraining:
         error = self.failing.get((cfg.variant.name, cfg.seed))
         if error is not None:
             raise error
-        return dict(B_FIELDS)
+        return Measurement(**B_FIELDS)
 
 
 @pytest.fixture

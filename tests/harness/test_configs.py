@@ -11,7 +11,8 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf
 
 import pmdrop
-from experiments import runner
+from experiments import jobs, runner
+from experiments.sweep import sweep_job_configs
 
 from .conftest import CONF_DIR
 
@@ -54,7 +55,7 @@ def check_composed(cfg) -> None:
     assert isinstance(cfg.seed, int) and isinstance(cfg.force, bool)
     OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
     if runnable(cfg):
-        runner.check_job_config(cfg)
+        jobs.check_job_config(cfg)
 
 
 GROUP_OVERRIDES = [
@@ -102,7 +103,7 @@ def sweep(*overrides: str) -> tuple[dict, list]:
     """The sweep's parameters (hydra.sweeper.params) and every job config it launches."""
     loader = GlobalHydra.instance().config_loader()
     master = loader.load_configuration("config", list(overrides), run_mode=RunMode.MULTIRUN)
-    return dict(master.hydra.sweeper.params or {}), runner.sweep_job_configs(master)
+    return dict(master.hydra.sweeper.params or {}), sweep_job_configs(master)
 
 
 def assert_distinct_valid_runs(jobs: list) -> None:
@@ -209,8 +210,8 @@ def test_unknown_choices_and_misspelt_keys_fail_naming_them(overrides, error, me
 def test_wrong_values_fail_validation_naming_them(monkeypatch, overrides, message):
     monkeypatch.delenv("WANDB_MODE", raising=False)  # or it would win over logger.mode
     cfg = compose(config_name="config", overrides=overrides)
-    with pytest.raises(runner.InvalidConfig, match=message):
-        runner.check_job_config(cfg)
+    with pytest.raises(jobs.InvalidConfig, match=message):
+        jobs.check_job_config(cfg)
 
 
 @pytest.mark.parametrize(

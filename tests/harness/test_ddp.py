@@ -1,5 +1,6 @@
 """DDP through the harness: two CPU ranks (gloo) call ``run_training`` with torchrun's environment variables."""
 
+import dataclasses
 import json
 import os
 import socket
@@ -46,7 +47,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     train.build_model = build_and_watch
     for variant in VARIANTS:  # one process group for the whole sequence, as in a torchrun sweep
         cfg = compose_run(*TINY_BERT, *SHORT, f"variant={variant}")
-        results[variant] = train.run_training(cfg, lambda step, values: None)
+        results[variant] = dataclasses.asdict(train.run_training(cfg, lambda step, values: None))
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as file:
         json.dump({"results": results, "masks": first_masks}, file)
 

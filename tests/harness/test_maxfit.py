@@ -1,5 +1,6 @@
 """Max feasible batch / context: the search's exact boundary, pmdrop fitting more under a saved-bytes budget."""
 
+import dataclasses
 import math
 
 import pytest
@@ -7,8 +8,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from experiments.jobs import check_config
 from experiments.maxfit import BUDGETS, SavedBytesBudget, largest_fitting, run_search
-from experiments.train import check_config
 
 from .cfg import TINY_BERT, compose_run
 
@@ -43,7 +44,7 @@ def search(variant: str, *overrides: str) -> dict:
     cfg = compose_run(*TINY_SEARCH, f"variant={variant}", *overrides)
     check_config(cfg)
     logged = []
-    result = run_search(cfg, lambda step, values: logged.append(values))
+    result = dataclasses.asdict(run_search(cfg, lambda step, values: logged.append(values)))
     assert [[v["size"], v["fits"], v["bytes"]] for v in logged] == result["maxfit"]["probes"]
     return result
 

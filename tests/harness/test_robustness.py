@@ -1,5 +1,6 @@
 """Robustness: bit flips in packed masks while training (trainer.bitflip_fraction), FGSM after it (fgsm_epsilon)."""
 
+import dataclasses
 from contextlib import nullcontext
 from types import SimpleNamespace
 
@@ -25,7 +26,7 @@ def train(*overrides: str) -> tuple[dict, list]:
     cfg = compose_run(*SHORT, *overrides)
     check_config(cfg)
     logged = []
-    return run_training(cfg, lambda step, values: logged.append((step, values))), logged
+    return dataclasses.asdict(run_training(cfg, lambda step, values: logged.append((step, values)))), logged
 
 
 def test_bit_flips_corrupt_the_backward_only():

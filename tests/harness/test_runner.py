@@ -6,7 +6,7 @@ import subprocess
 import pytest
 import torch
 
-from experiments import runner
+from experiments import jsonfiles, record, runner
 
 from .conftest import B_FIELDS, all_results
 
@@ -157,17 +157,19 @@ def test_json_of_numpy_and_torch_scalars(tmp_path):
     import numpy as np
 
     path = tmp_path / "results.json"
-    runner.write_json_atomic(path, {"a": np.float32(0.5), "b": torch.tensor([1, 2]), "c": tmp_path})
+    jsonfiles.write_json_atomic(path, {"a": np.float32(0.5), "b": torch.tensor([1, 2]), "c": tmp_path})
     assert json.loads(path.read_text()) == {"a": 0.5, "b": [1, 2], "c": str(tmp_path)}
     with pytest.raises(TypeError, match="object is not JSON serialisable"):
-        runner.write_json_atomic(path, {"a": object()})
+        jsonfiles.write_json_atomic(path, {"a": object()})
     assert json.loads(path.read_text())["a"] == 0.5  # a failed write leaves the old file intact
 
 
 def test_a_search_says_what_it_found_in_its_summary_line():
-    results = {"experiment": "maxfit_cpu", "model": "tinybert", "dataset": "synthetic_lm-s64", "variant": "pmdrop",
-               "seed": 0, "status": "ok", "wall_time_s": 6.5, "task_metric": None, "metrics": {},
-               "maxfit": {"axis": "batch_size", "largest": 19, "budget": "saved_bytes", "probes": [[1, True, 7]] * 10}}
+    search = record.MaxfitSearch(axis="batch_size", largest=19, budget="saved_bytes", budget_bytes=2**20,
+                                  memory_fraction=None, multiple_of=1, probes=[[1, True, 7]] * 10)
+    results = record.RunRecord(experiment="maxfit_cpu", model="tinybert", dataset="synthetic_lm-s64", variant="pmdrop",
+                               seed=0, status=record.Status.OK, wall_time_s=6.5,
+                               measurement=record.Measurement(task_metric=None, metrics={}, maxfit=search))
     assert runner.summary_line(results) == ("[maxfit_cpu] tinybert/synthetic_lm-s64 pmdrop seed=0: ok  "
                                             "largest batch_size 19 (saved_bytes budget, 10 probes)  6.5 s")
 
@@ -186,9 +188,9 @@ def test_the_commit_is_dirty_for_code_changes_but_not_for_the_reports_own_result
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True).stdout.strip()
     (tmp_path / "results" / "claims.md").write_text("a new report\n")  # e.g. make demo
     (tmp_path / "notes.txt").write_text("untracked\n")
-    assert runner.git_commit.__wrapped__(tmp_path) == head
+    assert record.git_commit.__wrapped__(tmp_path) == head
     (tmp_path / "run.py").write_text("changed code\n")
-    assert runner.git_commit.__wrapped__(tmp_path) == f"{head}-dirty"
+    assert record.git_commit.__wrapped__(tmp_path) == f"{head}-dirty"
 
 
 def test_a_run_directory_that_cannot_be_made_fails_that_run_and_the_sweep_goes_on(launch, training, runs_root,

@@ -1,6 +1,7 @@
 """run_training on tiny configs: every contract field, learning, paired mode's gradient cosine, the measurements,
 precision and checkpointing, and config checks."""
 
+import dataclasses
 import math
 
 import pytest
@@ -8,6 +9,7 @@ import torch
 
 import pmdrop
 from experiments import train
+from experiments.step import peak_memory, reset_peak_memory
 from experiments.train import check_config, run_training
 
 from .cfg import TINY_BERT, compose_run
@@ -29,7 +31,7 @@ def run(*overrides, model=TINY_BERT):
     cfg = compose_run(*model, *SHORT, *overrides)
     check_config(cfg)
     logged = []
-    return run_training(cfg, lambda step, values: logged.append((step, values))), logged
+    return dataclasses.asdict(run_training(cfg, lambda step, values: logged.append((step, values)))), logged
 
 
 def test_run_training_returns_every_contract_field_with_sane_values():
@@ -104,15 +106,15 @@ def test_cpu_peak_memory_is_this_runs():
     device = torch.device("cpu")
     block = torch.ones(300 * 2**20 // 4)  # 300 MiB touched
     del block
-    start = train._reset_peak_memory(device)
-    peak, kind = train._peak_memory(device)
+    start = reset_peak_memory(device)
+    peak, kind = peak_memory(device)
     assert abs(peak - start) < 20 * 2**20
     block = torch.ones(100 * 2**20 // 4)
-    grown, _ = train._peak_memory(device)
+    grown, _ = peak_memory(device)
     del block
     assert kind == "cpu_peak_rss" and grown - peak > 90 * 2**20
-    train._reset_peak_memory(device)
-    assert train._peak_memory(device)[0] < grown
+    reset_peak_memory(device)
+    assert peak_memory(device)[0] < grown
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])

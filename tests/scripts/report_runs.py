@@ -17,14 +17,17 @@ TRAINER = {"batch_size": 4, "steps": 6, "lr": 2e-5, "warmup_steps": 1, "weight_d
 
 def make_results(
     *, experiment="demo", model=TINYBERT, dataset=PAIRS, variant="baseline", seed=0, status="ok", trainer=None,
-    **measured,
+    composability=None, **measured,
 ) -> dict:
-    """A results.json record: the runner's fields plus the trainer's measurements (``measured`` overrides them,
-    ``trainer`` the trainer config)."""
+    """A results.json record as the harness wrote it before records had a version: the runner's fields plus the
+    trainer's measurements (``measured`` overrides them, ``trainer`` the trainer config, ``composability`` names the
+    conf/composability/ setting of a composability run)."""
     config = {"seed": seed, "experiment_name": experiment, "runs_root": "runs", "force": False,
               "variant": {"name": variant}, "model": dict(model), "dataset": dict(dataset),
               "trainer": TRAINER | (trainer or {}),
               "logger": {"backend": "none"}}
+    if composability is not None:
+        config["composability"] = {"setting": composability}
     run = {
         "experiment": experiment, "model": model["name"], "dataset": dataset["name"], "variant": variant,
         "seed": seed, "status": status, "error": None, "started_at": "2025-01-01T00:00:00+00:00",

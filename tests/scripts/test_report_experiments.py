@@ -32,8 +32,8 @@ def _search(root, variant, largest, budget="saved_bytes", probes=None):
 
 
 def _composability(root, setting, variant, digest, saved_mask_bytes, **fields):
-    write_run(root, experiment=f"composability-{setting}-ws1", variant=variant, param_sha256=digest,
-              saved_mask_bytes=saved_mask_bytes, saved_activation_bytes=1_000_000, **fields)
+    write_run(root, experiment=f"composability-{setting}-ws1", composability=setting, variant=variant,
+              param_sha256=digest, saved_mask_bytes=saved_mask_bytes, saved_activation_bytes=1_000_000, **fields)
 
 
 def _bitflips(root, variant, seed, clean, flipped):
@@ -65,7 +65,7 @@ def test_composability_compares_digests_and_saved_bytes_with_the_baseline_of_the
     _composability(tmp_path, "eager", "pmdrop", "aaa", 125_000)
     _composability(tmp_path, "compile", "baseline", "bbb", 0)
     _composability(tmp_path, "compile", "pmdrop", "ccc", 125_000)
-    write_run(tmp_path, experiment="composability-bf16-ws1", variant="pmdrop", status="failed")
+    write_run(tmp_path, experiment="composability-bf16-ws1", composability="bf16", variant="pmdrop", status="failed")
     table = composability_table(load_runs([tmp_path])).set_index(["setting", "variant"])
     assert table.loc[("eager", "pmdrop"), "identical_to_baseline"] is True
     assert table.loc[("eager", "pmdrop"), "saved_bytes_change"] == 125_000 - 4_000_000
