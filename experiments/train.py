@@ -1,7 +1,7 @@
 """One run's training and measurement: ``check_config`` before any work, ``run_training`` to do it.
 
 ``run_training`` builds data and model offline, routes dropout through ``pmdrop.convert(model, variant)``,
-trains, evaluates and returns the measured fields of results.json. Measurements:
+trains, evaluates and returns its ``record.Measurement`` (results.json's measured fields). Measurements:
 
 * saved-for-backward bytes: ``pmdrop.track_saved_tensors`` around the forward of step ``measure_step``;
 * peak memory: CUDA ``max_memory_allocated`` after ``reset_peak_memory_stats``; on CPU the process's peak RSS

@@ -7,28 +7,19 @@ metadata), so a table found on its own still says where its numbers came from.
 from __future__ import annotations
 
 import shlex
-import subprocess
 import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 
 import pandas as pd
+
+from experiments.record import git_commit
 
 _MAX_LISTED = 4
 
 
 def report_command(argv: list[str] | None = None) -> str:
     return shlex.join(["python", "-m", "scripts.report", *(sys.argv[1:] if argv is None else argv)])
-
-
-def repo_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
-                             cwd=Path(__file__).resolve().parent)
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return out.stdout.strip()
 
 
 def _listed(values: pd.Series) -> tuple[str, ...]:
@@ -57,7 +48,7 @@ class Provenance:
         return cls(
             command=command,
             generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            report_commit=repo_commit() if report_commit is None else report_commit,
+            report_commit=(git_commit() or "unknown") if report_commit is None else report_commit,
             devices=_listed(runs["device"]) if len(runs) else (),
             run_commits=_listed(runs["git_commit"]) if len(runs) else (),
             run_commands=_listed(runs["command"]) if len(runs) else (),

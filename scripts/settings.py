@@ -51,15 +51,16 @@ def load_settings(path: Path = DEFAULT_SETTINGS) -> Settings:
                              f"got {spec!r}")
         margins[metric] = Margin(spec["kind"], float(spec["value"]))
     bootstrap, plots, wandb = raw.get("bootstrap") or {}, raw.get("plots") or {}, raw.get("wandb") or {}
+    default = Settings()  # a key the file leaves out keeps the dataclass's value: the defaults live there alone
     return Settings(
         margins=margins,
-        alpha=float(raw.get("alpha", 0.05)),
-        confidence=float(raw.get("confidence", 0.95)),
-        bootstrap_resamples=int(bootstrap.get("resamples", 10_000)),
-        bootstrap_seed=int(bootstrap.get("seed", 0)),
-        baseline=str(raw.get("baseline", "baseline")),
-        dpi=int(plots.get("dpi", 120)),
-        wandb_mode=wandb.get("mode"),
-        wandb_project=str(wandb.get("project", "pmdrop")),
-        wandb_entity=wandb.get("entity"),
+        alpha=float(raw.get("alpha", default.alpha)),
+        confidence=float(raw.get("confidence", default.confidence)),
+        bootstrap_resamples=int(bootstrap.get("resamples", default.bootstrap_resamples)),
+        bootstrap_seed=int(bootstrap.get("seed", default.bootstrap_seed)),
+        baseline=str(raw.get("baseline", default.baseline)),
+        dpi=int(plots.get("dpi", default.dpi)),
+        wandb_mode=wandb.get("mode", default.wandb_mode),
+        wandb_project=str(wandb.get("project", default.wandb_project)),
+        wandb_entity=wandb.get("entity", default.wandb_entity),
     )
