@@ -17,11 +17,27 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import CompactHydraException
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig, open_dict, read_write
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+import pmdrop
 
 from .jobs import check_job_config
 
 JOURNAL_FILE = "runs.jsonl"
+VARIANT_SETS = ("all", "exact")
+
+
+def sweep_variants(which: str) -> str:
+    """A sweep list of variants from the core registry, in registration order: ``${variants:all}`` every variant,
+    ``${variants:exact}`` those bit-identical to torch.nn.Dropout. A variant registered in pmdrop joins every
+    sweep that lists variants this way."""
+    if which not in VARIANT_SETS:
+        raise ValueError(f"${{variants:{which}}} is not a variant set; valid: {', '.join(VARIANT_SETS)}")
+    names = pmdrop.variant_names()
+    return ",".join(name for name in names if which == "all" or pmdrop.get_variant(name).bit_exact)
+
+
+OmegaConf.register_new_resolver("variants", sweep_variants, replace=True)
 
 
 def journal_path(hydra_cfg: DictConfig) -> Path:

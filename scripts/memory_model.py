@@ -37,6 +37,8 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import pmdrop
+
 INDEX_BYTES = 8  # int64 token ids, labels, position ids
 CPU_RNG_STATE_BYTES = 5056  # torch.get_rng_state().numel(): the mt19937 state
 CUDA_RNG_STATE_BYTES = 16  # Philox seed and offset
@@ -68,23 +70,30 @@ def _rng_state(device_type: str) -> MaskStorage:
     return MaskStorage("generator state", lambda n, e: state)
 
 
-# Variant name -> its mask storage on a device type ("cpu" or "cuda"). The fused Triton variants write their
-# output into a buffer of exactly n elements; seeded_fused keeps its Philox seed and counter as Python ints.
-MASK_STORAGE: dict[str, Callable[[str], MaskStorage]] = {
-    "baseline": _torch_mask,
-    "pmdrop": lambda device: _packed(8, device),
-    "pmdrop_nocache": lambda device: _packed(8, device),
-    "pmdrop_4bit": lambda device: _packed(4, device),
-    "seeded": _rng_state,
-    "pmdrop_fused": lambda device: MaskStorage("packed 8/byte (fused kernel)", lambda n, e: math.ceil(n / 8)),
-    "seeded_fused": lambda device: MaskStorage("nothing (seed in the autograd context)", lambda n, e: 0),
-}
+def _fused_packed(k: int) -> MaskStorage:
+    return MaskStorage(f"packed {k}/byte (fused kernel)", lambda n, e: math.ceil(n / k))
+
+
+def _nothing() -> MaskStorage:
+    return MaskStorage("nothing (seed in the autograd context)", lambda n, e: 0)
 
 
 def mask_storage(variant: str, device_type: str) -> MaskStorage:
-    if variant not in MASK_STORAGE:
-        raise ValueError(f"no mask-storage model for variant {variant!r}; modelled: {', '.join(MASK_STORAGE)}")
-    return MASK_STORAGE[variant](device_type)
+    """What one dropout call of ``variant`` keeps on ``device_type`` ("cpu" or "cuda"), as the core registry
+    describes the variant: the reference (``baseline``) keeps torch's own mask; the others a mask packed
+    ``masks_per_byte`` to a byte, or none. The exact ones are autograd Functions (a packed output decoded into
+    ⌈n/k⌉·k elements on CPU; no mask: the generator state); the others are the Triton kernels (an output of exactly n
+    elements; no mask: the Philox seed and counter as Python ints in the autograd context)."""
+    names = pmdrop.variant_names()
+    if variant not in names:
+        raise ValueError(f"no mask-storage model for variant {variant!r}; modelled: {', '.join(names)}")
+    registered = pmdrop.get_variant(variant)
+    if variant == "baseline":
+        return _torch_mask(device_type)
+    k = registered.masks_per_byte
+    if registered.bit_exact:
+        return _packed(k, device_type) if k else _rng_state(device_type)
+    return _fused_packed(k) if k else _nothing()
 
 
 @dataclass(frozen=True)
