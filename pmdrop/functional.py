@@ -21,6 +21,7 @@ import functools
 
 import torch
 
+from . import compiled
 from .accounting import dropout_site
 from .faults import corrupt
 from .packing import check_masks_per_byte, decode_table, pack_flat, unpack_flat
@@ -252,6 +253,8 @@ def dropout(
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
     spec = get_variant(variant)
+    if spec.bit_exact and torch.compiler.is_compiling():  # dynamo and export cannot trace the Functions below
+        return compiled.dropout(x, p, training, inplace, spec)
     with dropout_site("pmdrop"):
         if not _needs_backward(x, p, training):
             return _torch_dropout(x, p, training, inplace)

@@ -1,0 +1,163 @@
+"""pmdrop under torch.compile and torch.export: no graph break, packed masks saved, bit-identical to torch.
+
+Compiled references are Inductor's own ``nn.Dropout`` (``F.dropout``), with and without ``fallback_random``.
+"""
+
+import os
+
+import pytest
+import torch
+import torch._dynamo
+import torch._inductor.config as inductor_config
+from torch import nn
+
+import pmdrop
+from pmdrop.compiled import pack_traceable, unpack_traceable
+
+from .models import tiny_longformer, tiny_vit, token_batch
+
+PACKED = ("pmdrop", "pmdrop_nocache", "pmdrop_4bit")
+EXACT = (*PACKED, "seeded")
+P = 0.1
+
+
+def _dropout_call(variant):
+    if variant == "baseline":
+        return lambda x: torch.nn.functional.dropout(x * 2, P, True)
+    return lambda x: pmdrop.dropout(x * 2, P, True, False, variant)
+
+
+def _step(fn, x, seed=0):
+    """Output, input gradient, RNG state after the call, and the bytes saved for backward by dtype."""
+    saved = {}
+
+    def count(t):
+        saved[t.dtype] = saved.get(t.dtype, 0) + t.untyped_storage().nbytes()
+        return t
+
+    torch.manual_seed(seed)
+    with torch.autograd.graph.saved_tensors_hooks(count, lambda t: t):
+        y = fn(x)
+    (gx,) = torch.autograd.grad(y, x, torch.ones_like(y).mul_(3))
+    return y, gx, torch.get_rng_state(), saved
+
+
+def _assert_same(got, ref):
+    for a, b in zip(got[:3], ref[:3], strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("fallback_random", [False, True], ids=["inductor_rng", "fallback_random"])
+def test_each_call_compiles_fullgraph_saves_its_packed_mask_and_matches_compiled_dropout(dtype, fallback_random):
+    torch._dynamo.reset()
+    x = torch.randn(4, 16, 64, dtype=dtype, requires_grad=True)  # 4096 elements
+    with inductor_config.patch(fallback_random=fallback_random):
+        compiled_torch = _step(torch.compile(_dropout_call("baseline"), fullgraph=True), x)
+        eager_torch = _step(_dropout_call("baseline"), x)
+        assert compiled_torch[3] == {torch.bool: x.numel()}  # Inductor's dropout keeps one byte per element
+        for variant in EXACT:
+            got = _step(torch.compile(_dropout_call(variant), fullgraph=True), x)
+            if variant in PACKED:
+                per_byte = pmdrop.get_variant(variant).masks_per_byte
+                assert got[3] == {torch.uint8: x.numel() // per_byte}
+                _assert_same(got, compiled_torch)  # same Inductor kernels' random numbers, either RNG
+            else:  # seeded: aten's generator state only, the mask is drawn again in backward
+                assert got[3] == {torch.uint8: torch.default_generator.get_state().numel()}
+                _assert_same(got, compiled_torch if fallback_random else eager_torch)
+            if fallback_random and dtype == torch.float32:
+                _assert_same(got, eager_torch)  # at fp32, eager, compiled torch and every variant agree
+
+
+def _bert(layers: int = 2, hidden: int = 128):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    config = BertConfig(
+        vocab_size=1000, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
+        intermediate_size=4 * hidden, max_position_embeddings=128, num_labels=2, attn_implementation="eager",
+    )
+    return BertForSequenceClassification(config)
+
+
+def _graph_breaks(fn) -> tuple[int, list[str]]:
+    """Number of graph breaks, and the files of the code each distinct break reason points at."""
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(fn)()
+    return explained.graph_break_count, [frame.filename for reason in explained.break_reasons
+                                         for frame in reason.user_stack]
+
+
+@pytest.mark.parametrize("variant", ["pmdrop", "pmdrop_4bit", "seeded"])
+def test_converted_bert_and_vit_trace_without_a_graph_break(variant):
+    torch.manual_seed(0)
+    bert = pmdrop.convert(_bert().train(), variant)
+    batch = token_batch(16, 64)
+    assert _graph_breaks(lambda: bert(**batch).loss) == (0, [])
+    vit = pmdrop.convert(tiny_vit().train(), variant)
+    images = torch.randn(2, 3, 32, 32)
+    assert _graph_breaks(lambda: vit(images).sum()) == (0, [])
+
+
+def test_converted_longformer_breaks_only_where_longformer_itself_does():
+    """Longformer's own code breaks the graph (``.item()``, ``nonzero``); no break comes from pmdrop's dropout."""
+    torch.manual_seed(0)
+    model = pmdrop.convert(tiny_longformer().train(), "pmdrop")
+    batch = token_batch(2, 64, vocab=500)
+    breaks, files = _graph_breaks(lambda: model(**batch).loss)
+    core = os.path.dirname(pmdrop.__file__)
+    dropout_code = {os.path.join(core, name) for name in ("functional.py", "compiled.py", "packing.py")}
+    assert breaks > 0 and any(f.endswith("modeling_longformer.py") for f in files)
+    assert not dropout_code.intersection(files)
+
+
+@pytest.mark.parametrize("masks_per_byte", [8, 4, 2, 1])
+def test_traceable_packing_has_pack_masks_layout(masks_per_byte):
+    mask = torch.rand(3, 7, 5) < 0.4  # 105 masks: not a whole number of bytes
+    packed = pack_traceable(mask.transpose(0, 2), masks_per_byte)
+    assert torch.equal(packed, pmdrop.pack_mask(mask.transpose(0, 2), masks_per_byte))
+    assert torch.equal(unpack_traceable(packed, (5, 7, 3), masks_per_byte), mask.transpose(0, 2))
+
+
+class _Block(nn.Module):
+    def __init__(self, variant: str) -> None:
+        super().__init__()
+        self.linear = nn.Linear(16, 16)
+        self.drop = nn.Dropout(P) if variant == "baseline" else pmdrop.PackedDropout(P, variant=variant)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.linear(x)).transpose(0, 1)
+
+
+@pytest.mark.parametrize("variant", EXACT)
+def test_train_mode_export_runs_bit_identical_to_eager_dropout_and_keeps_the_mask_packed(variant):
+    torch.manual_seed(0)
+    reference = _Block("baseline").train()
+    model = _Block(variant).train()
+    model.load_state_dict(reference.state_dict())
+    x = torch.randn(8, 16)
+    exported = torch.export.export(model, (x,))
+    assert f"pmdrop.{'seeded' if variant == 'seeded' else 'packed'}_dropout" in str(exported.graph)
+    module = exported.module()
+
+    def run(m):
+        saved = {}
+
+        def count(t):
+            saved[t.dtype] = saved.get(t.dtype, 0) + t.untyped_storage().nbytes()
+            return t
+
+        torch.manual_seed(1)
+        with torch.autograd.graph.saved_tensors_hooks(count, lambda t: t):
+            y = m(x)
+        y.backward(torch.ones_like(y))
+        grads = [p.grad.clone() for p in m.parameters()]
+        return y, grads, torch.get_rng_state(), saved
+
+    got, ref = run(module), run(reference)
+    assert torch.equal(got[0], ref[0]) and torch.equal(got[2], ref[2])
+    assert all(torch.equal(a, b) for a, b in zip(got[1], ref[1], strict=True))
+    mask_bytes = {dtype: n for dtype, n in got[3].items() if dtype != torch.float32 or n != x.numel() * 4}
+    if variant == "seeded":
+        assert mask_bytes == {torch.uint8: torch.default_generator.get_state().numel()}
+    else:
+        assert mask_bytes == {torch.uint8: 8 * 16 // pmdrop.get_variant(variant).masks_per_byte}
