@@ -231,6 +231,7 @@ class RoutingRow:
     fwd_bwd_ratio_min: float
     fwd_bwd_ratio_max: float
     plain_fwd_bwd_ms: float
+    extra_python_calls: int  # per fwd+bwd step, beyond the unconverted model's
 
 
 def _eager_attention(module: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -290,23 +291,47 @@ def _tiny_model(kind: str) -> tuple[nn.Module, Callable[[nn.Module], torch.Tenso
     return BertForSequenceClassification(config).train(), lambda m: m(input_ids=ids, labels=labels).loss
 
 
-def routing_cost(variants: list[str], routings: list[str], pairs: int, kind: str = "torch") -> list[RoutingRow]:
-    """fwd+bwd of the tiny model converted to each variant, as a ratio to the same model unconverted."""
+def _python_calls(fn: Callable[[], object]) -> int:
+    """Python function calls (frames entered) while ``fn`` runs: a count that timing noise cannot move."""
+    calls = 0
+
+    def profile(frame, event, arg) -> None:
+        nonlocal calls
+        calls += event == "call"
+
+    sys.setprofile(profile)
+    try:
+        fn()
+    finally:
+        sys.setprofile(None)
+    return calls
+
+
+def routing_cost(variants: list[str], routings: list[str], pairs: int, kind: str = "torch",
+                 steps_per_sample: int = 5) -> list[RoutingRow]:
+    """fwd+bwd of the tiny model converted to each variant, as a ratio to the same model unconverted.
+
+    Each sample times ``steps_per_sample`` steps, so that one preemption of a shared machine is a
+    small part of it; also counts the Python calls a step makes beyond the unconverted model's.
+    """
     plain, loss_of = _tiny_model(kind)
 
-    def step(model: nn.Module) -> Times:
+    def steps(model: nn.Module) -> Times:
         start = time.perf_counter()
-        loss_of(model).backward()
-        return (time.perf_counter() - start,)
+        for _ in range(steps_per_sample):
+            loss_of(model).backward()
+        return ((time.perf_counter() - start) / steps_per_sample,)
 
+    plain_calls = _python_calls(lambda: loss_of(plain).backward())
     rows = []
     for variant in variants:
         for routing in routings:
             converted = convert(copy.deepcopy(plain), variant, routing=routing)
-            timed = interleaved(lambda: step(plain), lambda c=converted: step(c), pairs, warmup=3)
+            timed = interleaved(lambda: steps(plain), lambda c=converted: steps(c), pairs)
             ratios = [c[0] / b[0] for b, c in timed]
+            extra = _python_calls(lambda c=converted: loss_of(c).backward()) - plain_calls
             rows.append(RoutingRow(variant, routing, statistics.median(ratios), min(ratios), max(ratios),
-                                   statistics.median(b[0] for b, _ in timed) * 1e3))
+                                   statistics.median(b[0] for b, _ in timed) * 1e3, extra))
     return rows
 
 
@@ -341,11 +366,12 @@ def launch_bound(variants: list[str], p: float, pairs: int, routing_pairs: int, 
     routed = [v for v in ("baseline", "pmdrop") if v in variants] or variants[:1]
     print(f"\n# routing cost: tiny eager BERT ({tiny_model}; 4 layers, hidden 64, batch 1 x 8 tokens) fwd+bwd, "
           "converted / plain (median of interleaved pairs)")
-    print(f"{'variant':<16}{'routing':<9}{'ratio':>8}{'(min-max)':>15}{'plain ms':>10}")
+    print(f"{'variant':<16}{'routing':<9}{'ratio':>8}{'(min-max)':>15}{'plain ms':>10}{'+Python calls/step':>20}")
     routing = routing_cost(routed, ["static", "all"], routing_pairs, tiny_model)
     for r in routing:
         print(f"{r.variant:<16}{r.routing:<9}{r.fwd_bwd_ratio:>7.3f}x"
-              f"{f'({r.fwd_bwd_ratio_min:.2f}-{r.fwd_bwd_ratio_max:.2f})':>15}{r.plain_fwd_bwd_ms:>10.2f}", flush=True)
+              f"{f'({r.fwd_bwd_ratio_min:.2f}-{r.fwd_bwd_ratio_max:.2f})':>15}{r.plain_fwd_bwd_ms:>10.2f}"
+              f"{r.extra_python_calls:>20}", flush=True)
     return {"per_call": per_call, "op_counts": [asdict(c) for c in ops], "routing": [asdict(r) for r in routing]}
 
 
