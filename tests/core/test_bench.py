@@ -59,7 +59,7 @@ def test_launch_bound_view_reports_per_call_ratios_op_counts_and_routing_cost(tm
     assert set(routing) == {(v, r) for v in ("baseline", "pmdrop") for r in ("static", "all")}
     assert all(r["fwd_bwd_ratio"] > 0 for r in routing.values())
     # static routing adds Python per dropout call (14 sites), the mode of routing="all" per torch op
-    assert 0 < routing["baseline", "static"]["extra_python_calls"] <= 6 * 14
+    assert 0 < routing["baseline", "static"]["extra_python_calls"] <= 8 * 14
     assert routing["baseline", "all"]["extra_python_calls"] > 4 * routing["baseline", "static"]["extra_python_calls"]
     assert "routing cost" in printed and "aten ops dispatched per call" in printed
 
