@@ -96,9 +96,9 @@ def test_dropout_mode_routes_functional_code_outside_modules():
     assert pmdrop.active_variant() is None
 
 
-def train(model, steps: int, checkpointing: bool = False) -> torch.nn.Module:
+def train(model, steps: int, checkpointing: bool = False, reentrant: bool = False) -> torch.nn.Module:
     if checkpointing:
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": reentrant})
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     torch.manual_seed(1234)
@@ -126,14 +126,26 @@ def test_20_step_tinybert_training_is_bit_identical(variant, tinybert_and_baseli
     assert any(not torch.equal(a, b) for a, b in zip(initial.parameters(), trained.parameters(), strict=True))
 
 
+@pytest.mark.parametrize("reentrant", [False, True], ids=["non-reentrant", "reentrant"])
 @pytest.mark.parametrize("variant", ["pmdrop", "seeded"])
-def test_training_with_hf_gradient_checkpointing_is_bit_identical(variant):
+def test_training_with_hf_gradient_checkpointing_is_bit_identical(variant, reentrant):
     """Checkpointing re-runs layers during backward, outside the root forward: they must still route."""
     torch.manual_seed(0)
     initial = tinybert_classifier(layers=2)
-    baseline = train(copy.deepcopy(initial), 3, checkpointing=True)
-    trained = train(pmdrop.convert(copy.deepcopy(initial), variant), 3, checkpointing=True)
+    baseline = train(copy.deepcopy(initial), 3, checkpointing=True, reentrant=reentrant)
+    trained = train(pmdrop.convert(copy.deepcopy(initial), variant), 3, checkpointing=True, reentrant=reentrant)
     assert all(torch.equal(a, b) for a, b in zip(baseline.parameters(), trained.parameters(), strict=True))
+
+
+@pytest.mark.parametrize("reentrant", [False, True], ids=["non-reentrant", "reentrant"])
+def test_layers_recomputed_by_checkpointing_route_their_dropout(reentrant):
+    layers = 2
+    model = pmdrop.convert(tinybert_classifier(layers=layers), "pmdrop")
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": reentrant})
+    model.train()
+    with pmdrop.track_saved_tensors() as saved:
+        model(**token_batch()).loss.backward()
+    assert saved.dropout_calls == {"pmdrop": 1 + 2 * 3 * layers + 1}  # each layer's 3 sites again in backward
 
 
 def _helper_dropout(x, p):
