@@ -13,6 +13,7 @@ from .faults import BitflipLog, inject_bitflips
 from .functional import dropout, packed_variant
 from .modules import PackedDropout, active_variant, convert, dropout_mode
 from .packing import VALID_MASKS_PER_BYTE, pack_mask, packed_numel, unpack_mask
+from .saved_masks import PackedSavedMasks, pack_saved_masks
 from .variants import DropoutVariant, get_variant, register_variant, variant_names
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "BitflipLog",
     "DropoutVariant",
     "PackedDropout",
+    "PackedSavedMasks",
     "SavedBytes",
     "active_variant",
     "convert",
@@ -28,6 +30,7 @@ __all__ = [
     "get_variant",
     "inject_bitflips",
     "pack_mask",
+    "pack_saved_masks",
     "packed_numel",
     "packed_variant",
     "register_variant",
