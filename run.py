@@ -14,6 +14,8 @@ from omegaconf import DictConfig
 
 from experiments.runner import run_job
 from experiments.seeds import SeedRangeError, expand_seed_ranges
+from experiments.stops import signals_interrupt
+from experiments.sweep import report_interrupted
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -27,4 +29,8 @@ if __name__ == "__main__":
     except SeedRangeError as error:
         print(f"run.py: error: {error}", file=sys.stderr)
         sys.exit(2)
-    main()
+    with signals_interrupt():  # Ctrl-C and SIGTERM: the running job is recorded as interrupted, then one line
+        try:
+            main()
+        except KeyboardInterrupt as interrupt:
+            sys.exit(report_interrupted(interrupt))

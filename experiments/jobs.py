@@ -63,6 +63,17 @@ def check_job_config(cfg: DictConfig) -> None:
         raise InvalidConfig(str(error)) from None
 
 
+def check_resources(cfg: DictConfig) -> None:
+    """What a job needs besides valid values, checked before any work: a pretrained checkpoint it can load (local
+    data files are checked with the dataset config); InvalidConfig (one line)."""
+    from .models import check_checkpoint_available
+
+    try:
+        check_checkpoint_available(cfg.model)
+    except ValueError as error:
+        raise InvalidConfig(str(error)) from None
+
+
 def run(cfg: DictConfig, log_step: LogStep) -> Measurement:
     """The job's work, on this rank; its measurement."""
     return maxfit.run_search(cfg, log_step) if is_search(cfg) else train.run_training(cfg, log_step)

@@ -95,8 +95,17 @@ def _parse(path: Path, text: str, where: str = "") -> Any:
     try:
         return json.loads(text, parse_constant=float)
     except json.JSONDecodeError as error:
-        fault = "truncated" if error.pos >= len(text.rstrip()) else "not valid JSON"
-        raise DamagedFile(path, f"{where}{fault} ({error.msg} at line {error.lineno} column {error.colno})") from None
+        raise DamagedFile(path, f"{where}{_fault(text, error)} ({error.msg}: line {error.lineno} column "
+                                f"{error.colno})") from None
+
+
+def _fault(text: str, error: json.JSONDecodeError) -> str:
+    """"truncated" for an object or list cut short (its closing bracket missing: a write that stopped), else "not
+    valid JSON"."""
+    stripped = text.strip()
+    closer = {"{": "}", "[": "]"}.get(stripped[:1])
+    cut = closer is not None and not stripped.endswith(closer)
+    return "truncated" if cut or error.pos >= len(text.rstrip()) else "not valid JSON"
 
 
 def _text(path: Path) -> str:

@@ -105,7 +105,7 @@ class RunLock:
     """The claim on one run directory: ``claim()`` or HeldElsewhere, then ``release()`` (or use it as a context)."""
 
     def __init__(self, run_dir: Path, heartbeat_s: float = HEARTBEAT_S, stale_after_s: float = STALE_AFTER_S) -> None:
-        self.path = lock_path_for(run_dir)
+        self.run_dir, self.path = run_dir, lock_path_for(run_dir)
         self.heartbeat_s, self.stale_after_s = heartbeat_s, stale_after_s
         self.token = uuid.uuid4().hex
         self.took_over: Holder | None = None  # the stale holder this claim replaced, if any
@@ -113,8 +113,9 @@ class RunLock:
         self._heartbeat: threading.Thread | None = None
 
     def claim(self) -> RunLock:
-        """Hold the lock, taking over a stale one; raises HeldElsewhere when a live process holds it."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        """Hold the lock, taking over a stale one; raises HeldElsewhere when a live process holds it. Makes the run
+        directory (empty, if new) first, so a file in its way fails here as NotADirectoryError."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
         if not self._create():
             holder = read_holder(self.path)
             if holder is not None and not is_stale(holder, self.stale_after_s):

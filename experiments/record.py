@@ -50,6 +50,8 @@ class Status(enum.StrEnum):
 
     OK = "ok"
     FAILED = "failed"  # raised (on any rank): ``error`` says what, ``traceback`` where
+    DIVERGED = "diverged"  # a loss or metric became NaN or infinite: ``error`` names it, ``diverged_step`` when
+    INTERRUPTED = "interrupted"  # Ctrl-C or SIGTERM stopped it: the next sweep runs it again
 
 
 class RecordError(ValueError):
@@ -223,6 +225,8 @@ class RunRecord:
     # one line: "<ExceptionType>: message" (per rank under DDP)
     error: str | None = field(default=None, metadata=_about(column="text"))
     traceback: str | None = field(default=None, metadata=_about())
+    # the training step whose loss (or gradient cosine) was not finite; None for a diverged evaluation
+    diverged_step: int | None = field(default=None, metadata=_about("steps"))
     # fields whose non-finite value was written as null: {"a.b": "nan"}
     nonfinite: dict[str, str] | None = field(default=None, metadata=_about())
     measurement: Measurement | None = None  # None when the run failed before measuring
@@ -232,11 +236,11 @@ class RunRecord:
         """The flat JSON object of results.json (measured fields beside the run's; absent ones left out)."""
         data = {"schema_version": self.schema_version}
         data |= {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                 if f.name not in ("schema_version", "measurement", "traceback", "nonfinite")}
+                 if f.name not in ("schema_version", "measurement", *_OPTIONAL)}
         data["status"] = None if self.status is None else str(self.status)
         if self.measurement is not None:
             data |= dataclasses.asdict(self.measurement)
-        for optional in ("traceback", "nonfinite"):
+        for optional in _OPTIONAL:
             if getattr(self, optional) is not None:
                 data[optional] = getattr(self, optional)
         return data
@@ -276,6 +280,7 @@ class RunRecord:
 
 
 IDENTITY_FIELDS = ("experiment", "model", "dataset", "variant", "seed")
+_OPTIONAL = ("traceback", "diverged_step", "nonfinite")  # written only when set
 _RUN_FIELD_NAMES = frozenset(f.name for f in dataclasses.fields(RunRecord)) - {"measurement"}
 _MEASURED_FIELD_NAMES = frozenset(f.name for f in dataclasses.fields(Measurement))
 

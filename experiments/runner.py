@@ -3,9 +3,12 @@
 Run directory: ``<runs_root>/<experiment_name>/<model.name>/<dataset.name>/<variant.name>/seed<k>/`` holding
 ``config.yaml`` (resolved), ``metrics.jsonl`` (one line per ``log_step``), ``results.json`` (the run's
 ``record.RunRecord``, written last, atomically) and ``wandb/``. A run whose record says ``ok`` is skipped unless
-``force=true``; anything else is run again from an empty directory. A run that raises is recorded as ``failed`` and
-the sweep goes on. What a sweep does around its jobs (checking every config first, the journal, the tally) is
-experiments/sweep.py; what the job computes is experiments/jobs.py.
+``force=true``; anything else (failed, diverged, interrupted, or a run whose files are damaged) is run again from an
+empty directory. A run that raises is recorded as ``failed`` (``diverged`` for a non-finite loss or metric,
+``interrupted`` for Ctrl-C or SIGTERM) and the sweep goes on. Before touching its directory a job claims the run's
+lock (experiments/locking.py): a run another live process holds is left to it and reported, never written into.
+What a sweep does around its jobs (checking every config first, the journal, the tally) is experiments/sweep.py;
+what the job computes is experiments/jobs.py.
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from experiments import distributed, jobs, record, tracking
+from experiments import distributed, jobs, locking, record, stops, tracking
+from experiments.jsonfiles import DamagedFile
 from experiments.record import RunRecord, Status
 from experiments.sweep import record_outcome
 
@@ -38,15 +42,42 @@ def run_dir_for(cfg: DictConfig) -> Path:
     return Path(cfg.runs_root).joinpath(*names)
 
 
-def read_previous(run_dir: Path) -> RunRecord | None:
-    """The record of an earlier attempt, or None when there is none to read (the run is then not finished, and runs).
-    A record of a schema version this code does not read raises ``record.RecordVersionError``: it is left alone."""
+def read_previous(run_dir: Path) -> tuple[RunRecord | None, str | None]:
+    """The record of an earlier attempt (None when there is none: the run is then not finished, and runs) and, when
+    its files are damaged, one line saying how: an empty, truncated or non-object results.json, one that is not a
+    record, or a metrics.jsonl line that is not JSON. A damaged run is not finished. A record of a schema version this
+    code does not read raises ``record.RecordVersionError``: it is left alone."""
     try:
-        return record.read_record(run_dir / record.RESULTS_FILE)
+        previous = record.read_record(run_dir / record.RESULTS_FILE)
+        if previous.status == Status.OK and (run_dir / record.METRICS_FILE).exists():
+            record.read_metrics(run_dir / record.METRICS_FILE)
     except record.RecordVersionError:
         raise
-    except (OSError, ValueError):
-        return None
+    except FileNotFoundError:
+        return None, None
+    except (DamagedFile, record.RecordError) as damage:
+        return None, str(damage)
+    except OSError as error:
+        return None, describe_os_error(error, "read", run_dir / record.RESULTS_FILE)
+    return previous, None
+
+
+def describe_os_error(error: OSError, doing: str, path: Path | None = None) -> str:
+    """One line for a filesystem error: what was being done, where (the error's file, else ``path``), and the
+    system's reason (No space left on device, Read-only file system...)."""
+    where = error.filename or path
+    return f"{type(error).__name__}: cannot {doing}{f' {where}' if where else ''}: {error.strerror or error}"
+
+
+def prepare_run_dir(run_dir: Path) -> None:
+    """An empty run directory: a retry or forced rerun keeps no file of an earlier attempt (the lock beside it, held by
+    this job, stays)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for entry in run_dir.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
 
 
 def config_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[list[str], list[str]]:
@@ -142,43 +173,82 @@ def _free_accelerator_memory() -> None:
 
 
 def _fail(run: RunRecord, error: BaseException, with_traceback: bool = True) -> None:
-    run.status, run.error = Status.FAILED, f"{type(error).__name__}: {error}"
-    if with_traceback:
-        run.traceback = traceback.format_exc()
+    """Fill ``run`` for a job that raised: diverged, interrupted, or failed (a full disk's OSError too)."""
+    if isinstance(error, stops.Diverged):
+        run.status, run.error, run.diverged_step = Status.DIVERGED, str(error), error.step
+    elif isinstance(error, KeyboardInterrupt):
+        name = error.args[0] if isinstance(error, stops.Interrupted) else "SIGINT"
+        run.status, run.error = Status.INTERRUPTED, f"interrupted by {name}"
+    else:
+        run.status, run.error = Status.FAILED, f"{type(error).__name__}: {error}"
+        if with_traceback:
+            run.traceback = traceback.format_exc()
 
 
 def _settle(run: RunRecord) -> None:
-    """Under DDP, wait for every rank's outcome: a run that failed on any rank failed, with each failed rank's error."""
+    """Under DDP, wait for every rank's outcome: a run that failed on any rank failed, with each failed rank's error
+    (a run this rank saw diverge or interrupted keeps that status)."""
     errors = distributed.settle(run.error)
     if errors:
-        run.status, run.error = Status.FAILED, "; ".join(errors)
+        run.status = run.status if run.status in (Status.DIVERGED, Status.INTERRUPTED) else Status.FAILED
+        run.error = "; ".join(errors)
+
+
+def _close_after_failure(file: Any) -> None:
+    """Close a run's file after the run failed; a full disk's error was the run's error already."""
+    with contextlib.suppress(OSError):
+        file.close()
+
+
+def _finish_files(run_dir: Path, run: RunRecord) -> None:
+    """results.json written last; when it cannot be (a full or read-only disk) the outcome still reaches the sweep's
+    tally, the failure is said in one line, and no partial file stays: the temp file is gone, an empty metrics.jsonl
+    too."""
+    metrics = run_dir / record.METRICS_FILE
+    with contextlib.suppress(OSError):
+        if metrics.stat().st_size == 0:
+            metrics.unlink()
+    try:
+        record.write_record(run_dir, run)
+    except OSError as error:
+        line = describe_os_error(error, "write", run_dir / record.RESULTS_FILE)
+        run.error = line if run.status == Status.OK else f"{run.error}; {line}"
+        run.status = Status.FAILED if run.status == Status.OK else run.status
 
 
 def _run(cfg: DictConfig, run_dir: Path, run: RunRecord) -> None:
     """Run the job with metrics going to metrics.jsonl and the tracker; complete ``run`` (under DDP with every rank's
     outcome: results.json is written once, after the run has ended on all ranks) and write it."""
     started = time.perf_counter()
+    interrupt: KeyboardInterrupt | None = None
     with contextlib.ExitStack() as stack:
         tracker = None
         try:  # opening the tracker too: under DDP the other ranks are training and wait for this rank's outcome
             tracker = stack.enter_context(tracking.open_tracker(cfg, run_dir))
-            metrics_file = stack.enter_context((run_dir / record.METRICS_FILE).open("w"))
+            metrics_file = (run_dir / record.METRICS_FILE).open("w")
+            stack.callback(_close_after_failure, metrics_file)
 
             def log_step(step: int, metrics: dict[str, Any]) -> None:
                 record.append_metrics(metrics_file, step, metrics)
                 tracker.log(step, metrics)
 
             run.measurement = jobs.run(cfg, log_step)
+            metrics_file.close()  # a full disk fails the run here, not while leaving this block
             run.status = Status.OK
+        except KeyboardInterrupt as error:  # recorded, then the sweep stops (run.py says what finished)
+            interrupt = error
+            _fail(run, error)
         except Exception as error:
             _fail(run, error)
         _settle(run)
         run.finished_at, run.wall_time_s = _now(), round(time.perf_counter() - started, 3)
-        record.write_record(run_dir, run)
+        _finish_files(run_dir, run)
         if tracker is not None:
             tracker.finish(run.to_json())
     if run.status != Status.OK:
         _free_accelerator_memory()
+    if interrupt is not None:
+        raise interrupt
 
 
 def _follow_main_process(cfg: DictConfig) -> dict[str, Any]:
@@ -205,6 +275,14 @@ def _refuse_changed_config(run_dir: Path, previous: RunRecord, changed: list[str
     return {**previous.to_json(), "status": "failed", "error": error}
 
 
+def _not_claimed(run_dir: Path, status: str, line: str, error: str) -> dict[str, Any]:
+    """A run this job did not claim (another process holds it, or the lock cannot be written): said, journaled."""
+    distributed.broadcast_from_main(False)  # the other ranks do not train it either
+    print(f"{run_dir}: {line}", flush=True)
+    record_outcome(run_dir, status, error)
+    return {"status": status, "error": error, "run_dir": str(run_dir)}
+
+
 def run_job(cfg: DictConfig) -> dict[str, Any]:
     """Run (or skip) the run ``cfg`` describes; returns its results.json content.
 
@@ -213,16 +291,38 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     (experiments/distributed.py).
     """
     jobs.check_job_config(cfg)
+    jobs.check_resources(cfg)
     if not distributed.is_main_process():
         return _follow_main_process(cfg)
     run_dir = run_dir_for(cfg)
     try:
-        previous = read_previous(run_dir)
+        lock = locking.RunLock(run_dir).claim()
+    except locking.HeldElsewhere as held:
+        holder = held.holder
+        return _not_claimed(run_dir, "running elsewhere", f"running elsewhere: {holder} (since {holder.started_at}); "
+                            "left to it", str(holder))
+    except OSError as error:
+        message = describe_os_error(error, "claim the run", locking.lock_path_for(run_dir))
+        return _not_claimed(run_dir, "failed", f"failed: {message}", message)
+    try:
+        return _run_claimed(cfg, run_dir, lock)
+    finally:
+        lock.release()
+
+
+def _run_claimed(cfg: DictConfig, run_dir: Path, lock: locking.RunLock) -> dict[str, Any]:
+    """``run_job`` once this job holds the run's lock."""
+    if lock.took_over is not None:
+        print(f"{run_dir}: taking over from {lock.took_over}, which is gone", flush=True)
+    try:
+        previous, damage = read_previous(run_dir)
     except record.RecordVersionError as error:
         distributed.broadcast_from_main(False)
         print(f"{run_dir}: failed: {error}", flush=True)
         record_outcome(run_dir, "failed", str(error))
         return {"status": "failed", "error": str(error)}
+    if damage:
+        print(f"{run_dir}: damaged: {damage}; running it again", flush=True)
     finished = previous is not None and previous.status == Status.OK and not cfg.force
     distributed.broadcast_from_main(not finished)  # the other ranks train only when this one does
     if finished:
@@ -236,15 +336,22 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
         return previous.to_json()
 
     run = new_record(cfg, run_dir)
-    try:  # a retry or forced rerun starts from an empty directory: no file of an earlier attempt survives
-        shutil.rmtree(run_dir, ignore_errors=True)
-        run_dir.mkdir(parents=True)
+    try:
+        prepare_run_dir(run_dir)
         OmegaConf.save(cfg, run_dir / record.CONFIG_FILE, resolve=True)
-    except OSError as error:  # no directory, no results.json; under DDP the other ranks are training: fail it there
-        _fail(run, error, with_traceback=False)
+    except OSError as error:  # under DDP the other ranks are training: fail it there
+        run.status, run.error = Status.FAILED, describe_os_error(error, "prepare the run directory", run_dir)
         _settle(run)
+        with contextlib.suppress(OSError):
+            (run_dir / record.CONFIG_FILE).unlink(missing_ok=True)  # perhaps written in part
+            _finish_files(run_dir, run)  # recorded as failed, if the disk still takes that
     else:
-        _run(cfg, run_dir, run)
+        try:
+            _run(cfg, run_dir, run)
+        except KeyboardInterrupt:
+            print(summary_line(run), flush=True)
+            record_outcome(run_dir, str(run.status), run.error, damage)
+            raise
     print(summary_line(run), flush=True)
-    record_outcome(run_dir, str(run.status), run.error)
+    record_outcome(run_dir, str(run.status), run.error, damage)
     return run.to_json()

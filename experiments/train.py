@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 import pmdrop
 
-from . import distributed, robustness
+from . import distributed, robustness, stops
 from .data import TaskData, build_data, check_dataset_config
 from .distributed import Ranks
 from .models import build_model, check_model_config
@@ -96,9 +96,18 @@ def check_config(cfg: DictConfig) -> None:
     check_model_config(cfg.model, cfg.dataset.task)
     check_choice("trainer.precision", trainer.precision, PRECISIONS)
     check_choice("trainer.device", trainer.device, DEVICES)
-    for key in ("batch_size", "steps", "log_every", "throughput_window", "measure_step", "grad_cosine_every"):
+    for key in ("batch_size", "eval_batch_size", "steps", "log_every", "throughput_window", "measure_step",
+                "grad_cosine_every"):
         if trainer[key] < 1:
             raise ValueError(f"trainer.{key}={trainer[key]} must be >= 1")
+    for key in ("eval_batches", "threads"):  # null: the whole eval split, torch's thread count
+        if trainer[key] is not None and trainer[key] < 1:
+            raise ValueError(f"trainer.{key}={trainer[key]} must be >= 1, or null")
+    for key in ("warmup_steps", "timing_warmup_steps", "weight_decay"):
+        if trainer[key] < 0:
+            raise ValueError(f"trainer.{key}={trainer[key]} must be >= 0")
+    if not (math.isfinite(trainer.lr) and trainer.lr > 0):
+        raise ValueError(f"trainer.lr={trainer.lr} must be a finite number > 0")
     if trainer.measure_step > trainer.steps:
         raise ValueError(f"trainer.measure_step={trainer.measure_step} is past trainer.steps={trainer.steps}")
     if trainer.device == "cuda" and not torch.cuda.is_available():
@@ -232,10 +241,12 @@ def _train_steps(cfg: DictConfig, learner: Learner, reference: Learner | None, d
                 loss_tensor = learner.forward(batch)
             trained.saved = saved or trained.saved
             trained.loss = learner.backward(loss_tensor)
+            stops.check_finite(step, {"loss": trained.loss})  # the loss is on the host already: no extra sync
             del loss_tensor  # let the graph go before the optimizer step, as a training loop does
             if reference is not None and (step % trainer.grad_cosine_every == 0 or step == 1):
                 measured = time.perf_counter()
                 cosine = _grad_cosine(learner, reference)
+                stops.check_finite(step, {"grad_cosine": cosine})
                 trained.grad_cosine.append([step, cosine])
                 log_step(step, {"grad_cosine": cosine})
                 start += time.perf_counter() - measured  # instrumentation, not training: kept out of the step time
@@ -262,6 +273,7 @@ def _evaluate_on_main(learner: Learner, data: TaskData, trainer: DictConfig, dev
         model = distributed.unwrap(learner.model)
         with compile_settings(trainer):
             metrics = evaluate(model, data, trainer, device, learner.autocast)
+            stops.check_finite(None, metrics)
         if trainer.fgsm_epsilon is not None:
             metrics |= robustness.fgsm_metrics(model, data, trainer, device, learner.autocast, metrics["accuracy"])
     return distributed.broadcast_from_main(metrics)

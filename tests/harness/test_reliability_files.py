@@ -157,7 +157,7 @@ def test_damaged_results_files_are_named_with_their_fault(tmp_path, content, rea
 def test_a_corrupt_metrics_line_is_named_by_its_number(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"step": 1, "loss": 1.0}\n{"step": 2, "lo\n{"step": 3}\n')
-    with pytest.raises(jsonfiles.DamagedFile, match=r"metrics.jsonl: line 2: not valid JSON"):
+    with pytest.raises(jsonfiles.DamagedFile, match=r"metrics.jsonl: line 2: truncated"):
         jsonfiles.read_jsonl(path)
     path.write_text('{"step": 1, "loss": NaN}\n\n{"step": 2}\n')
     assert jsonfiles.read_jsonl(path) == [{"step": 1, "loss": None, "nonfinite": {"loss": "nan"}}, {"step": 2}]
