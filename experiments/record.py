@@ -29,6 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from experiments import jsonfiles
+from experiments.jsonfiles import DamagedFile  # what read_record raises for a file that is not a JSON object
+
+__all__ = ["DamagedFile"]  # re-exported: the analysis reads run files through this module only
 
 # Version 1: the unversioned files written before this module (e.g. those behind the committed results/runs.csv).
 # Version 2: ``schema_version`` and ``axes`` added; every field of version 1 kept with its name and unit.

@@ -95,6 +95,8 @@ def summaries(runs: pd.DataFrame, settings: Settings) -> pd.DataFrame:
         shared = dict(zip(GROUP_KEY, key, strict=True)) | {
             "n_ok": len(ok),
             "n_failed": int((group["status"] == "failed").sum()),
+            "n_diverged": int((group["status"] == "diverged").sum()),
+            "n_interrupted": int((group["status"] == "interrupted").sum()),
             "devices": _distinct(ok["device"]),
             "batch_size": _distinct(ok["batch_size"]),
             "seq_len": _distinct(ok["seq_len"]),

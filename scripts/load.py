@@ -3,6 +3,11 @@
 Layout (written by ``run.py``): ``<root>/<experiment>/<model>/<dataset>/<variant>/seed<k>/`` with
 ``results.json`` (one run's record) and ``metrics.jsonl`` (one JSON object per logged step). Both are read through
 the run contract, ``experiments/record.py``: the only module of the harness the analysis imports.
+
+A run whose files cannot be read as a record (an empty, truncated or non-object results.json, a metrics.jsonl line
+that is not JSON) is damaged: ``read_runs`` names it in one line and leaves it out of the table; the sweep runs it
+again. A record that says ``ok`` but holds non-finite numbers (written before divergence was detected as it happens)
+is read as ``diverged``: such runs enter no statistic and no claim.
 """
 
 from __future__ import annotations
@@ -43,8 +48,16 @@ def find_incomplete(roots: Iterable[Path]) -> list[Path]:
 
 
 def read_results(path: Path) -> record.RunRecord:
-    """The run's record (any readable schema version); ValueError naming the file when it is not one."""
-    return record.read_record(path)
+    """The run's record (any readable schema version); ValueError naming the file when it is not one, or when the
+    run's metrics.jsonl is damaged."""
+    run = record.read_record(path)
+    metrics = Path(path).with_name(record.METRICS_FILE)
+    if metrics.exists():
+        record.read_metrics(metrics)
+    if run.status == record.Status.OK and run.nonfinite:  # an older record of a diverged run
+        run.status = record.Status.DIVERGED
+        run.error = "non-finite " + ", ".join(f"{key}={value}" for key, value in run.nonfinite.items())
+    return run
 
 
 def _as_float(value: object) -> float:
@@ -72,15 +85,32 @@ def _row(path: Path, run: record.RunRecord) -> dict:
 
 
 def load_runs(roots: Iterable[Path]) -> pd.DataFrame:
-    """One row per run found under ``roots``; raises on unreadable files and on a run found twice."""
-    rows = [_row(path, read_results(path)) for path in find_results(roots)]
+    """One row per run found under ``roots``; raises on a damaged run (``read_runs`` names them instead) and on a run
+    found twice."""
+    runs, damaged = read_runs(roots)
+    if damaged:
+        raise ValueError(damaged[0])
+    return runs
+
+
+def read_runs(roots: Iterable[Path]) -> tuple[pd.DataFrame, list[str]]:
+    """One row per readable run found under ``roots``, and one line per damaged run (its file and fault); raises on a
+    run found twice."""
+    rows, damaged = [], []
+    for path in find_results(roots):
+        try:
+            rows.append(_row(path, read_results(path)))
+        except (record.DamagedFile, record.RecordError) as damage:
+            damaged.append(str(damage))
+        except OSError as error:
+            damaged.append(f"{error.filename or path}: cannot be read ({error.strerror})")
     columns = [*RUN_KEY, "status", "run_dir", *NUMERIC_FIELDS, *TEXT_FIELDS, "task_value", "grad_cosine_mean",
                "grad_cosine_min", "results"]
     runs = pd.DataFrame(rows, columns=columns)
     duplicated = runs[runs.duplicated(list(RUN_KEY), keep=False)]
     if not duplicated.empty:
         raise ValueError(f"the same run was found more than once: {sorted(duplicated['run_dir'])}")
-    return runs.sort_values(list(RUN_KEY), ignore_index=True)
+    return runs.sort_values(list(RUN_KEY), ignore_index=True), damaged
 
 
 def read_history(run_dir: str | Path) -> pd.DataFrame:

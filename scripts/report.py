@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import analysis, claims, composability, maxfit, memory_check, plots, robustness, tables
-from .load import find_incomplete, load_runs
+from .load import find_incomplete, read_runs
 from .provenance import Provenance, report_command
 from .settings import DEFAULT_SETTINGS, WANDB_MODES, Settings, load_settings
 from .wandb_tables import log_tables
@@ -114,12 +114,15 @@ def write_tables(runs: pd.DataFrame, training: pd.DataFrame, out: Path, settings
     return {"summary": summary, "comparisons": comparisons, "memory_model": memory, "claims": claim_rows, **frames}
 
 
-def _readme(runs: pd.DataFrame, incomplete: list[Path], out: Path, settings: Settings, written: Written,
-            provenance: Provenance) -> Path:
+def _readme(runs: pd.DataFrame, incomplete: list[Path], damaged: list[str], out: Path, settings: Settings,
+             written: Written, provenance: Provenance) -> Path:
     counts = runs["status"].value_counts()
+    others = [status for status in ("diverged", "interrupted") if counts.get(status)]
     lines = [
-        f"{len(runs)} runs read ({counts.get('ok', 0)} finished, {counts.get('failed', 0)} failed: failed runs are "
-        "excluded from every statistic and counted in the summaries). Tests: paired by seed against "
+        f"{len(runs)} runs read ({counts.get('ok', 0)} finished, {counts.get('failed', 0)} failed"
+        + "".join(f", {counts[status]} {status}" for status in others)
+        + f": {' and '.join(['failed', *others])} runs are excluded from every statistic and counted in the summaries)"
+        + (f", {len(damaged)} damaged (not read; listed below)" if damaged else "") + ". Tests: paired by seed against "
         f"`{settings.baseline}`, level α = {settings.alpha} after Holm correction, {100 * settings.confidence:g} % "
         f"intervals, bootstrap with {settings.bootstrap_resamples} resamples (seed {settings.bootstrap_seed}).",
         "Equivalence margins (declared in `conf/report.yaml` before the runs): "
@@ -132,6 +135,9 @@ def _readme(runs: pd.DataFrame, incomplete: list[Path], out: Path, settings: Set
     if incomplete:
         lines += ["", "## Runs without results.json (killed or still running; not counted)", "",
                   *(f"- `{path}`" for path in incomplete)]
+    if damaged:
+        lines += ["", "## Damaged runs (files not readable as a run; not counted; a sweep runs them again)", "",
+                  *(f"- {line}" for line in damaged)]
     if written.skipped_plots:
         lines += ["", "## Plots not drawn", "", *(f"- {name}: {reason}" for name, reason in written.skipped_plots)]
     return tables.write_markdown(out / "README.md", "pmdrop report", "\n".join(lines) + "\n", provenance)
@@ -186,7 +192,9 @@ def stdout_summary(summary: pd.DataFrame, comparisons: pd.DataFrame, baseline: s
 
 
 def build_report(roots: list[Path], out: Path, settings: Settings, command: str) -> dict[str, pd.DataFrame]:
-    runs = load_runs(roots)
+    runs, damaged = read_runs(roots)
+    for line in damaged:
+        log.warning("damaged run, not counted: %s", line)
     if runs.empty:
         raise SystemExit(f"no results.json found under {', '.join(map(str, roots))}: nothing to report")
     out.mkdir(parents=True, exist_ok=True)
@@ -202,7 +210,7 @@ def build_report(roots: list[Path], out: Path, settings: Settings, command: str)
     incomplete = find_incomplete(roots)
     if incomplete:
         log.warning("%d run directories have no results.json (killed or still running): not counted", len(incomplete))
-    _readme(runs, incomplete, out, settings, written, provenance)
+    _readme(runs, incomplete, damaged, out, settings, written, provenance)
     log_tables(frames, settings, provenance)
     log.info("report of %d runs written to %s (%d files, %d plots skipped)", len(runs), out,
              len(written.files) + 1, len(written.skipped_plots))

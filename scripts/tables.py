@@ -63,7 +63,10 @@ def summary_markdown(summary: pd.DataFrame) -> str:
     for key, config in summary.groupby(list(CONFIG_KEY), sort=True):
         variants = list(dict.fromkeys(config["variant"]))
         first = config.drop_duplicates("variant").set_index("variant")
-        runs = ", ".join(f"{v}: {first.at[v, 'n_ok']} ok / {first.at[v, 'n_failed']} failed" for v in variants)
+        runs = ", ".join(f"{v}: {first.at[v, 'n_ok']} ok / {first.at[v, 'n_failed']} failed"
+                         + "".join(f" / {first.at[v, f'n_{status}']} {status}" for status in ("diverged", "interrupted")
+                                   if first.at[v, f"n_{status}"])
+                         for v in variants)
         shapes = ", ".join(f"{name} {', '.join(sorted(set(first[name])))}"
                            for name in ("devices", "batch_size", "seq_len", "precision"))
         rows = []
