@@ -100,12 +100,10 @@ def _parse(path: Path, text: str, where: str = "") -> Any:
 
 
 def _fault(text: str, error: json.JSONDecodeError) -> str:
-    """"truncated" for an object or list cut short (its closing bracket missing: a write that stopped), else "not
-    valid JSON"."""
-    stripped = text.strip()
-    closer = {"{": "}", "[": "]"}.get(stripped[:1])
-    cut = closer is not None and not stripped.endswith(closer)
-    return "truncated" if cut or error.pos >= len(text.rstrip()) else "not valid JSON"
+    """"truncated" when the parser ran out of text (a write that stopped: the error is at the end, or a string is
+    still open there), else "not valid JSON"."""
+    cut = error.pos >= len(text.rstrip()) or error.msg.startswith("Unterminated string")
+    return "truncated" if cut else "not valid JSON"
 
 
 def _text(path: Path) -> str:

@@ -39,7 +39,7 @@ def test_damaged_files_are_named_counted_and_left_out_of_the_report(tmp_path):
     runs, damaged = read_runs([root])
     assert len(runs) == 6 and len(damaged) == 4
     assert [line.split(": ", 1)[1].split(" (")[0] for line in damaged] == [
-        "truncated", "empty file", "holds a JSON list, not an object", "line 6: truncated"]
+        "truncated", "empty file", "holds a JSON list, not an object", "line 6: not valid JSON"]
     with pytest.raises(ValueError, match=r"results\.json: truncated"):
         load_runs([root])
 
