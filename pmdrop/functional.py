@@ -1,33 +1,49 @@
 """Dropout that saves its mask for backward bit-packed, or not at all, bit-identical to torch's.
 
 Torch's own dropout takes one of two routes, and each variant here reproduces the route torch
-would take for the same call, so outputs, gradients and the RNG stream stay identical:
+would take for the same call, so outputs, gradients, memory layouts and the RNG stream stay identical:
 
 * **noise route** (CPU, and ``inplace=True`` everywhere): ``noise = empty_like(x).bernoulli_(1-p)
   .div_(1-p)``, ``y = x * noise``; the multiply saves ``noise`` in x's dtype (4 B/element for fp32).
   Here the same Bernoulli numbers are drawn in x's layout (same generator calls, same order), packed,
-  and decoded through a {0, scale} table into exactly torch's ``noise`` (``scale`` is the value
-  torch's ``div_`` gives in that dtype); the products are then torch's products, bit for bit.
-* **fused route** (CUDA/XPU out of place): ``native_dropout`` returns ``(y, bool mask)``; the mask
-  is packed here and unpacked into ``native_dropout_backward`` with the same scale.
+  and decoded into exactly torch's ``noise`` (0 and ``scale``, the values torch's ``div_`` gives in
+  that dtype); the products are then torch's products, bit for bit.
+* **fused route** (CUDA/XPU out of place, and ``meta``, which plans memory with CUDA's semantics):
+  ``native_dropout`` returns ``(y, bool mask)``; the mask is packed here and unpacked into
+  ``native_dropout_backward`` with the same scale.
 
-Calls that need no backward (eval, p in {0, 1}, empty, no grad, non-float input) go straight to
-torch's own ``dropout``, so torch's results, errors and aliasing apply unchanged.
+Calls that need no backward (eval, p in {0, 1}, empty, no grad, non-float input) and tensors that
+cannot be packed (nested, sparse, tensor subclasses) go straight to torch's own ``dropout``, so
+torch's results, errors and aliasing apply unchanged.
+
+Under ``torch.func`` transforms (``grad``, ``vjp``, ``vmap``, ``jvp``, ...) the calls take
+:class:`_TransformPackedFn`, written with the ops torch's dropout itself runs, so each transform
+treats it as it treats ``F.dropout`` (vmap's randomness modes included); it still saves the mask
+packed when a gradient is taken.
 """
 
 from __future__ import annotations
 
-import functools
+import threading
 
 import torch
 
 from . import compiled
 from .accounting import dropout_site
 from .faults import corrupt
-from .packing import check_masks_per_byte, decode_table, pack_flat, unpack_flat
+from .packing import check_masks_per_byte, decode_table, pack_fresh, pack_rows, unpack_rows
 from .variants import DropoutVariant, get_variant, register_variant
 
-_FUSED_DEVICE_TYPES = frozenset({"cuda", "xpu", "lazy", "privateuseone"})
+# Where torch's dropout takes native_dropout out of place. Tests add "cpu" to run the CUDA route's logic.
+_FUSED_DEVICE_TYPES = frozenset({"cuda", "xpu", "lazy", "privateuseone", "meta"})
+# Tensors the Functions below can pack; subclasses (nested jagged, DTensor, FakeTensor...) take torch's dropout.
+_PLAIN_TENSOR_TYPES = frozenset({torch.Tensor, torch.nn.Parameter})
+# torch.func's own test of whether a transform wraps the call (torch.autograd.Function.apply uses it to pick
+# its functorch path); private, but no public equivalent exists: inside vmap a wrapped x reads
+# requires_grad=False even when a gradient is taken, so requires_grad alone cannot tell.
+_transforms_active = torch._C._are_functorch_transforms_active
+_profiling = torch._C._autograd._profiler_enabled  # private: record_function is not free when no profiler runs
+_local = threading.local()
 
 
 def _torch_dropout(x: torch.Tensor, p: float, training: bool, inplace: bool) -> torch.Tensor:
@@ -43,71 +59,113 @@ def _fused_scale(p: float) -> float:
     return 1.0 / (1.0 - p)
 
 
-def _is_dense(t: torch.Tensor) -> bool:
-    """True when ``t`` covers exactly ``numel`` consecutive elements of its storage."""
-    expected = 1
-    for stride, size in sorted((st, s) for s, st in zip(t.shape, t.stride(), strict=True) if s != 1):
-        if stride != expected:
-            return False
-        expected *= size
-    return True
+class _label:
+    """``record_function(name)`` while a profiler runs, nothing otherwise: a trace shows pmdrop's draw/pack/unpack."""
+
+    __slots__ = ("name", "scope")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __enter__(self) -> None:
+        self.scope = torch.autograd.profiler.record_function(self.name) if _profiling() else None
+        if self.scope is not None:
+            self.scope.__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.scope is not None:
+            self.scope.__exit__(*exc)
 
 
-class _MaskLayout:
-    """Shape and strides of a mask, so it can be packed in memory order and rebuilt as it was."""
+class _Layout:
+    """What torch's dropout does with an input of one shape and strides, computed once per layout.
 
-    __slots__ = ("numel", "shape", "stride")
+    ``mask_stride``: the strides of ``empty_like(x)``, the layout torch draws its noise (and its mask) in;
+    always dense. ``noise_out``: whether torch's ``x * noise`` comes out in the layout of the noise the
+    forward builds, so the product may be written into that buffer. ``grad_into_noise(g)``: the same
+    for ``grad * noise``.
 
-    def __init__(self, mask: torch.Tensor) -> None:
-        self.shape = mask.shape
-        self.stride = mask.stride() if _is_dense(mask) else torch.empty(mask.shape, device="meta").stride()
-        self.numel = mask.numel()
+    The answers come from running those ops on uint8 CPU stand-ins of the same shape and strides:
+    ``empty_like`` and TensorIterator pick strides with the same code on every real device. Meta tensors
+    do not (its ``empty_like`` and ``mul`` differ for some size-1 dims), so meta inputs ask meta.
+    """
 
-    def flat(self, mask: torch.Tensor) -> torch.Tensor:
-        if mask.stride() == self.stride:
-            return mask.as_strided((self.numel,), (1,))
-        return mask.contiguous().view(-1)
+    __slots__ = ("_grad_into_noise", "device", "mask_stride", "noise_out", "numel", "shape")
+
+    def __init__(self, shape: torch.Size, stride: tuple[int, ...], is_meta: bool) -> None:
+        self.device = "meta" if is_meta else "cpu"
+        x = torch.empty_strided(shape, stride, dtype=torch.uint8, device=self.device)
+        noise = torch.empty_like(x)
+        self.shape, self.mask_stride, self.numel = shape, noise.stride(), x.numel()
+        # The forward builds the noise as torch.where(bool mask, scale, 0): its layout is where's.
+        value = torch.zeros((), dtype=torch.uint8, device=self.device)
+        drawn = torch.where(torch.empty_like(x, dtype=torch.bool), value, value)
+        self.noise_out = torch.mul(x, noise).stride() == drawn.stride()
+        self._grad_into_noise: dict[tuple[int, ...], bool] = {}
+
+    def grad_into_noise(self, grad: torch.Tensor) -> bool:
+        stride = grad.stride()
+        fits = self._grad_into_noise.get(stride)
+        if fits is None:
+            stand_in = torch.empty_strided(self.shape, stride, dtype=torch.uint8, device=self.device)
+            noise = torch.empty_strided(self.shape, self.mask_stride, dtype=torch.uint8, device=self.device)
+            fits = self._grad_into_noise[stride] = torch.mul(stand_in, noise).stride() == self.mask_stride
+        return fits
 
     def restore(self, flat: torch.Tensor) -> torch.Tensor:
-        # set_ rather than as_strided: the result may be returned from forward, and autograd forbids
-        # in-place ops on a view made inside a custom Function. ``flat`` is a fresh private buffer.
-        return flat.new_empty(0).set_(flat.untyped_storage(), flat.storage_offset(), self.shape, self.stride)
+        """A fresh flat buffer of ``numel`` elements seen in the mask's layout."""
+        return flat.as_strided(self.shape, self.mask_stride)
 
 
-@functools.lru_cache(maxsize=256)
-def _noise_scale(p: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """The non-zero value of torch's dropout noise, ``1 / (1 - p)`` rounded as ``div_`` rounds it."""
-    return torch.ones((), dtype=dtype, device=device).div_(1 - p)
+_LAYOUTS: dict[tuple[torch.Size, tuple[int, ...], bool], _Layout] = {}
 
 
-@functools.lru_cache(maxsize=256)
-def _noise_table(masks_per_byte: int, p: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    return decode_table(masks_per_byte, device).to(dtype) * _noise_scale(p, dtype, device)
+def _layout_of(x: torch.Tensor) -> _Layout:
+    key = (x.shape, x.stride(), x.is_meta)
+    layout = _LAYOUTS.get(key)
+    if layout is None:
+        if len(_LAYOUTS) >= 4096:  # bound the cache for shape-varying workloads
+            _LAYOUTS.clear()
+        layout = _LAYOUTS[key] = _Layout(*key)
+    return layout
 
 
-def _decode_noise(packed: torch.Tensor, layout: _MaskLayout, p: float, dtype: torch.dtype, k: int) -> torch.Tensor:
-    """Torch's noise tensor (0 and scale, in ``dtype`` and the mask's layout) from a packed mask."""
-    return layout.restore(unpack_flat(packed, layout.numel, k, _noise_table(k, p, dtype, packed.device)))
+# (p, dtype, device, masks_per_byte) -> values; plain dicts: cheaper than functools.lru_cache per call.
+_SCALES: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+_TABLES: dict[tuple, torch.Tensor] = {}
 
 
-def _torch_noise(buffer: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """The noise route's own ops, in place on ``buffer``."""
-    return buffer.bernoulli_(1 - p, generator=generator).div_(1 - p)
+def _noise_values(p: float, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, zero) as 0-dim tensors: torch's noise values, ``bernoulli`` 1 and 0 divided by ``1 - p`` in ``dtype``."""
+    key = (p, dtype, device)
+    values = _SCALES.get(key)
+    if values is None:
+        values = _SCALES[key] = tuple(torch.tensor(b, dtype=dtype, device=device).div_(1 - p) for b in (1, 0))
+    return values
 
 
-def _draw_noise(x: torch.Tensor, p: float, k: int) -> tuple[torch.Tensor, torch.Tensor, _MaskLayout]:
-    """Torch's dropout noise for ``x`` (x's dtype and layout), its packed mask, and the mask layout."""
-    if x.device.type == "cpu":
-        # CPU bernoulli_ draws the same numbers per element whatever the dtype (checked by the tests);
-        # a bool draw is cheaper, and decoding its packed form skips a bool-to-float pass.
-        mask = torch.empty_like(x, dtype=torch.bool).bernoulli_(1 - p)
-        layout = _MaskLayout(mask)
-        packed = pack_flat(layout.flat(mask), k)
-        return _decode_noise(packed, layout, p, x.dtype, k), packed, layout
-    # Elsewhere the dtype may change how raw random numbers map to elements: draw exactly as torch does.
-    noise = _torch_noise(torch.empty_like(x), p)
-    layout = _MaskLayout(noise)
-    return noise, pack_flat(layout.flat(noise.ne(0)), k), layout
+def _noise_table(k: int, p: float | None, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(256, k) table: row b holds torch's noise for the k masks of packed byte b (bool -> dtype, then div_).
+
+    ``p=None``: the masks themselves (bool).
+    """
+    key = (k, p, dtype, device)
+    table = _TABLES.get(key)
+    if table is None and p is None:
+        table = _TABLES[key] = decode_table(k, device)
+    elif table is None:
+        # As torch computes noise: 0/1 in dtype, then div_ by (1 - p). Multiplying by a precomputed scale
+        # would give 0 * inf = nan for the dropped elements where the scale overflows (fp16, p near 1).
+        table = _TABLES[key] = decode_table(k, device).to(dtype).div_(1 - p)
+    return table
+
+
+def _unpack(packed: torch.Tensor, layout: _Layout, k: int, table: torch.Tensor) -> torch.Tensor:
+    """Decode ``packed`` through ``table`` into a fresh tensor in the mask's layout."""
+    with _label("pmdrop.unpack"):
+        # int32 indices: half the bytes of int64, and index_select takes them.
+        rows = torch.index_select(table, 0, packed.to(torch.int32))
+        return layout.restore(rows.view(-1)[: layout.numel] if layout.numel % k else rows.view(-1))
 
 
 def _fused_backward(grad: torch.Tensor, mask: torch.Tensor, p: float) -> torch.Tensor:
@@ -115,6 +173,13 @@ def _fused_backward(grad: torch.Tensor, mask: torch.Tensor, p: float) -> torch.T
     if torch.is_grad_enabled():
         return grad * (mask.type_as(grad) * _fused_scale(p))
     return torch.ops.aten.native_dropout_backward(grad, mask, _fused_scale(p))
+
+
+def _times_noise(grad: torch.Tensor, noise: torch.Tensor, layout: _Layout) -> torch.Tensor:
+    """``grad * noise`` with torch's result layout, written into ``noise``'s buffer when that layout is the same."""
+    if layout.grad_into_noise(grad):
+        return noise.mul_(grad)  # IEEE multiplication commutes bit for bit: torch's grad * noise
+    return grad * noise
 
 
 def _graph_is_retained() -> bool:
@@ -136,34 +201,58 @@ def _drop_cache_if_released(ctx) -> None:
 
 
 class _PackedDropoutFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, p: float, inplace: bool, variant: DropoutVariant) -> torch.Tensor:
-        ctx.p, ctx.fused, ctx.variant, ctx.dtype = p, _uses_fused_route(x, inplace), variant, x.dtype
-        if ctx.fused:
-            y, mask = torch.ops.aten.native_dropout(x, p, True)
-            ctx.layout = _MaskLayout(mask)
-            packed = pack_flat(ctx.layout.flat(mask), variant.masks_per_byte)
-        else:
-            noise, packed, ctx.layout = _draw_noise(x, p, variant.masks_per_byte)
-            if inplace:
-                y = x.mul_(noise)
-                ctx.mark_dirty(x)
-            else:
-                y = noise.mul_(x)  # IEEE multiplication commutes bit for bit: this is torch's x * noise
-        ctx.save_for_backward(corrupt(packed))
-        ctx.cached_unpacked = None
-        return y
+    """Eager path of the packed variants; outputs ``(y, packed mask)``."""
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None]:
+    def forward(x: torch.Tensor, p: float, inplace: bool, variant: DropoutVariant) -> tuple[torch.Tensor, torch.Tensor]:
+        k = variant.masks_per_byte
+        if _uses_fused_route(x, inplace):
+            y, mask = torch.ops.aten.native_dropout(x, p, True)
+            with _label("pmdrop.pack"):
+                return y, corrupt(pack_fresh(mask, k))
+        layout = _layout_of(x)
+        with _label("pmdrop.draw"):
+            # CPU bernoulli_ draws the same numbers per element whatever the dtype (checked by the tests);
+            # a bool draw is cheaper, and its noise is one select between torch's two noise values.
+            mask = torch.empty_strided(x.shape, layout.mask_stride, dtype=torch.bool, device=x.device)
+            mask.bernoulli_(1 - p)
+        with _label("pmdrop.pack"):
+            packed = corrupt(pack_fresh(mask, k))
+        noise = torch.where(mask, *_noise_values(p, x.dtype, x.device))
+        if inplace:
+            return x.mul_(noise), packed
+        if layout.noise_out:
+            return noise.mul_(x), packed  # IEEE multiplication commutes bit for bit: torch's x * noise
+        return x * noise, packed
+
+    @staticmethod
+    def setup_context(ctx, inputs: tuple, output: tuple) -> None:
+        x, ctx.p, ctx.inplace, ctx.variant = inputs
+        ctx.fused, ctx.dtype = _uses_fused_route(x, ctx.inplace), x.dtype
+        ctx.layout = _layout_of(x)
+        ctx.mark_non_differentiable(output[1])
+        ctx.set_materialize_grads(False)
+        if ctx.inplace:
+            ctx.mark_dirty(x)
+        ctx.save_for_backward(output[1])
+        ctx.cached_unpacked = None
+
+    @staticmethod
+    def _decode(ctx) -> torch.Tensor:
+        """The forward's mask (fused route: bool) or noise (noise route), in the mask's layout."""
+        (packed,) = ctx.saved_tensors
+        k = ctx.variant.masks_per_byte
+        if ctx.fused:
+            return _unpack(packed, ctx.layout, k, _noise_table(k, None, torch.bool, packed.device))
+        return _unpack(packed, ctx.layout, k, _noise_table(k, ctx.p, ctx.dtype, packed.device))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor | None, _: None) -> tuple[torch.Tensor | None, None, None, None]:
+        if grad is None:
+            return None, None, None, None
         unpacked = ctx.cached_unpacked
         if unpacked is None:
-            (packed,) = ctx.saved_tensors
-            k = ctx.variant.masks_per_byte
-            if ctx.fused:
-                unpacked = ctx.layout.restore(unpack_flat(packed, ctx.layout.numel, k))
-            else:
-                unpacked = _decode_noise(packed, ctx.layout, ctx.p, ctx.dtype, k)
+            unpacked = _PackedDropoutFn._decode(ctx)
         # Cache only for a later pass through this node, which needs a retained graph; otherwise
         # this is the mask's last use and its buffer can take the gradient in place.
         keep = ctx.variant.cache_unpacked and _graph_is_retained()
@@ -174,67 +263,178 @@ class _PackedDropoutFn(torch.autograd.Function):
             return _fused_backward(grad, unpacked, ctx.p), None, None, None
         if keep:
             return grad * unpacked, None, None, None
-        return unpacked.mul_(grad), None, None, None  # IEEE multiplication commutes: torch's grad * noise
+        return _times_noise(grad, unpacked, ctx.layout), None, None, None
+
+    @staticmethod
+    def jvp(ctx, x_tangent: torch.Tensor, *_: None) -> tuple[torch.Tensor, None]:
+        return _noise_tangent(ctx, x_tangent, _PackedDropoutFn._decode(ctx)), None
 
 
-def _saved_rng_state(device: torch.device) -> torch.Tensor:
+def _noise_tangent(ctx, x_tangent: torch.Tensor, unpacked: torch.Tensor) -> torch.Tensor:
+    """Forward-mode derivative as torch computes it: native_dropout's ``x_t * scale * mask``, mul's ``x_t * noise``."""
+    if ctx.fused:
+        return x_tangent * _fused_scale(ctx.p) * unpacked
+    if ctx.inplace:
+        return x_tangent.mul_(unpacked)
+    return x_tangent * unpacked
+
+
+def _default_generator(device: torch.device) -> torch.Generator:
     if device.type == "cpu":
-        return torch.default_generator.get_state()
-    return torch.get_device_module(device.type).get_rng_state(device)
+        return torch.default_generator
+    module = torch.get_device_module(device.type)
+    return module.default_generators[device.index if device.index is not None else module.current_device()]
 
 
-def _regenerate_fused_mask(state: torch.Tensor, layout: _MaskLayout, x_meta: tuple, p: float) -> torch.Tensor:
+def _regenerate_fused_mask(state: torch.Tensor, layout: _Layout, x_meta: tuple, p: float) -> torch.Tensor:
     """Re-run ``native_dropout`` from a saved RNG state on a stand-in of x's layout and alignment."""
     dtype, device, alignment = x_meta
-    module = torch.get_device_module(device.type)
+    if device.type == "meta":
+        return torch.ops.aten.native_dropout(torch.empty_strided(layout.shape, layout.mask_stride, dtype=dtype,
+                                                                 device=device), p, True)[1]
     itemsize = torch.empty((), dtype=dtype).element_size()
     # The kernel's vector width depends on the input's address mod 16 bytes: reproduce it.
     buffer = torch.empty(layout.numel + 16 // itemsize, dtype=dtype, device=device)
     offset = (alignment - buffer.data_ptr() % 16) % 16 // itemsize
-    stand_in = buffer[offset : offset + layout.numel].as_strided(layout.shape, layout.stride)
-    current = module.get_rng_state(device)
+    stand_in = buffer[offset : offset + layout.numel].as_strided(layout.shape, layout.mask_stride)
+    generator = _default_generator(device)
+    current = generator.get_state()
     try:
-        module.set_rng_state(state, device)
+        generator.set_state(state)
         return torch.ops.aten.native_dropout(stand_in, p, True)[1]
     finally:
-        module.set_rng_state(current, device)
+        generator.set_state(current)
+
+
+def _redraw_generator(device: torch.device, state: torch.Tensor) -> torch.Generator:
+    """A generator at ``state``: one per thread and device, reused by every seeded backward (none built per call)."""
+    generators = getattr(_local, "generators", None)
+    if generators is None:
+        generators = _local.generators = {}
+    generator = generators.get(device)
+    if generator is None:
+        generator = generators[device] = torch.Generator(device=device)
+    generator.set_state(state)
+    return generator
 
 
 class _SeededDropoutFn(torch.autograd.Function):
-    """Saves only the generator state and draws the same mask again in backward."""
+    """Saves only the generator state and draws the same mask again in backward; outputs ``(y, state)``."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, p: float, inplace: bool, variant: DropoutVariant) -> torch.Tensor:
-        ctx.p, ctx.fused = p, _uses_fused_route(x, inplace)
-        ctx.layout = _MaskLayout(torch.empty_like(x, dtype=torch.bool, device="meta"))
-        ctx.x_meta = (x.dtype, x.device, x.data_ptr() % 16)
-        ctx.save_for_backward(_saved_rng_state(x.device))
-        y = _torch_dropout(x, p, True, inplace)
+    def forward(x: torch.Tensor, p: float, inplace: bool, variant: DropoutVariant) -> tuple[torch.Tensor, torch.Tensor]:
+        if x.device.type == "meta":  # a stand-in the size of CUDA's Philox state (seed and offset)
+            state = torch.empty(16, dtype=torch.uint8, device="meta")
+        else:
+            state = _default_generator(x.device).get_state()
+        if _uses_fused_route(x, inplace):  # what torch.dropout runs there
+            return torch.ops.aten.native_dropout(x, p, True)[0], state
+        return _torch_dropout(x, p, True, inplace), state
+
+    @staticmethod
+    def setup_context(ctx, inputs: tuple, output: tuple) -> None:
+        x, ctx.p, inplace, _ = inputs
+        ctx.fused, ctx.layout = _uses_fused_route(x, inplace), _layout_of(x)
+        ctx.x_meta = (x.dtype, x.device, 0 if x.device.type == "meta" or not ctx.fused else x.data_ptr() % 16)
+        ctx.mark_non_differentiable(output[1])
+        ctx.set_materialize_grads(False)
         if inplace:
             ctx.mark_dirty(x)
-        return y
+        ctx.save_for_backward(output[1])
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None]:
+    def backward(ctx, grad: torch.Tensor | None, _: None) -> tuple[torch.Tensor | None, None, None, None]:
+        if grad is None:
+            return None, None, None, None
         (state,) = ctx.saved_tensors
-        dtype, device, _ = ctx.x_meta
         if ctx.fused:
-            mask = _regenerate_fused_mask(state, ctx.layout, ctx.x_meta, ctx.p)
+            with _label("pmdrop.redraw"):
+                mask = _regenerate_fused_mask(state, ctx.layout, ctx.x_meta, ctx.p)
             return _fused_backward(grad, mask, ctx.p), None, None, None
-        generator = torch.Generator(device=device)
-        generator.set_state(state)
-        buffer = torch.empty_strided(ctx.layout.shape, ctx.layout.stride, dtype=dtype, device=device)
-        return _torch_noise(buffer, ctx.p, generator).mul_(grad), None, None, None
+        dtype, device, _ = ctx.x_meta
+        with _label("pmdrop.redraw"):
+            generator = None if device.type == "meta" else _redraw_generator(device, state)
+            noise = torch.empty_strided(ctx.layout.shape, ctx.layout.mask_stride, dtype=dtype, device=device)
+            noise.bernoulli_(1 - ctx.p, generator=generator).div_(1 - ctx.p)
+        return _times_noise(grad, noise, ctx.layout), None, None, None
+
+
+class _TransformPackedFn(torch.autograd.Function):
+    """Every exact variant under torch.func transforms: torch's own dropout ops, the mask saved packed.
+
+    The forward runs what ``torch.dropout`` runs (``native_dropout`` on the fused route, ``empty_like``,
+    ``bernoulli_``, ``div_``, ``mul`` on the noise route), and packing and unpacking are ordinary batched
+    ops, so ``generate_vmap_rule`` lets vmap treat every call as it treats ``F.dropout``: the same error
+    under ``randomness="error"``, the same masks under "different" and "same". Seeded saves the packed
+    mask here too: a redraw in a vmapped backward would not see the forward's batch layout.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x: torch.Tensor, p: float, inplace: bool, masks_per_byte: int, fused: bool):
+        if fused:
+            y, mask = torch.ops.aten.native_dropout(x, p, True)
+        else:
+            noise = torch.empty_like(x).bernoulli_(1 - p).div_(1 - p)
+            y = x.mul_(noise) if inplace else x * noise
+            mask = noise != 0
+        return y, pack_rows(mask, masks_per_byte)
+
+    @staticmethod
+    def setup_context(ctx, inputs: tuple, output: tuple) -> None:
+        x, ctx.p, ctx.inplace, ctx.k, ctx.fused = inputs
+        ctx.shape, ctx.dtype = x.shape, x.dtype
+        ctx.mark_non_differentiable(output[1])
+        ctx.set_materialize_grads(False)
+        if ctx.inplace:
+            ctx.mark_dirty(x)
+        ctx.save_for_backward(output[1])
+        ctx.save_for_forward(output[1])
+
+    @staticmethod
+    def _decode(ctx) -> torch.Tensor:
+        (packed,) = ctx.saved_tensors
+        mask = unpack_rows(packed, ctx.shape, ctx.k)
+        return mask if ctx.fused else mask.to(ctx.dtype).div_(1 - ctx.p)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor | None, _: None) -> tuple[torch.Tensor | None, None, None, None, None]:
+        if grad is None:
+            return None, None, None, None, None
+        unpacked = _TransformPackedFn._decode(ctx)
+        if ctx.fused:
+            return _fused_backward(grad, unpacked, ctx.p), None, None, None, None
+        return grad * unpacked, None, None, None, None
+
+    @staticmethod
+    def jvp(ctx, x_tangent: torch.Tensor, *_: None) -> tuple[torch.Tensor, None]:
+        return _noise_tangent(ctx, x_tangent, _TransformPackedFn._decode(ctx)), None
+
+
+def _apply_packed(x: torch.Tensor, p: float, inplace: bool, variant: DropoutVariant) -> torch.Tensor:
+    if _transforms_active():
+        return _TransformPackedFn.apply(x, p, inplace, variant.masks_per_byte, _uses_fused_route(x, inplace))[0]
+    return _PackedDropoutFn.apply(x, p, inplace, variant)[0]
+
+
+def _apply_seeded(x: torch.Tensor, p: float, inplace: bool, variant: DropoutVariant) -> torch.Tensor:
+    if _transforms_active():
+        return _TransformPackedFn.apply(x, p, inplace, 8, _uses_fused_route(x, inplace))[0]
+    return _SeededDropoutFn.apply(x, p, inplace, variant)[0]
 
 
 def _needs_backward(x: torch.Tensor, p: float, training: bool) -> bool:
+    """Whether the call may be differentiated and ``x`` is a tensor kind the Functions above can pack."""
     return (
         training
         and 0.0 < p < 1.0
-        and x.numel() > 0
+        and ((x.requires_grad and torch.is_grad_enabled()) or _transforms_active())
+        and type(x) in _PLAIN_TENSOR_TYPES
+        and x.layout is torch.strided
+        and not x.is_nested
         and x.is_floating_point()
-        and x.requires_grad
-        and torch.is_grad_enabled()
+        and x.numel() > 0
     )
 
 
@@ -247,12 +447,12 @@ def dropout(
 ) -> torch.Tensor:
     """``torch.nn.functional.dropout`` with the mask stored as ``variant`` says.
 
-    Bit-identical to torch's dropout (output, input gradient, RNG state) for every registered
-    variant whose ``bit_exact`` is true.
+    Bit-identical to torch's dropout (output, input gradient, their memory layouts, RNG state) for
+    every registered variant whose ``bit_exact`` is true.
     """
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
-    spec = get_variant(variant)
+    spec = variant if type(variant) is DropoutVariant else get_variant(variant)
     if spec.bit_exact and torch.compiler.is_compiling():  # dynamo and export cannot trace the Functions below
         return compiled.dropout(x, p, training, inplace, spec)
     with dropout_site("pmdrop"):
@@ -268,24 +468,24 @@ def _baseline(x: torch.Tensor, p: float, inplace: bool, variant: DropoutVariant)
 register_variant(DropoutVariant("baseline", _baseline, "torch.nn.Dropout as is (the reference)"))
 register_variant(
     DropoutVariant(
-        "pmdrop", _PackedDropoutFn.apply, "mask packed 8 per byte; unpacked mask cached while the graph is retained",
+        "pmdrop", _apply_packed, "mask packed 8 per byte; unpacked mask cached while the graph is retained",
         masks_per_byte=8, cache_unpacked=True,
     )
 )
 register_variant(
     DropoutVariant(
-        "pmdrop_nocache", _PackedDropoutFn.apply, "mask packed 8 per byte; unpacked on every access",
+        "pmdrop_nocache", _apply_packed, "mask packed 8 per byte; unpacked on every access",
         masks_per_byte=8,
     )
 )
 register_variant(
     DropoutVariant(
-        "pmdrop_4bit", _PackedDropoutFn.apply, "the paper's 4-bit ablation: 4 masks per byte",
+        "pmdrop_4bit", _apply_packed, "the paper's 4-bit ablation: 4 masks per byte",
         masks_per_byte=4, cache_unpacked=True,
     )
 )
 register_variant(
-    DropoutVariant("seeded", _SeededDropoutFn.apply, "no mask: saves the RNG state, redraws it in backward")
+    DropoutVariant("seeded", _apply_seeded, "no mask: saves the RNG state, redraws it in backward")
 )
 
 
@@ -295,7 +495,7 @@ def packed_variant(masks_per_byte: int, cache_unpacked: bool = True) -> DropoutV
     name = f"pmdrop_k{masks_per_byte}" + ("" if cache_unpacked else "_nocache")
     return register_variant(
         DropoutVariant(
-            name, _PackedDropoutFn.apply, f"mask packed {masks_per_byte} per byte",
+            name, _apply_packed, f"mask packed {masks_per_byte} per byte",
             masks_per_byte=masks_per_byte, cache_unpacked=cache_unpacked,
         )
     )

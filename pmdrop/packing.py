@@ -4,24 +4,32 @@ Layout: mask ``i`` of a flat sequence goes to byte ``i // k`` at bit ``(i % k) *
 (least significant first), with ``k = masks_per_byte``. So ``k=8`` is one bit per mask, ``k=4``
 puts a mask in every second bit (the paper's "4-bit" ablation), ``k=1`` is a plain byte mask.
 
-Packing reads the mask as 64-bit words (eight mask bytes each) and folds them with a few
-whole-tensor integer ops, so the cost is a handful of passes over ``n`` bytes, not over ``n``
-elements of the activation. Unpacking is a 256-entry table lookup: one gather that writes the
-``k`` mask bytes of each packed byte at once.
+Packing reads the mask as 64-bit words (eight mask bytes each): one integer multiply gathers the
+bits of each word into its top bytes and one strided copy keeps them, so the cost is two passes over
+``n`` bytes, not over ``n`` elements of the activation. Unpacking is a 256-entry table lookup: one
+gather that writes the ``k`` mask bytes of each packed byte at once.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import sys
 
 import torch
 
 VALID_MASKS_PER_BYTE = (8, 4, 2, 1)
 
-# Multiplying a word of eight 0/1 bytes by this gathers byte i's bit into bit 56 + i, with no
-# carries between the partial products (the shift amounts 56 - 7i are all distinct mod 8).
-_GATHER_BITS = 0x0102040810204080
+# Multiplying a little-endian word of eight 0/1 bytes by _GATHER[k] moves byte i's bit to bit
+# (i % k) * (8 // k) of byte k * (i // k) + k - 1 of the product, with no carries: byte j's bit lands
+# at 8 * j + 8 * (k - 1) - (8 - 8 // k) * i for each term i < k, and these positions are all distinct
+# (8 * dj == (8 - 8 // k) * di has no solution with |di| < k but di = dj = 0). So one multiply and
+# one strided copy of every k-th byte pack a whole tensor.
+_GATHER = {
+    k: sum(1 << (8 * (k - 1) - (8 - 8 // k) * i) for i in range(k)) for k in VALID_MASKS_PER_BYTE if k > 1
+}
+if sys.byteorder != "little":
+    raise ImportError("pmdrop.packing reads 64-bit words as little-endian bytes; this machine is big-endian")
 
 
 def check_masks_per_byte(masks_per_byte: int) -> int:
@@ -35,27 +43,26 @@ def packed_numel(numel: int, masks_per_byte: int = 8) -> int:
     return math.ceil(numel / check_masks_per_byte(masks_per_byte))
 
 
-def _pack_words(words: torch.Tensor, masks_per_byte: int) -> torch.Tensor:
-    """Pack int64 words, each holding eight 0/1 bytes, into ``8 // masks_per_byte`` bytes per word."""
-    if masks_per_byte == 8:
-        return torch.bitwise_right_shift(words * _GATHER_BITS, 56).to(torch.uint8)
-    # Fold byte i of each group of k onto bit (i % k) * spacing of the group's first byte, then keep
-    # every k-th byte. Only zeros land on the kept bytes' other bits (checked by the round-trip tests).
-    spacing = 8 // masks_per_byte
-    folded = words.clone()
-    for i in range(1, masks_per_byte):
-        folded |= words >> ((8 - spacing) * i)
-    return folded.view(torch.uint8).view(-1, masks_per_byte)[:, 0].contiguous()
+def pack_words(words: torch.Tensor, masks_per_byte: int) -> torch.Tensor:
+    """Pack flat int64 words, each holding eight 0/1 bytes, into ``8 // masks_per_byte`` bytes per word."""
+    product = words * _GATHER[masks_per_byte]
+    return product.view(torch.uint8)[masks_per_byte - 1 :: masks_per_byte].clone()
 
 
-def _pack_tail(tail: torch.Tensor, masks_per_byte: int) -> torch.Tensor:
-    """Pack fewer than eight mask bytes (the part that does not fill a 64-bit word)."""
-    spacing = 8 // masks_per_byte
-    size = packed_numel(tail.numel(), masks_per_byte) * masks_per_byte
-    padded = torch.zeros(size, dtype=torch.uint8, device=tail.device)
-    padded[: tail.numel()] = tail
-    shifts = torch.arange(0, 8, spacing, dtype=torch.uint8, device=tail.device)
-    return (padded.view(-1, masks_per_byte) << shifts).sum(dim=1, dtype=torch.uint8)
+def pack_fresh(mask: torch.Tensor, masks_per_byte: int) -> torch.Tensor:
+    """Pack a dense mask in its memory order; ``mask`` must own its whole storage from offset 0 (a fresh allocation).
+
+    Fewer checks and ops than :func:`pack_flat`: the per-call path of dropout.
+    """
+    n = mask.numel()
+    flat = mask.as_strided((n,), (1,))
+    if masks_per_byte == 1:
+        return flat.view(torch.uint8).clone()
+    if n % 8:
+        padded = flat.new_zeros(n + (-n % 8))
+        padded[:n] = flat
+        flat = padded
+    return pack_words(flat.view(torch.int64), masks_per_byte)
 
 
 def pack_flat(mask_bytes: torch.Tensor, masks_per_byte: int = 8) -> torch.Tensor:
@@ -64,17 +71,16 @@ def pack_flat(mask_bytes: torch.Tensor, masks_per_byte: int = 8) -> torch.Tensor
     flat = mask_bytes.view(torch.uint8) if mask_bytes.dtype == torch.bool else mask_bytes
     if masks_per_byte == 1:
         return flat.clone()
-    n = flat.numel()
-    n_words = n // 8
     # A dtype view to int64 needs 8-byte alignment; fresh allocations have it, odd views may not.
-    if n_words and flat.data_ptr() % 8 == 0:
-        body = _pack_words(flat[: n_words * 8].view(torch.int64), masks_per_byte)
-    else:
-        n_words = 0
-        body = flat.new_empty(0)
-    if n_words * 8 == n:
+    n_words = flat.numel() // 8 if flat.data_ptr() % 8 == 0 else 0
+    body = pack_words(flat[: n_words * 8].view(torch.int64), masks_per_byte) if n_words else flat.new_empty(0)
+    rest = flat[n_words * 8 :]
+    if rest.numel() == 0:
         return body
-    return torch.cat([body, _pack_tail(flat[n_words * 8 :], masks_per_byte)])
+    padded = flat.new_zeros(rest.numel() + (-rest.numel() % 8))
+    padded[: rest.numel()] = rest
+    tail = pack_words(padded.view(torch.int64), masks_per_byte)[: packed_numel(rest.numel(), masks_per_byte)]
+    return torch.cat([body, tail])
 
 
 @functools.cache
@@ -106,6 +112,29 @@ def unpack_flat(
     # int32 indices: half the bytes of int64, and index_select takes them.
     rows = torch.index_select(table, 0, packed.reshape(-1).to(torch.int32))
     return rows.view(-1)[:numel]
+
+
+def _bit_shifts(masks_per_byte: int, device: torch.device) -> torch.Tensor:
+    return torch.arange(0, 8, 8 // masks_per_byte, dtype=torch.uint8, device=device)
+
+
+def pack_rows(mask: torch.Tensor, masks_per_byte: int) -> torch.Tensor:
+    """Pack a bool mask in row-major order, as :func:`pack_mask`, with ops that ``torch.func.vmap`` batches.
+
+    Under vmap each sample's mask is packed on its own (``ceil(numel / k)`` bytes per sample).
+    """
+    flat = mask.reshape(-1)
+    if flat.numel() % masks_per_byte:
+        flat = torch.cat([flat, flat.new_zeros(-flat.numel() % masks_per_byte)])
+    # The bits of one byte are distinct, so their sum in uint8 is their bitwise or.
+    shifted = flat.view(-1, masks_per_byte).to(torch.uint8) << _bit_shifts(masks_per_byte, mask.device)
+    return shifted.sum(-1, dtype=torch.uint8)
+
+
+def unpack_rows(packed: torch.Tensor, shape: torch.Size, masks_per_byte: int) -> torch.Tensor:
+    """Inverse of :func:`pack_rows`: a contiguous bool tensor of ``shape``."""
+    bits = (packed.unsqueeze(-1) >> _bit_shifts(masks_per_byte, packed.device)) & 1
+    return bits.reshape(-1)[: math.prod(shape)].reshape(shape).to(torch.bool)
 
 
 def pack_mask(mask: torch.Tensor, masks_per_byte: int = 8) -> torch.Tensor:

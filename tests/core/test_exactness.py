@@ -149,13 +149,13 @@ def _count_unpacks(monkeypatch):
     import pmdrop.functional as functional
 
     calls = []
-    original = functional.unpack_flat
+    original = functional._unpack
 
     def counting(*args, **kwargs):
         calls.append(1)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(functional, "unpack_flat", counting)
+    monkeypatch.setattr(functional, "_unpack", counting)
     return calls
 
 

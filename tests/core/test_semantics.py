@@ -6,6 +6,7 @@ import torch
 import pmdrop
 
 from .helpers import EXACT_VARIANTS
+from .routes import ROUTES, bits_equal, route, skip_baseline_on_fused, torch_reference
 
 
 @pytest.mark.parametrize("p", [-0.1, 1.5])
@@ -98,3 +99,47 @@ def test_packed_variant_knob_registers_each_density(monkeypatch):
         assert saved.mask_bytes == 1000 // k
     with pytest.raises(ValueError, match="masks_per_byte=16"):
         pmdrop.packed_variant(16)
+
+
+@pytest.mark.parametrize("variant", EXACT_VARIANTS)
+@pytest.mark.parametrize("route_name", ROUTES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
+@pytest.mark.parametrize("p", [0.99998, 0.99999, 1 - 2**-24, 1 - 2**-30])
+def test_p_close_to_one_gives_torchs_zeros_not_nan(variant, route_name, dtype, p):
+    """fp16's 1 / (1 - p) overflows to inf: torch's noise is then {0, inf} (0 and 1 divided by 1 - p), never nan."""
+    skip_baseline_on_fused(variant, route_name)
+    x0 = torch.randn(4000, dtype=dtype)
+
+    def run(layer):
+        torch.manual_seed(0)
+        x = x0.clone().requires_grad_()
+        y = layer(x)
+        y.backward(torch.ones_like(y))
+        return y.detach(), x.grad, torch.get_rng_state()
+
+    reference = run(lambda x: torch_reference(route_name, x, p))
+    with route(route_name):
+        candidate = run(lambda x: pmdrop.dropout(x, p, variant=variant))
+    assert all(bits_equal(a, b) for a, b in zip(reference, candidate, strict=True))
+
+
+@pytest.mark.parametrize("variant", EXACT_VARIANTS)
+@pytest.mark.parametrize("inplace", [False, True], ids=["fused_route", "noise_route"])
+def test_meta_tensors_run_forward_and_backward_and_save_cuda_sized_masks(variant, inplace):
+    """Memory is planned on meta with CUDA's semantics: the fused route out of place, nothing read from data."""
+    saved = []
+
+    def pack(t):
+        saved.append((t.dtype, t.numel(), t.device.type))
+        return t
+
+    x = torch.randn(37, 11, device="meta", requires_grad=True)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = pmdrop.dropout(x.clone() if inplace else x, 0.3, inplace=inplace, variant=variant)
+    y.sum().backward()
+    assert x.grad.shape == x.shape and x.grad.device.type == "meta"
+    spec = pmdrop.get_variant(variant)
+    if spec.masks_per_byte is not None:
+        assert saved == [(torch.uint8, -(-37 * 11 // spec.masks_per_byte), "meta")]
+    elif variant == "seeded":
+        assert saved == [(torch.uint8, 16, "meta")]
