@@ -16,10 +16,9 @@ Calls that need no backward (eval, p in {0, 1}, empty, no grad, non-float input)
 cannot be packed (nested, sparse, tensor subclasses) go straight to torch's own ``dropout``, so
 torch's results, errors and aliasing apply unchanged.
 
-Under ``torch.func`` transforms (``grad``, ``vjp``, ``vmap``, ``jvp``, ...) the calls take
-:class:`_TransformPackedFn`, written with the ops torch's dropout itself runs, so each transform
-treats it as it treats ``F.dropout`` (vmap's randomness modes included); it still saves the mask
-packed when a gradient is taken.
+Under ``torch.func`` transforms (``grad``, ``vjp``, ``vmap``, ``jvp``, ...) the mask is drawn by
+torch's own dropout op at the caller's level, so each transform treats it as it treats ``F.dropout``
+(vmap's randomness modes included), and :class:`_TransformPackedFn` saves it packed.
 """
 
 from __future__ import annotations
@@ -235,6 +234,7 @@ class _PackedDropoutFn(torch.autograd.Function):
         if ctx.inplace:
             ctx.mark_dirty(x)
         ctx.save_for_backward(output[1])
+        ctx.save_for_forward(output[1])
         ctx.cached_unpacked = None
 
     @staticmethod
@@ -333,58 +333,9 @@ class _SeededDropoutFn(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs: tuple, output: tuple) -> None:
-        x, ctx.p, inplace, _ = inputs
-        ctx.fused, ctx.layout = _uses_fused_route(x, inplace), _layout_of(x)
+        x, ctx.p, ctx.inplace, _ = inputs
+        ctx.fused, ctx.layout = _uses_fused_route(x, ctx.inplace), _layout_of(x)
         ctx.x_meta = (x.dtype, x.device, 0 if x.device.type == "meta" or not ctx.fused else x.data_ptr() % 16)
-        ctx.mark_non_differentiable(output[1])
-        ctx.set_materialize_grads(False)
-        if inplace:
-            ctx.mark_dirty(x)
-        ctx.save_for_backward(output[1])
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor | None, _: None) -> tuple[torch.Tensor | None, None, None, None]:
-        if grad is None:
-            return None, None, None, None
-        (state,) = ctx.saved_tensors
-        if ctx.fused:
-            with _label("pmdrop.redraw"):
-                mask = _regenerate_fused_mask(state, ctx.layout, ctx.x_meta, ctx.p)
-            return _fused_backward(grad, mask, ctx.p), None, None, None
-        dtype, device, _ = ctx.x_meta
-        with _label("pmdrop.redraw"):
-            generator = None if device.type == "meta" else _redraw_generator(device, state)
-            noise = torch.empty_strided(ctx.layout.shape, ctx.layout.mask_stride, dtype=dtype, device=device)
-            noise.bernoulli_(1 - ctx.p, generator=generator).div_(1 - ctx.p)
-        return _times_noise(grad, noise, ctx.layout), None, None, None
-
-
-class _TransformPackedFn(torch.autograd.Function):
-    """Every exact variant under torch.func transforms: torch's own dropout ops, the mask saved packed.
-
-    The forward runs what ``torch.dropout`` runs (``native_dropout`` on the fused route, ``empty_like``,
-    ``bernoulli_``, ``div_``, ``mul`` on the noise route), and packing and unpacking are ordinary batched
-    ops, so ``generate_vmap_rule`` lets vmap treat every call as it treats ``F.dropout``: the same error
-    under ``randomness="error"``, the same masks under "different" and "same". Seeded saves the packed
-    mask here too: a redraw in a vmapped backward would not see the forward's batch layout.
-    """
-
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(x: torch.Tensor, p: float, inplace: bool, masks_per_byte: int, fused: bool):
-        if fused:
-            y, mask = torch.ops.aten.native_dropout(x, p, True)
-        else:
-            noise = torch.empty_like(x).bernoulli_(1 - p).div_(1 - p)
-            y = x.mul_(noise) if inplace else x * noise
-            mask = noise != 0
-        return y, pack_rows(mask, masks_per_byte)
-
-    @staticmethod
-    def setup_context(ctx, inputs: tuple, output: tuple) -> None:
-        x, ctx.p, ctx.inplace, ctx.k, ctx.fused = inputs
-        ctx.shape, ctx.dtype = x.shape, x.dtype
         ctx.mark_non_differentiable(output[1])
         ctx.set_materialize_grads(False)
         if ctx.inplace:
@@ -393,34 +344,103 @@ class _TransformPackedFn(torch.autograd.Function):
         ctx.save_for_forward(output[1])
 
     @staticmethod
+    def _redraw(ctx) -> torch.Tensor:
+        """The forward's mask (fused route: bool) or noise (noise route), drawn again from the saved state."""
+        (state,) = ctx.saved_tensors
+        dtype, device, _ = ctx.x_meta
+        with _label("pmdrop.redraw"):
+            if ctx.fused:
+                return _regenerate_fused_mask(state, ctx.layout, ctx.x_meta, ctx.p)
+            generator = None if device.type == "meta" else _redraw_generator(device, state)
+            noise = torch.empty_strided(ctx.layout.shape, ctx.layout.mask_stride, dtype=dtype, device=device)
+            return noise.bernoulli_(1 - ctx.p, generator=generator).div_(1 - ctx.p)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor | None, _: None) -> tuple[torch.Tensor | None, None, None, None]:
+        if grad is None:
+            return None, None, None, None
+        unpacked = _SeededDropoutFn._redraw(ctx)
+        if ctx.fused:
+            return _fused_backward(grad, unpacked, ctx.p), None, None, None
+        return _times_noise(grad, unpacked, ctx.layout), None, None, None
+
+    @staticmethod
+    def jvp(ctx, x_tangent: torch.Tensor, *_: None) -> tuple[torch.Tensor, None]:
+        return _noise_tangent(ctx, x_tangent, _SeededDropoutFn._redraw(ctx)), None
+
+
+class _TransformPackedFn(torch.autograd.Function):
+    """Every exact variant under torch.func transforms: the draw is torch's own op, the mask saved packed.
+
+    :func:`_apply_transformed` draws at the caller's level with the op torch's dropout runs there
+    (``torch.dropout`` on a tensor of ones gives its noise, 1 * v being v; ``native_dropout`` on the
+    fused route), so every transform treats the draw as it treats ``F.dropout``'s: vmap's "error" raises
+    torch's error, "different" and "same" give torch's masks, for batched and unbatched inputs alike.
+    This Function only multiplies (noise route) or passes on native_dropout's output (fused route), with
+    ops vmap batches by itself, and saves the packed mask. Seeded saves the packed mask here too: a
+    redraw in a vmapped backward would not see the forward's batch layout.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x: torch.Tensor, drawn: torch.Tensor, packed: torch.Tensor, p: float, inplace: bool,
+                masks_per_byte: int, fused: bool) -> torch.Tensor:
+        if fused:
+            return drawn.clone()  # native_dropout's own output, computed without a graph
+        return x.mul_(drawn) if inplace else x * drawn
+
+    @staticmethod
+    def setup_context(ctx, inputs: tuple, output: torch.Tensor) -> None:
+        x, _, packed, ctx.p, ctx.inplace, ctx.k, ctx.fused = inputs
+        ctx.shape, ctx.dtype = x.shape, x.dtype
+        ctx.set_materialize_grads(False)
+        if ctx.inplace:
+            ctx.mark_dirty(x)
+        ctx.save_for_backward(packed)
+        ctx.save_for_forward(packed)
+
+    @staticmethod
     def _decode(ctx) -> torch.Tensor:
+        """Fused route: the bool mask; noise route: torch's noise, 0/1 in x's dtype then ``div_`` by ``1 - p``."""
         (packed,) = ctx.saved_tensors
         mask = unpack_rows(packed, ctx.shape, ctx.k)
         return mask if ctx.fused else mask.to(ctx.dtype).div_(1 - ctx.p)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor | None, _: None) -> tuple[torch.Tensor | None, None, None, None, None]:
+    def backward(ctx, grad: torch.Tensor | None) -> tuple:
         if grad is None:
-            return None, None, None, None, None
+            return (None,) * 7
         unpacked = _TransformPackedFn._decode(ctx)
-        if ctx.fused:
-            return _fused_backward(grad, unpacked, ctx.p), None, None, None, None
-        return grad * unpacked, None, None, None, None
+        grad_x = _fused_backward(grad, unpacked, ctx.p) if ctx.fused else grad * unpacked
+        return grad_x, *(None,) * 6
 
     @staticmethod
-    def jvp(ctx, x_tangent: torch.Tensor, *_: None) -> tuple[torch.Tensor, None]:
-        return _noise_tangent(ctx, x_tangent, _TransformPackedFn._decode(ctx)), None
+    def jvp(ctx, x_tangent: torch.Tensor, *_: None) -> torch.Tensor:
+        return _noise_tangent(ctx, x_tangent, _TransformPackedFn._decode(ctx))
+
+
+def _apply_transformed(x: torch.Tensor, p: float, inplace: bool, masks_per_byte: int) -> torch.Tensor:
+    fused = _uses_fused_route(x, inplace)
+    with torch.no_grad():  # the draw's own autograd would save torch's mask
+        if fused:
+            drawn, mask = torch.ops.aten.native_dropout(x, p, True)
+        else:
+            drawn = torch.dropout(torch.ones_like(x), p, True)
+            mask = drawn != 0
+        packed = pack_rows(mask, masks_per_byte)
+    return _TransformPackedFn.apply(x, drawn, packed, p, inplace, masks_per_byte, fused)
 
 
 def _apply_packed(x: torch.Tensor, p: float, inplace: bool, variant: DropoutVariant) -> torch.Tensor:
     if _transforms_active():
-        return _TransformPackedFn.apply(x, p, inplace, variant.masks_per_byte, _uses_fused_route(x, inplace))[0]
+        return _apply_transformed(x, p, inplace, variant.masks_per_byte)
     return _PackedDropoutFn.apply(x, p, inplace, variant)[0]
 
 
 def _apply_seeded(x: torch.Tensor, p: float, inplace: bool, variant: DropoutVariant) -> torch.Tensor:
     if _transforms_active():
-        return _TransformPackedFn.apply(x, p, inplace, 8, _uses_fused_route(x, inplace))[0]
+        return _apply_transformed(x, p, inplace, 8)
     return _SeededDropoutFn.apply(x, p, inplace, variant)[0]
 
 
