@@ -80,8 +80,8 @@ class _Layout:
     """What torch's dropout does with an input of one shape and strides, computed once per layout.
 
     ``mask_stride``: the strides of ``empty_like(x)``, the layout torch draws its noise (and its mask) in;
-    always dense. ``noise_out``: whether torch's ``x * noise`` comes out in the layout of the noise the
-    forward builds, so the product may be written into that buffer. ``grad_into_noise(g)``: the same
+    always dense. ``noise_out``: whether torch's ``x * noise`` comes out in the noise's layout, so the
+    product may be written into the noise buffer. ``grad_into_noise(g)``: the same
     for ``grad * noise``.
 
     The answers come from running those ops on uint8 CPU stand-ins of the same shape and strides:
@@ -89,17 +89,18 @@ class _Layout:
     do not (its ``empty_like`` and ``mul`` differ for some size-1 dims), so meta inputs ask meta.
     """
 
-    __slots__ = ("_grad_into_noise", "device", "mask_stride", "noise_out", "numel", "shape")
+    __slots__ = ("_grad_into_noise", "device", "mask_stride", "noise_out", "numel", "shape", "where_out")
 
     def __init__(self, shape: torch.Size, stride: tuple[int, ...], is_meta: bool) -> None:
         self.device = "meta" if is_meta else "cpu"
         x = torch.empty_strided(shape, stride, dtype=torch.uint8, device=self.device)
         noise = torch.empty_like(x)
         self.shape, self.mask_stride, self.numel = shape, noise.stride(), x.numel()
-        # The forward builds the noise as torch.where(bool mask, scale, 0): its layout is where's.
+        # The forward builds the noise as torch.where(bool mask, scale, 0); where's own layout can differ
+        # from torch's noise layout (size-1 dims), and then the forward writes it into torch's layout.
         value = torch.zeros((), dtype=torch.uint8, device=self.device)
-        drawn = torch.where(torch.empty_like(x, dtype=torch.bool), value, value)
-        self.noise_out = torch.mul(x, noise).stride() == drawn.stride()
+        self.where_out = torch.where(torch.empty_like(x, dtype=torch.bool), value, value).stride() == self.mask_stride
+        self.noise_out = torch.mul(x, noise).stride() == self.mask_stride
         self._grad_into_noise: dict[tuple[int, ...], bool] = {}
 
     def grad_into_noise(self, grad: torch.Tensor) -> bool:
@@ -200,42 +201,47 @@ def _drop_cache_if_released(ctx) -> None:
 
 
 class _PackedDropoutFn(torch.autograd.Function):
-    """Eager path of the packed variants; outputs ``(y, packed mask)``."""
+    """Eager path of the packed variants.
+
+    A ``forward(ctx, ...)`` Function, not the ``setup_context`` style: for a Function with
+    ``setup_context``, ``Function.apply`` binds default arguments through ``inspect.signature`` on every
+    call, which measured ~3x the whole apply here (141 vs 45 us on the 2-core machine). torch.func needs
+    ``setup_context``, so calls under its transforms take :class:`_TransformPackedFn`, which has it.
+    """
 
     @staticmethod
-    def forward(x: torch.Tensor, p: float, inplace: bool, variant: DropoutVariant) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(ctx, x: torch.Tensor, p: float, inplace: bool, variant: DropoutVariant) -> torch.Tensor:
         k = variant.masks_per_byte
-        if _uses_fused_route(x, inplace):
+        ctx.p, ctx.inplace, ctx.variant, ctx.dtype = p, inplace, variant, x.dtype
+        ctx.fused, ctx.layout, ctx.cached_unpacked = _uses_fused_route(x, inplace), _layout_of(x), None
+        if ctx.fused:
             y, mask = torch.ops.aten.native_dropout(x, p, True)
             with _label("pmdrop.pack"):
-                return y, corrupt(pack_fresh(mask, k))
-        layout = _layout_of(x)
-        with _label("pmdrop.draw"):
-            # CPU bernoulli_ draws the same numbers per element whatever the dtype (checked by the tests);
-            # a bool draw is cheaper, and its noise is one select between torch's two noise values.
-            mask = torch.empty_strided(x.shape, layout.mask_stride, dtype=torch.bool, device=x.device)
-            mask.bernoulli_(1 - p)
-        with _label("pmdrop.pack"):
-            packed = corrupt(pack_fresh(mask, k))
-        noise = torch.where(mask, *_noise_values(p, x.dtype, x.device))
-        if inplace:
-            return x.mul_(noise), packed
-        if layout.noise_out:
-            return noise.mul_(x), packed  # IEEE multiplication commutes bit for bit: torch's x * noise
-        return x * noise, packed
-
-    @staticmethod
-    def setup_context(ctx, inputs: tuple, output: tuple) -> None:
-        x, ctx.p, ctx.inplace, ctx.variant = inputs
-        ctx.fused, ctx.dtype = _uses_fused_route(x, ctx.inplace), x.dtype
-        ctx.layout = _layout_of(x)
-        ctx.mark_non_differentiable(output[1])
-        ctx.set_materialize_grads(False)
-        if ctx.inplace:
-            ctx.mark_dirty(x)
-        ctx.save_for_backward(output[1])
-        ctx.save_for_forward(output[1])
-        ctx.cached_unpacked = None
+                packed = corrupt(pack_fresh(mask, k))
+        else:
+            with _label("pmdrop.draw"):
+                # CPU bernoulli_ draws the same numbers per element whatever the dtype (checked by the tests);
+                # a bool draw is cheaper, and its noise is one select between torch's two noise values.
+                mask = torch.empty_strided(x.shape, ctx.layout.mask_stride, dtype=torch.bool, device=x.device)
+                mask.bernoulli_(1 - p)
+            with _label("pmdrop.pack"):
+                packed = corrupt(pack_fresh(mask, k))
+            values = _noise_values(p, x.dtype, x.device)
+            if ctx.layout.where_out:
+                noise = torch.where(mask, *values)
+            else:
+                noise = torch.where(mask, *values, out=torch.empty_strided(x.shape, ctx.layout.mask_stride,
+                                                                          dtype=x.dtype, device=x.device))
+            if inplace:
+                y = x.mul_(noise)
+                ctx.mark_dirty(x)
+            elif ctx.layout.noise_out:
+                y = noise.mul_(x)  # IEEE multiplication commutes bit for bit: torch's x * noise
+            else:
+                y = x * noise
+        ctx.save_for_backward(packed)
+        ctx.save_for_forward(packed)
+        return y
 
     @staticmethod
     def _decode(ctx) -> torch.Tensor:
@@ -247,9 +253,7 @@ class _PackedDropoutFn(torch.autograd.Function):
         return _unpack(packed, ctx.layout, k, _noise_table(k, ctx.p, ctx.dtype, packed.device))
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor | None, _: None) -> tuple[torch.Tensor | None, None, None, None]:
-        if grad is None:
-            return None, None, None, None
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None]:
         unpacked = ctx.cached_unpacked
         if unpacked is None:
             unpacked = _PackedDropoutFn._decode(ctx)
@@ -266,8 +270,8 @@ class _PackedDropoutFn(torch.autograd.Function):
         return _times_noise(grad, unpacked, ctx.layout), None, None, None
 
     @staticmethod
-    def jvp(ctx, x_tangent: torch.Tensor, *_: None) -> tuple[torch.Tensor, None]:
-        return _noise_tangent(ctx, x_tangent, _PackedDropoutFn._decode(ctx)), None
+    def jvp(ctx, x_tangent: torch.Tensor, *_: None) -> torch.Tensor:
+        return _noise_tangent(ctx, x_tangent, _PackedDropoutFn._decode(ctx))
 
 
 def _noise_tangent(ctx, x_tangent: torch.Tensor, unpacked: torch.Tensor) -> torch.Tensor:
@@ -319,29 +323,26 @@ def _redraw_generator(device: torch.device, state: torch.Tensor) -> torch.Genera
 
 
 class _SeededDropoutFn(torch.autograd.Function):
-    """Saves only the generator state and draws the same mask again in backward; outputs ``(y, state)``."""
+    """Saves only the generator state and draws the same mask again in backward (``forward(ctx, ...)``, see
+    :class:`_PackedDropoutFn`)."""
 
     @staticmethod
-    def forward(x: torch.Tensor, p: float, inplace: bool, variant: DropoutVariant) -> tuple[torch.Tensor, torch.Tensor]:
-        if x.device.type == "meta":  # a stand-in the size of CUDA's Philox state (seed and offset)
+    def forward(ctx, x: torch.Tensor, p: float, inplace: bool, variant: DropoutVariant) -> torch.Tensor:
+        ctx.p, ctx.inplace = p, inplace
+        ctx.fused, ctx.layout = _uses_fused_route(x, inplace), _layout_of(x)
+        if x.is_meta:  # a stand-in the size of CUDA's Philox state (seed and offset)
             state = torch.empty(16, dtype=torch.uint8, device="meta")
         else:
             state = _default_generator(x.device).get_state()
-        if _uses_fused_route(x, inplace):  # what torch.dropout runs there
-            return torch.ops.aten.native_dropout(x, p, True)[0], state
-        return _torch_dropout(x, p, True, inplace), state
-
-    @staticmethod
-    def setup_context(ctx, inputs: tuple, output: tuple) -> None:
-        x, ctx.p, ctx.inplace, _ = inputs
-        ctx.fused, ctx.layout = _uses_fused_route(x, ctx.inplace), _layout_of(x)
-        ctx.x_meta = (x.dtype, x.device, 0 if x.device.type == "meta" or not ctx.fused else x.data_ptr() % 16)
-        ctx.mark_non_differentiable(output[1])
-        ctx.set_materialize_grads(False)
-        if ctx.inplace:
+        ctx.x_meta = (x.dtype, x.device, 0 if x.is_meta or not ctx.fused else x.data_ptr() % 16)
+        ctx.save_for_backward(state)
+        ctx.save_for_forward(state)
+        if ctx.fused:  # what torch.dropout runs there
+            return torch.ops.aten.native_dropout(x, p, True)[0]
+        y = _torch_dropout(x, p, True, inplace)
+        if inplace:
             ctx.mark_dirty(x)
-        ctx.save_for_backward(output[1])
-        ctx.save_for_forward(output[1])
+        return y
 
     @staticmethod
     def _redraw(ctx) -> torch.Tensor:
@@ -356,17 +357,15 @@ class _SeededDropoutFn(torch.autograd.Function):
             return noise.bernoulli_(1 - ctx.p, generator=generator).div_(1 - ctx.p)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor | None, _: None) -> tuple[torch.Tensor | None, None, None, None]:
-        if grad is None:
-            return None, None, None, None
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None]:
         unpacked = _SeededDropoutFn._redraw(ctx)
         if ctx.fused:
             return _fused_backward(grad, unpacked, ctx.p), None, None, None
         return _times_noise(grad, unpacked, ctx.layout), None, None, None
 
     @staticmethod
-    def jvp(ctx, x_tangent: torch.Tensor, *_: None) -> tuple[torch.Tensor, None]:
-        return _noise_tangent(ctx, x_tangent, _SeededDropoutFn._redraw(ctx)), None
+    def jvp(ctx, x_tangent: torch.Tensor, *_: None) -> torch.Tensor:
+        return _noise_tangent(ctx, x_tangent, _SeededDropoutFn._redraw(ctx))
 
 
 class _TransformPackedFn(torch.autograd.Function):
@@ -435,13 +434,13 @@ def _apply_transformed(x: torch.Tensor, p: float, inplace: bool, masks_per_byte:
 def _apply_packed(x: torch.Tensor, p: float, inplace: bool, variant: DropoutVariant) -> torch.Tensor:
     if _transforms_active():
         return _apply_transformed(x, p, inplace, variant.masks_per_byte)
-    return _PackedDropoutFn.apply(x, p, inplace, variant)[0]
+    return _PackedDropoutFn.apply(x, p, inplace, variant)
 
 
 def _apply_seeded(x: torch.Tensor, p: float, inplace: bool, variant: DropoutVariant) -> torch.Tensor:
     if _transforms_active():
         return _apply_transformed(x, p, inplace, 8)
-    return _SeededDropoutFn.apply(x, p, inplace, variant)[0]
+    return _SeededDropoutFn.apply(x, p, inplace, variant)
 
 
 def _needs_backward(x: torch.Tensor, p: float, training: bool) -> bool:

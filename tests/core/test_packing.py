@@ -55,3 +55,23 @@ def test_bad_arguments_are_named():
         pmdrop.pack_mask(torch.ones(4))
     with pytest.raises(ValueError, match="cannot hold exactly 17 masks"):
         pmdrop.unpack_mask(torch.zeros(2, dtype=torch.uint8), (17,))
+
+
+@pytest.mark.parametrize(
+    ("variant", "route", "fwd_kernels", "bwd_kernels"),
+    [
+        # fused (CUDA) route: native_dropout + pack (one multiply, one strided copy); unpack (2) + its backward.
+        # Before the one-multiply pack: 4 and 3 (pmdrop), 9 and 3 (pmdrop_4bit).
+        ("pmdrop", "fused", 3, 3), ("pmdrop_4bit", "fused", 3, 3), ("seeded", "fused", 1, 2),
+        # noise (CPU) route: bool draw, pack (2), select of the noise, multiply; before: 7 and 3.
+        ("pmdrop", "noise", 5, 3), ("pmdrop_4bit", "noise", 5, 3), ("seeded", "noise", 3, 3),
+    ],
+)
+def test_kernels_per_call(variant, route, fwd_kernels, bwd_kernels):
+    """Every aten op that computes is a kernel launch on a GPU; the fused route's logic runs here on CPU."""
+    from pmdrop.bench import count_ops
+
+    counted = count_ops(variant, route)
+    assert counted.error is None
+    assert (counted.fwd_kernels, counted.bwd_kernels) == (fwd_kernels, bwd_kernels), (
+        counted.fwd_op_names, counted.bwd_op_names)
