@@ -84,25 +84,44 @@ class _Router:
     def __init__(self, spec: DropoutVariant) -> None:
         self.spec = spec
         self.dropout = _routed_dropout(spec)
-        self._functions: dict[types.FunctionType, types.FunctionType] = {}
-        self._modules: dict[tuple[types.ModuleType, frozenset[str]], types.ModuleType] = {}
+        self._done: dict[object, object] = {}  # function, or (module, names) -> routed copy or the original
+        self._path: set[object] = set()  # keys being analysed, so that cycles end
+        self._cuts: set[object] = set()  # keys the current analysis stopped at (a cycle, or _MAX_DEPTH)
         self._classes: dict[type, type | None] = {}
+
+    def _memo(self, key: object, original: object, depth: int, analyse: Callable[[], object]) -> object:
+        """``analyse()``, cached unless it stopped short (at a key still being analysed, or too deep):
+        that partial answer may miss a route another path finds, so it is redone where it is met again."""
+        if key in self._done:
+            return self._done[key]
+        if key in self._path or depth > _MAX_DEPTH:
+            self._cuts.add(key)
+            return original
+        outer, self._cuts = self._cuts, set()
+        self._path.add(key)
+        try:
+            result = analyse()
+        finally:
+            self._path.discard(key)
+        cuts = self._cuts - {key}
+        self._cuts = outer | cuts
+        if not cuts:
+            self._done[key] = result
+        return result
 
     def route_value(self, value: object, names: frozenset[str], depth: int) -> object:
         if value is _TORCH_DROPOUT:
             return self.dropout
-        if depth > _MAX_DEPTH:
-            return value
         if isinstance(value, types.FunctionType):
-            return self.route_function(value, depth)
+            return self._memo(value, value, depth, lambda: self._route_function(value, depth))
         if isinstance(value, types.ModuleType):
-            return self.route_module(value, names, depth)
+            return self._memo((value, names), value, depth, lambda: self._route_module(value, names, depth))
         return value
 
-    def route_function(self, fn: types.FunctionType, depth: int = 0) -> types.FunctionType:
-        if fn in self._functions:
-            return self._functions[fn]
-        self._functions[fn] = fn  # while in progress: a recursive call resolves to the original
+    def route_function(self, fn: types.FunctionType) -> types.FunctionType:
+        return self.route_value(fn, frozenset(), 0)
+
+    def _route_function(self, fn: types.FunctionType, depth: int) -> types.FunctionType:
         names = _code_names(fn.__code__)
         replaced = {}
         for name in names & fn.__globals__.keys():
@@ -130,14 +149,9 @@ class _Router:
         copy.__dict__.update(fn.__dict__)
         copy.__qualname__, copy.__module__, copy.__doc__ = fn.__qualname__, fn.__module__, fn.__doc__
         copy.__annotations__ = fn.__annotations__
-        self._functions[fn] = copy
         return copy
 
-    def route_module(self, module: types.ModuleType, names: frozenset[str], depth: int) -> types.ModuleType:
-        key = (module, names)
-        if key in self._modules:
-            return self._modules[key]
-        self._modules[key] = module  # while in progress (torch.nn.functional imports torch, and so on)
+    def _route_module(self, module: types.ModuleType, names: frozenset[str], depth: int) -> types.ModuleType:
         replaced = {}
         for name in names & module.__dict__.keys():
             value = module.__dict__[name]
@@ -150,7 +164,6 @@ class _Router:
         shim.__dict__.update(module.__dict__)
         shim.__dict__.update(replaced)
         shim.__dict__["__getattr__"] = lambda name: getattr(module, name)  # lazily loaded submodules
-        self._modules[key] = shim
         return shim
 
     def routed_methods(self, cls: type) -> dict[str, object]:
@@ -347,6 +360,16 @@ def _warn_fused_attention_dropout(model: nn.Module) -> None:
             break
 
 
+def _warn_unrouted_dropout_subclass(module: nn.Dropout) -> None:
+    # Only the exact nn.Dropout is replaced; a subclass reaching dropout through super().forward or
+    # code the analysis cannot read keeps torch's dropout under static routing.
+    warnings.warn(
+        f"{type(module).__qualname__} subclasses nn.Dropout but its own code calls no F.dropout that convert can "
+        "route (e.g. it calls super().forward): it keeps torch's dropout; convert(..., routing='all') routes it",
+        stacklevel=3,
+    )
+
+
 def _undo_routing(module: nn.Module) -> None:
     """Back to the module's own class and hooks, so that converting again starts from the original."""
     base = type(module).__dict__.get("_pmdrop_base")
@@ -389,5 +412,7 @@ def convert(model: nn.Module, variant: str | DropoutVariant = "pmdrop", routing:
             routed = router.routed_class(type(module))
             if routed is not None:
                 module.__class__ = routed
+            elif isinstance(module, nn.Dropout):
+                _warn_unrouted_dropout_subclass(module)
     _warn_fused_attention_dropout(model)
     return model

@@ -319,3 +319,21 @@ def test_routing_adds_no_graph_break_to_longformer():
         counts[variant] = explained.graph_break_count
         assert not [r for r in explained.break_reasons if "pmdrop" in str(r)]
     assert counts["baseline"] == counts[None]
+
+
+class ScaledDropout(nn.Dropout):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) * 2
+
+
+def test_a_dropout_subclass_static_routing_cannot_reach_warns_and_routing_all_routes_it():
+    model = nn.Sequential(nn.Linear(8, 8), ScaledDropout(0.1))
+    x = torch.randn(4, 8, requires_grad=True)
+    with pytest.warns(UserWarning, match=r"ScaledDropout subclasses nn.Dropout .* routing='all'\) routes it") as caught:
+        pmdrop.convert(model, "pmdrop")
+    assert caught[0].filename == __file__
+    assert dropout_calls(model, x).dropout_calls == {"torch": 1}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pmdrop.convert(model, "pmdrop", routing="all")
+    assert dropout_calls(model, x).dropout_calls == {"pmdrop": 1}
