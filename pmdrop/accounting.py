@@ -9,7 +9,7 @@ shared with the given parameters are weights kept by layers, the rest are activa
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -87,9 +87,13 @@ class track_saved_tensors:
     """Context manager: ``with track_saved_tensors(model.parameters()) as saved: loss = model(x)``.
 
     ``saved`` is a :class:`SavedBytes` filled in as the forward runs. Tensors are left untouched.
+    ``on_save(t, inside_dropout)``, when given, is called for every tensor saved (repeats and meta tensors
+    included, which are not counted here: meta storages share one address), e.g. by a live-memory tracker.
     """
 
-    def __init__(self, parameters: Iterable[torch.Tensor] = ()) -> None:
+    def __init__(self, parameters: Iterable[torch.Tensor] = (),
+                 on_save: Callable[[torch.Tensor, bool], None] | None = None) -> None:
+        self._on_save = on_save
         self._parameter_keys = {_storage_key(p) for p in parameters}
         self._seen: set[tuple[str, int]] = set()
         self.saved = SavedBytes()
@@ -97,6 +101,8 @@ class track_saved_tensors:
         self._mode = _SeeTorchDropout()
 
     def _pack(self, t: torch.Tensor) -> torch.Tensor:
+        if self._on_save is not None:
+            self._on_save(t, getattr(_local, "depth", 0) > 0)
         key = _storage_key(t)
         if key in self._seen or t.device.type == "meta":
             return t
