@@ -309,7 +309,7 @@ class ConcreteValues(TorchDispatchMode):
         if torch.Tag.pointwise in func.tags and len(outputs) == 1 and (recipes or not small):
             self.values[outputs[0]] = _Recipe(func, self._concrete(args), self._concrete(kwargs), outputs[0].shape)
             return True
-        if recipes or not small:
+        if recipes or not (small or func in _VIEWS):  # a view of a CPU tensor costs nothing, whatever its size
             return False
         concrete = func(*self._concrete(args), **self._concrete(kwargs))
         for meta, value in zip(tree_leaves(out), tree_leaves(concrete), strict=False):
