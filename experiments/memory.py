@@ -31,13 +31,11 @@ from __future__ import annotations
 import itertools
 import math
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
-from torch.utils.weak import WeakIdKeyDictionary
 
 # The CUDA caching allocator hands out blocks in multiples of 512 bytes; memory_allocated counts whole blocks.
 CUDA_BLOCK_BYTES = 512
@@ -75,6 +73,18 @@ class _Storage:
     facts: set[str] = field(default_factory=set)
 
 
+def tensors_in(*trees: object) -> Iterator[torch.Tensor]:
+    """The tensors among operator arguments or results: the values, and those inside lists, tuples and dicts
+    (a faster ``tree_leaves`` for the shapes aten operators take)."""
+    for tree in trees:
+        if isinstance(tree, torch.Tensor):
+            yield tree
+        elif isinstance(tree, list | tuple):
+            yield from tensors_in(*tree)
+        elif isinstance(tree, dict):
+            yield from tensors_in(*tree.values())
+
+
 def _storage(t: torch.Tensor) -> torch.UntypedStorage | None:
     if t.layout is not torch.strided or t.is_nested:
         return None
@@ -98,7 +108,7 @@ class StepMemory(TorchDispatchMode):
         self.device = torch.device(device)
         self.block_bytes = block_bytes
         self._model, self._optimizer, self._inputs = model, optimizer, inputs
-        self._records: WeakIdKeyDictionary = WeakIdKeyDictionary()  # storage -> _Storage
+        self._records: dict[int, _Storage] = {}  # id of a live storage -> its record (dropped when it dies)
         self._facts: dict[int, _Storage] = {}  # every storage seen, alive or not, by key
         self._keys = itertools.count()
         self._events: list[tuple[int, int]] = []  # (key, +bytes or -bytes), in order
@@ -118,21 +128,26 @@ class StepMemory(TorchDispatchMode):
         storage = _storage(t)
         if storage is None or not self._on_device(storage):
             return None
-        record = self._records.get(storage)
+        record = self._records.get(id(storage))
         exact = storage.nbytes()
         nbytes = self._rounded(exact)
         if record is None:
             record = _Storage(next(self._keys), nbytes, exact)
-            self._records[storage] = record
+            self._records[id(storage)] = record
             self._facts[record.key] = record
             self._events.append((record.key, nbytes))
-            weakref.finalize(storage, self._events.append, (record.key, -nbytes))
+            weakref.finalize(storage, self._freed, id(storage), record)
         elif nbytes != record.nbytes:  # resized in place
             self._events.append((record.key, nbytes - record.nbytes))
             record.nbytes, record.exact_nbytes = nbytes, exact
         if fact is not None:
             record.facts.add(fact)
         return record
+
+    def _freed(self, storage_id: int, record: _Storage) -> None:
+        self._events.append((record.key, -record.nbytes))
+        if self._records.get(storage_id) is record:
+            del self._records[storage_id]
 
     def _record_gradient(self, parameter: torch.Tensor) -> None:
         if parameter.grad is not None:
@@ -179,14 +194,14 @@ class StepMemory(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        for t in tree_leaves((args, kwargs)):
-            if isinstance(t, torch.Tensor) and _storage(t) is not None and _storage(t) not in self._records:
+        for t in tensors_in(args, kwargs):
+            storage = _storage(t)
+            if storage is not None and id(storage) not in self._records:
                 self._record(t, "input")  # alive since before the step, first seen here
         out = func(*args, **kwargs)
         cast_of_parameter = func in _CASTS and isinstance(args[0], torch.nn.Parameter)
-        for t in tree_leaves(out):
-            if isinstance(t, torch.Tensor):
-                self._record(t, "parameter_cast" if cast_of_parameter else None)
+        for t in tensors_in(out):
+            self._record(t, "parameter_cast" if cast_of_parameter else None)
         return out
 
     # ------------------------------------------------------------------ the result

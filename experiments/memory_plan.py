@@ -51,7 +51,7 @@ import pmdrop.functional as pmdrop_functional
 from .data import build_data
 from .distributed import Ranks
 from .maxfit import largest_fitting
-from .memory import CUDA_BLOCK_BYTES, PeakMemory, StepMemory
+from .memory import CUDA_BLOCK_BYTES, PeakMemory, StepMemory, tensors_in
 from .models import build_model
 from .train import PRECISIONS, Learner, prepare
 
@@ -296,7 +296,7 @@ class ConcreteValues(TorchDispatchMode):
         inputs = [self.values.get(t) for t in metas]
         if any(v is None for v in inputs):
             return False
-        outputs = [t for t in tree_leaves(out) if isinstance(t, torch.Tensor) and t.device.type == "meta"]
+        outputs = [t for t in tensors_in(out) if t.device.type == "meta"]
         makes_meta = metas or any(isinstance(v, torch.device) and v.type == "meta" for v in kwargs.values())
         if not outputs or not makes_meta:
             return True
@@ -319,7 +319,12 @@ class ConcreteValues(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        metas = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor) and t.device.type == "meta"]
+        metas = [t for t in tensors_in(args, kwargs) if t.device.type == "meta"]
+        if metas and not any(t in self.values for t in metas) and func not in _DATA_DEPENDENT:
+            out = func(*args, **kwargs)  # the common case, an activation's operator: nothing to know or forget
+            for t in tensors_in(out):
+                self.values.pop(t, None)
+            return out
         if func in _DATA_DEPENDENT:
             if not all(isinstance(self.values.get(t), torch.Tensor) for t in metas):
                 raise RuntimeError(f"memory_plan: the model asks for a data-dependent value ({func}) of a tensor "
@@ -327,9 +332,8 @@ class ConcreteValues(TorchDispatchMode):
             return self._answer(func, args, kwargs)
         out = func(*args, **kwargs)
         if not self._keep(func, args, kwargs, out, metas):
-            for t in tree_leaves(out):  # e.g. an in-place op with an unknown operand: no longer known
-                if isinstance(t, torch.Tensor):
-                    self.values.pop(t, None)
+            for t in tensors_in(out):  # e.g. an in-place op with an unknown operand: no longer known
+                self.values.pop(t, None)
         return out
 
 

@@ -1,0 +1,49 @@
+"""trainer.profile: experiments/profiling.py writes a torch.profiler trace; scripts/profile_share.py reads it."""
+
+import json
+
+import pytest
+import torch
+
+from experiments.profiling import TRACE_FILE, step_profiler
+from scripts.profile_share import main, profile_share
+
+
+def test_the_trace_covers_the_steps_after_the_skipped_ones_and_labels_sum_to_their_share(tmp_path):
+    layer = torch.nn.Linear(32, 32)
+    with step_profiler(True, torch.device("cpu"), tmp_path, skip=2, steps=3) as step_done:
+        for _ in range(7):
+            with torch.profiler.record_function("pmdrop.pack"):
+                y = layer(torch.randn(16, 32))
+            y.sum().backward()
+            step_done()
+    share = profile_share(tmp_path / TRACE_FILE)
+    assert share.steps == 3
+    assert 0 < share.label_us["cpu"]["pmdrop.pack"] <= share.total_us["cpu"] < share.step_us
+    assert 0 < share.fraction("cpu") < 1
+
+
+def test_nested_labels_count_once_in_the_total(tmp_path):
+    def event(name, ts, dur, cat="user_annotation"):
+        return {"ph": "X", "name": name, "ts": ts, "dur": dur, "cat": cat}
+
+    trace = tmp_path / "trace.json"
+    trace.write_text(json.dumps({"traceEvents": [
+        event("ProfilerStep#1", 0, 100), event("pmdrop.draw", 10, 30), event("pmdrop.pack", 20, 10),
+        event("pmdrop.unpack", 60, 10), event("pmdrop.unpack", 62, 5, "gpu_user_annotation"),
+        event("aten::mm", 0, 50, "cpu_op")]}))
+    share = profile_share(trace)
+    assert share.label_us["cpu"] == {"pmdrop.draw": 30, "pmdrop.pack": 10, "pmdrop.unpack": 10}
+    assert share.total_us == {"cpu": 40, "gpu": 5} and share.fraction("cpu") == pytest.approx(0.4)
+
+
+def test_not_profiling_costs_nothing_and_profiling_needs_a_directory(capsys, tmp_path):
+    with step_profiler(False, torch.device("cpu"), None, skip=0, steps=1) as step_done:
+        assert step_done is None
+    with pytest.raises(ValueError, match="needs the run directory"), step_profiler(True, torch.device("cpu"), None,
+                                                                                     skip=0, steps=1):
+        pass
+    (tmp_path / "t.json").write_text(json.dumps([{"ph": "X", "name": "ProfilerStep#0", "ts": 0, "dur": 10,
+                                                  "cat": "user_annotation"}]))
+    assert main([str(tmp_path / "t.json")]) == 0
+    assert "no pmdrop labels" in capsys.readouterr().out
