@@ -36,9 +36,10 @@ def test_cpu_route_plan_equals_the_step_measured_on_cpu(overrides, variant):
     measured, _ = step_memory(cfg, "cpu")
     assert planned.phase == measured.phase
     assert abs(planned.peak_bytes - measured.peak_bytes) <= 0.01 * measured.peak_bytes
-    # What differs at all is AdamW's per-parameter step counters: CPU tensors, so off a meta (or CUDA) device.
+    # What differs at all: AdamW's per-parameter step counters (CPU tensors, so off a meta or CUDA device) and
+    # pmdrop's decode tables (256 entries, cached once per process and device: new in one step, older in another).
     steps = 4 * sum(1 for _ in torch.nn.Module.parameters(_built(cfg)))
-    assert measured.peak_bytes - planned.peak_bytes in (0, steps)
+    assert abs(measured.peak_bytes - planned.peak_bytes) <= steps + 2 * 256 * 8 * 4
     assert (planned.saved_mask_bytes, planned.saved_activation_bytes) == (measured.saved_mask_bytes,
                                                                           measured.saved_activation_bytes)
 
