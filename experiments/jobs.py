@@ -1,5 +1,6 @@
 """What a job is before it runs: its config checked (the runner's keys, then model/dataset/trainer, then a search's
-``maxfit`` block), and its kind: a size search for a config with a ``maxfit`` block (experiments/maxfit.py), a
+``maxfit`` block), and its kind: a memory plan for a config with a ``memory_plan`` block (experiments/memory_plan.py,
+on the meta device), a size search for a config with a ``maxfit`` block (experiments/maxfit.py), a
 training run otherwise (experiments/train.py). Both kinds share experiments/step.py and return a
 ``record.Measurement``."""
 
@@ -15,7 +16,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 import pmdrop
 
-from . import maxfit, tracking, train
+from . import maxfit, memory_plan, tracking, train
 from .record import Measurement
 
 LogStep = Callable[[int, dict], None]
@@ -28,6 +29,10 @@ class InvalidConfig(CompactHydraException):
 
 def is_search(cfg: DictConfig) -> bool:
     return cfg.get("maxfit") is not None
+
+
+def is_plan(cfg: DictConfig) -> bool:
+    return cfg.get("memory_plan") is not None
 
 
 def check_run_config(cfg: DictConfig) -> None:
@@ -50,6 +55,8 @@ def check_config(cfg: DictConfig) -> None:
     train.check_config(cfg)
     if is_search(cfg):
         maxfit.check_maxfit_config(cfg)
+    if is_plan(cfg):
+        memory_plan.check_plan_config(cfg)
 
 
 def check_job_config(cfg: DictConfig) -> None:
@@ -76,4 +83,6 @@ def check_resources(cfg: DictConfig) -> None:
 
 def run(cfg: DictConfig, log_step: LogStep) -> Measurement:
     """The job's work, on this rank; its measurement."""
+    if is_plan(cfg):
+        return memory_plan.run_plan(cfg, log_step)
     return maxfit.run_search(cfg, log_step) if is_search(cfg) else train.run_training(cfg, log_step)

@@ -28,6 +28,7 @@ the peak.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import weakref
@@ -115,6 +116,7 @@ class StepMemory(TorchDispatchMode):
         self._phases: list[tuple[int, str]] = [(0, "start")]  # (event index, phase name)
         self._start_events = 0
         self._hooks: list = []
+        self._paused = False
 
     # ------------------------------------------------------------------ registering storages
     def _on_device(self, storage: torch.UntypedStorage) -> bool:
@@ -167,6 +169,15 @@ class StepMemory(TorchDispatchMode):
         """Name the part of the step that starts now (e.g. "forward", "backward", "optimizer")."""
         self._phases.append((len(self._events), name))
 
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Leave the code inside out (instrumentation, e.g. a gradient cosine): what it creates is not counted."""
+        self._paused = True
+        try:
+            yield
+        finally:
+            self._paused = False
+
     # ------------------------------------------------------------------ the mode
     def __enter__(self) -> StepMemory:
         if self._model is not None:
@@ -194,6 +205,8 @@ class StepMemory(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if self._paused:
+            return func(*args, **kwargs)
         for t in tensors_in(args, kwargs):
             storage = _storage(t)
             if storage is not None and id(storage) not in self._records:
@@ -241,3 +254,24 @@ class StepMemory(TorchDispatchMode):
                 saved["parameter" if "parameter" in record.facts else "saved"] += record.exact_nbytes
         return PeakMemory(max(peak, 0), split, phase, start_bytes, saved["saved_mask"], saved["saved"],
                           saved["parameter"], self.block_bytes)
+
+
+class NoStepMemory:
+    """:class:`StepMemory`'s interface doing nothing, for the steps a training loop does not measure."""
+
+    note_saved = None
+
+    def __enter__(self) -> NoStepMemory:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def phase(self, name: str) -> None:
+        pass
+
+    def paused(self) -> contextlib.nullcontext:
+        return contextlib.nullcontext()
+
+    def result(self) -> None:
+        return None

@@ -53,7 +53,8 @@ from .distributed import Ranks
 from .maxfit import largest_fitting
 from .memory import CUDA_BLOCK_BYTES, PeakMemory, StepMemory, tensors_in
 from .models import build_model
-from .train import PRECISIONS, Learner, prepare
+from .record import MaxfitSearch, Measurement
+from .step import PRECISIONS, Learner, prepare
 
 SEMANTICS = ("cuda", "cpu")
 PLANNED = "planned"
@@ -460,7 +461,7 @@ def _planned(peak: PeakMemory, plan: PlanSchema, cfg: DictConfig) -> dict:
             "fits_budget": peak.peak_bytes <= plan.budget_bytes}
 
 
-def run_plan(cfg: DictConfig, log_step: Callable[[int, dict], None]) -> dict:
+def run_plan(cfg: DictConfig, log_step: Callable[[int, dict], None]) -> Measurement:
     """The job of a config with a ``memory_plan`` block: results.json's measured fields, planned."""
     plan = _schema(cfg)
     search = None
@@ -475,28 +476,30 @@ def run_plan(cfg: DictConfig, log_step: Callable[[int, dict], None]) -> dict:
 
         largest = largest_fitting(fits, plan.search.get("start", 1), plan.search.get("limit", 4096),
                                   plan.search.get("multiple_of", 1))
-        search = {"axis": axis, "largest": largest, "budget": PLANNED, "budget_bytes": plan.budget_bytes,
-                  "memory_fraction": None, "multiple_of": plan.search.get("multiple_of", 1), "probes": probes}
+        search = MaxfitSearch(axis=axis, largest=largest, budget=PLANNED, budget_bytes=plan.budget_bytes,
+                              multiple_of=plan.search.get("multiple_of", 1), probes=probes)
         cfg = _sized(cfg, axis, max(largest, plan.search.get("start", 1)))
     peak, facts = step_memory(cfg, "meta", plan.semantics)
     log_step(1, {"planned_peak_bytes": peak.peak_bytes})
-    return {
-        "device": f"meta ({plan.semantics} semantics)",
-        "world_size": 1,
-        "steps": 1,
-        "batch_size": facts["batch_size"],
-        "global_batch_size": facts["batch_size"],
-        "seq_len": facts["seq_len"],
-        "num_params": facts["num_params"],
-        "precision": cfg.trainer.precision,
-        "peak_memory_bytes": peak.peak_bytes,
-        "peak_memory_bytes_per_rank": [peak.peak_bytes],
-        "peak_memory_kind": PLANNED,
-        "saved_mask_bytes": peak.saved_mask_bytes,
-        "saved_activation_bytes": peak.saved_activation_bytes,
-        "saved_parameter_bytes": peak.saved_parameter_bytes,
-        "task_metric": None,
-        "metrics": {},
-        "memory_plan": _planned(peak, plan, cfg),
-        "maxfit": search,
-    }
+    return Measurement(
+        device=f"meta ({plan.semantics} semantics)",
+        world_size=1,
+        steps=1,
+        batch_size=facts["batch_size"],
+        global_batch_size=facts["batch_size"],
+        seq_len=facts["seq_len"],
+        num_params=facts["num_params"],
+        precision=cfg.trainer.precision,
+        peak_memory_bytes=peak.peak_bytes,
+        peak_memory_bytes_per_rank=[peak.peak_bytes],
+        peak_memory_kind=PLANNED,
+        memory_at_start_bytes=peak.start_bytes,
+        tensor_peak_bytes=peak.peak_bytes,
+        tensor_peak_split=peak.split,
+        tensor_peak_phase=peak.phase,
+        saved_mask_bytes=peak.saved_mask_bytes,
+        saved_activation_bytes=peak.saved_activation_bytes,
+        saved_parameter_bytes=peak.saved_parameter_bytes,
+        memory_plan=_planned(peak, plan, cfg),
+        maxfit=search,
+    )

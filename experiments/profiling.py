@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 
 import torch
@@ -19,18 +20,31 @@ from torch.profiler import ProfilerActivity, profile, schedule
 TRACE_FILE = "trace.json"
 
 
+_trace_dir: ContextVar[Path | None] = ContextVar("trace_dir", default=None)
+
+
 @contextmanager
-def step_profiler(enabled: bool, device: torch.device, run_dir: Path | None, skip: int, steps: int
-                  ) -> Iterator[Callable[[], None] | None]:
+def traces_into(run_dir: Path) -> Iterator[None]:
+    """The directory a profiled job writes its trace into (the runner sets it to the run's directory)."""
+    token = _trace_dir.set(Path(run_dir))
+    try:
+        yield
+    finally:
+        _trace_dir.reset(token)
+
+
+@contextmanager
+def step_profiler(enabled: bool, device: torch.device, skip: int, steps: int) -> Iterator[Callable[[], None] | None]:
     """A context whose value is called after every training step (None when not profiling): steps ``skip + 1`` to
-    ``skip + steps`` are recorded and the trace written to ``run_dir / TRACE_FILE`` once they are done."""
+    ``skip + steps`` are recorded, and the trace written as ``TRACE_FILE`` into the :func:`traces_into` directory
+    once they are done."""
     if not enabled:
         yield None
         return
-    if run_dir is None:
-        raise ValueError("trainer.profile=true needs the run directory to write its trace into")
+    if _trace_dir.get() is None:
+        raise ValueError("trainer.profile=true needs the run directory to write its trace into (run it with run.py)")
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    trace = Path(run_dir) / TRACE_FILE
+    trace = _trace_dir.get() / TRACE_FILE
     with profile(activities=activities, schedule=schedule(wait=skip, warmup=0, active=steps, repeat=1),
                  on_trace_ready=lambda recorder: recorder.export_chrome_trace(str(trace))) as recorder:
         yield recorder.step

@@ -133,7 +133,7 @@ class MaxfitSearch:
 
     axis: str  # "batch_size" or "seq_len"
     largest: int | None = None  # the largest size that fit (0: none did)
-    budget: str | None = None  # "saved_bytes" or "cuda_memory"
+    budget: str | None = None  # "saved_bytes", "cuda_memory" or "planned" (memory_plan.search)
     budget_bytes: int | None = None  # bytes
     memory_fraction: float | None = None  # of the GPU's memory, for cuda_memory (None: all of it)
     multiple_of: int = 1
@@ -156,11 +156,25 @@ class Measurement:
     precision: str | None = field(default=None, metadata=_about(column="text"))  # "fp32", "bf16" or "fp16"
     peak_memory_bytes: int | None = field(default=None, metadata=_about("bytes", "number"))  # the largest rank's
     peak_memory_bytes_per_rank: list[int] | None = field(default=None, metadata=_about("bytes"))
-    # "cuda_max_memory_allocated" or "cpu_peak_rss"
+    # "cpu_tensor_peak" (the live-tensor peak of measure_step), "cuda_max_memory_allocated", "planned" (a plan on
+    # the meta device, experiments/memory_plan.py: never a measurement), or "cpu_peak_rss" (older runs, compiled runs)
     peak_memory_kind: str | None = field(default=None, metadata=_about(column="text"))
-    # what the process already held when the run began (on CPU: the interpreter and libraries, growing over a
-    # sweep's jobs); peak_memory_bytes minus this is the run's own growth
+    # what was held when the measurement began: for cpu_tensor_peak the live tensor bytes as measure_step began
+    # (parameters, optimizer state, the batch); otherwise what the process held when the run began (on CPU: the
+    # interpreter and libraries, growing over a sweep's jobs). peak_memory_bytes minus this is the run's own growth
     memory_at_start_bytes: int | None = field(default=None, metadata=_about("bytes"))
+    # the peak of bytes held by live tensors over step measure_step (forward, backward, optimizer step; 512-byte
+    # blocks on CUDA), the largest rank's, by experiments/memory.py; what held them at that peak (parameters,
+    # parameter_casts, gradients, optimizer_state, saved_masks, saved_activations, inputs_and_buffers,
+    # temporaries), and the part of the step it fell in (forward, backward, optimizer)
+    tensor_peak_bytes: int | None = field(default=None, metadata=_about("bytes", "number"))
+    tensor_peak_split: dict[str, int] | None = field(default=None, metadata=_about("bytes"))
+    tensor_peak_phase: str | None = field(default=None, metadata=_about(column="text"))
+    # CPU: the process's peak RSS (interpreter, libraries, a paired model and earlier jobs of a sweep included)
+    process_peak_rss_bytes: int | None = field(default=None, metadata=_about("bytes", "number"))
+    # a planned run: {semantics, tensor_bytes, split, phase, block_bytes, attention, grad_checkpointing,
+    # budget_bytes, fits_budget}
+    memory_plan: dict[str, Any] | None = field(default=None, metadata=_about())
     # saved for backward by one training forward
     saved_mask_bytes: int | None = field(default=None, metadata=_about("bytes", "number"))
     saved_activation_bytes: int | None = field(default=None, metadata=_about("bytes", "number"))

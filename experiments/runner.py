@@ -31,7 +31,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from experiments import distributed, jobs, locking, record, stops, tracking
+from experiments import distributed, jobs, locking, profiling, record, stops, tracking
 from experiments.jsonfiles import DamagedFile
 from experiments.record import RunRecord, Status
 from experiments.sweep import record_outcome
@@ -151,6 +151,10 @@ def summary_line(run: RunRecord) -> str:
         parts = [f"largest {search.axis} {search.largest} ({search.budget} budget, {len(search.probes)} probes)",
                  f"{run.wall_time_s:.1f} s"]
         return f"{head}: ok  " + "  ".join(parts)
+    if measured.memory_plan:  # planned on the meta device, not measured
+        parts = [f"planned peak {_size(measured.peak_memory_bytes)} ({measured.memory_plan['semantics']} semantics)",
+                 f"saved masks {_size(measured.saved_mask_bytes)}", f"{run.wall_time_s:.1f} s"]
+        return f"{head}: ok  " + "  ".join(parts)
     metric, throughput, mask_bytes = measured.task_metric, measured.throughput_samples_per_s, measured.saved_mask_bytes
     value = (measured.metrics or {}).get(metric)
     parts = [
@@ -227,6 +231,7 @@ def _run(cfg: DictConfig, run_dir: Path, run: RunRecord) -> None:
             tracker = stack.enter_context(tracking.open_tracker(cfg, run_dir))
             metrics_file = (run_dir / record.METRICS_FILE).open("w")
             stack.callback(_close_after_failure, metrics_file)
+            stack.enter_context(profiling.traces_into(run_dir))  # trainer.profile's trace.json
 
             def log_step(step: int, metrics: dict[str, Any]) -> None:
                 record.append_metrics(metrics_file, step, metrics)

@@ -4,8 +4,13 @@
 trains, evaluates and returns its ``record.Measurement`` (results.json's measured fields). Measurements:
 
 * saved-for-backward bytes: ``pmdrop.track_saved_tensors`` around the forward of step ``measure_step``;
-* peak memory: CUDA ``max_memory_allocated`` after ``reset_peak_memory_stats``; on CPU the process's peak RSS
-  (``cpu_peak_rss``: the high-water mark, reset at the start of the run on Linux; elsewhere the process's);
+* peak memory: the peak of bytes held by live tensors over step ``measure_step`` (forward, backward, optimizer
+  step; experiments/memory.py), split by what held them (``tensor_peak_*``). It is ``peak_memory_bytes`` on CPU
+  (``cpu_tensor_peak``; the process's RSS high-water mark stays as ``process_peak_rss_bytes``, reset at the start
+  of the run on Linux: it includes the interpreter, the libraries and earlier jobs of a sweep). On CUDA
+  ``peak_memory_bytes`` is ``max_memory_allocated`` after ``reset_peak_memory_stats``, the tensor peak beside it;
+* ``trainer.profile``: a torch.profiler trace of ``profile_steps`` steps after the timing warm-up, in the run
+  directory (experiments/profiling.py);
 * throughput: mean over the last ``throughput_window`` steps after ``timing_warmup_steps``, the instrumented
   ``measure_step`` and the gradient-cosine computation left out, CUDA synchronised;
 * paired mode: a baseline copy from the same initial weights steps in lockstep from the same RNG state, and the
@@ -43,7 +48,9 @@ import pmdrop
 from . import distributed, robustness, stops
 from .data import TaskData, build_data, check_dataset_config
 from .distributed import Ranks
+from .memory import CUDA_BLOCK_BYTES, NoStepMemory, PeakMemory, StepMemory
 from .models import build_model, check_model_config
+from .profiling import step_profiler
 from .record import Measurement
 from .schema import check_choice, typed
 from .step import (
@@ -87,6 +94,8 @@ class TrainerSchema:
     compile_fallback_random: bool = True
     bitflip_fraction: float = 0.0
     fgsm_epsilon: float | None = None
+    profile: bool = False
+    profile_steps: int = 3
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -97,7 +106,7 @@ def check_config(cfg: DictConfig) -> None:
     check_choice("trainer.precision", trainer.precision, PRECISIONS)
     check_choice("trainer.device", trainer.device, DEVICES)
     for key in ("batch_size", "eval_batch_size", "steps", "log_every", "throughput_window", "measure_step",
-                "grad_cosine_every"):
+                "grad_cosine_every", "profile_steps"):
         if trainer[key] < 1:
             raise ValueError(f"trainer.{key}={trainer[key]} must be >= 1")
     for key in ("eval_batches", "threads"):  # null: the whole eval split, torch's thread count
@@ -206,13 +215,25 @@ class _Trained:
     loss: float = math.nan
     saved: pmdrop.SavedBytes = field(default_factory=pmdrop.SavedBytes)
     flips: pmdrop.BitflipLog | None = None
+    memory: PeakMemory | None = None  # the live-tensor peak of measure_step
 
 
-def _saved_tensors_at(step: int, learner: Learner, trainer: DictConfig) -> AbstractContextManager:
+def _saved_tensors_at(step: int, learner: Learner, trainer: DictConfig,
+                      memory: StepMemory | NoStepMemory) -> AbstractContextManager:
     """At ``measure_step``, count what the forward saves for backward (``as`` gives the SavedBytes); else nothing."""
     if step == trainer.measure_step:
-        return pmdrop.track_saved_tensors(learner.model.parameters())
+        return pmdrop.track_saved_tensors(learner.model.parameters(), on_save=memory.note_saved)
     return nullcontext()
+
+
+def _step_memory_at(step: int, learner: Learner, trainer: DictConfig, batch: dict[str, torch.Tensor],
+                    device: torch.device) -> StepMemory | NoStepMemory:
+    """At ``measure_step``, the live tensors of the whole step (not under torch.compile, whose graphs a dispatch
+    mode would break); else nothing."""
+    if step != trainer.measure_step or trainer.compile:
+        return NoStepMemory()
+    return StepMemory(device, learner.model, learner.optimizer, inputs=batch,
+                      block_bytes=CUDA_BLOCK_BYTES if device.type == "cuda" else 1)
 
 
 def _grad_cosine(learner: Learner, reference: Learner) -> float:
@@ -228,7 +249,9 @@ def _train_steps(cfg: DictConfig, learner: Learner, reference: Learner | None, d
     bar = tqdm(range(1, trainer.steps + 1), desc=f"{cfg.model.name}/{cfg.variant.name}/seed{cfg.seed}", leave=False,
                mininterval=1.0, disable=not ranks.is_main)
     flipping = robustness.bitflip_injection(trainer.bitflip_fraction, cfg.seed, ranks.rank)
-    with compile_settings(trainer), flipping as trained.flips:
+    profiling = step_profiler(trainer.get("profile", False) and ranks.is_main, device, trainer.timing_warmup_steps,
+                              trainer.get("profile_steps", 3))
+    with compile_settings(trainer), flipping as trained.flips, profiling as profiled:
         for step in bar:
             batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
             if reference is not None:
@@ -237,23 +260,31 @@ def _train_steps(cfg: DictConfig, learner: Learner, reference: Learner | None, d
                 set_rng_state(state, device)
             sync(device)
             start = time.perf_counter()
-            with _saved_tensors_at(step, learner, trainer) as saved:
-                loss_tensor = learner.forward(batch)
-            trained.saved = saved or trained.saved
-            trained.loss = learner.backward(loss_tensor)
-            stops.check_finite(step, {"loss": trained.loss})  # the loss is on the host already: no extra sync
-            del loss_tensor  # let the graph go before the optimizer step, as a training loop does
-            if reference is not None and (step % trainer.grad_cosine_every == 0 or step == 1):
-                measured = time.perf_counter()
-                cosine = _grad_cosine(learner, reference)
-                stops.check_finite(step, {"grad_cosine": cosine})
-                trained.grad_cosine.append([step, cosine])
-                log_step(step, {"grad_cosine": cosine})
-                start += time.perf_counter() - measured  # instrumentation, not training: kept out of the step time
-            lr = learner.scheduler.get_last_lr()[0]  # this step's
-            learner.update()
+            with _step_memory_at(step, learner, trainer, batch, device) as memory:
+                memory.phase("forward")
+                with _saved_tensors_at(step, learner, trainer, memory) as saved:
+                    loss_tensor = learner.forward(batch)
+                trained.saved = saved or trained.saved
+                memory.phase("backward")
+                trained.loss = learner.backward(loss_tensor)
+                stops.check_finite(step, {"loss": trained.loss})  # the loss is on the host already: no extra sync
+                del loss_tensor  # let the graph go before the optimizer step, as a training loop does
+                if reference is not None and (step % trainer.grad_cosine_every == 0 or step == 1):
+                    measured = time.perf_counter()
+                    with memory.paused():  # instrumentation, not training: kept out of the step's time and memory
+                        cosine = _grad_cosine(learner, reference)
+                    stops.check_finite(step, {"grad_cosine": cosine})
+                    trained.grad_cosine.append([step, cosine])
+                    log_step(step, {"grad_cosine": cosine})
+                    start += time.perf_counter() - measured
+                lr = learner.scheduler.get_last_lr()[0]  # this step's
+                memory.phase("optimizer")
+                learner.update()
+            trained.memory = memory.result() or trained.memory
             sync(device)
             trained.step_times.append(time.perf_counter() - start)
+            if profiled is not None:
+                profiled()
             if reference is not None:
                 reference.update()
             if step % trainer.log_every == 0 or step == trainer.steps:
@@ -286,10 +317,18 @@ def _measurement(cfg: DictConfig, model: torch.nn.Module, data: TaskData, traine
     the largest rank's), the rest from this one."""
     trainer = cfg.trainer
     timed = _steady_step_times(trained.step_times, trainer)
-    per_rank = distributed.gather({"peak": peak_memory(device), "start": memory_at_start,
+    per_rank = distributed.gather({"peak": peak_memory(device), "start": memory_at_start, "tensors": trained.memory,
                                    "step_time": sum(timed) / len(timed), "loss": trained.loss})
-    peaks = [rank["peak"][0] for rank in per_rank]
+    tensors = [rank["tensors"] for rank in per_rank]
+    measured_tensors = all(t is not None for t in tensors)
+    if device.type == "cpu" and measured_tensors:  # the run's own peak; the process's RSS kept beside it
+        peaks, kind = [t.peak_bytes for t in tensors], "cpu_tensor_peak"
+        starts = [t.start_bytes for t in tensors]
+    else:
+        peaks, kind = [rank["peak"][0] for rank in per_rank], per_rank[0]["peak"][1]
+        starts = [rank["start"] for rank in per_rank]
     highest = peaks.index(max(peaks))
+    tensor_peak = max(tensors, key=lambda t: t.peak_bytes) if measured_tensors else None
     throughput = sum(trainer.batch_size / rank["step_time"] for rank in per_rank)
     saved, flips = trained.saved, trained.flips
     return Measurement(
@@ -303,8 +342,12 @@ def _measurement(cfg: DictConfig, model: torch.nn.Module, data: TaskData, traine
         precision=trainer.precision,
         peak_memory_bytes=max(peaks),
         peak_memory_bytes_per_rank=peaks,
-        peak_memory_kind=per_rank[0]["peak"][1],
-        memory_at_start_bytes=per_rank[highest]["start"],
+        peak_memory_kind=kind,
+        memory_at_start_bytes=starts[highest],
+        tensor_peak_bytes=None if tensor_peak is None else tensor_peak.peak_bytes,
+        tensor_peak_split=None if tensor_peak is None else tensor_peak.split,
+        tensor_peak_phase=None if tensor_peak is None else tensor_peak.phase,
+        process_peak_rss_bytes=max(rank["peak"][0] for rank in per_rank) if device.type == "cpu" else None,
         saved_mask_bytes=saved.mask_bytes,
         saved_activation_bytes=saved.activation_bytes,
         saved_parameter_bytes=saved.parameter_bytes,

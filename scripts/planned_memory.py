@@ -13,6 +13,8 @@ planned, not measured: the status of each row says so.
 from __future__ import annotations
 
 import argparse
+import shlex
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -21,7 +23,8 @@ from matplotlib.figure import Figure
 from .load import load_runs
 from .memory_check import NotModelled, shapes_from_results, storage_from_results
 from .memory_model import predict
-from .provenance import Provenance, report_command
+from .provenance import Provenance
+from .tables import markdown_table
 
 PLANNED_KIND = "planned"
 STATUS = "planned (meta, CUDA semantics)"
@@ -30,6 +33,10 @@ SPLIT = ("parameters", "parameter_casts", "gradients", "optimizer_state", "saved
          "inputs_and_buffers", "temporaries")
 # ONNX Runtime's BitmaskDropout (1-bit masks) PR: BERT-Large, 24 layers, batch 32, seq 512, V100-32G, measured.
 ONNX_RUNTIME = {"baseline_mb": 29291.6, "bitmask_mb": 26788.3, "device": "V100-32G (measured)"}
+
+
+def _int(value: float) -> int | None:
+    return None if pd.isna(value) else int(value)
 
 
 def _plan(results: dict) -> dict:
@@ -73,7 +80,8 @@ def plan_table(runs: pd.DataFrame, baseline: str = "baseline") -> pd.DataFrame:
         activations, masks = korthikanti_bytes(results)
         rows.append({
             "model": run["model"], "dataset": run["dataset"], "variant": run["variant"],
-            "batch_size": run["batch_size"], "seq_len": run["seq_len"], "precision": results.get("precision"),
+            "batch_size": _int(run["batch_size"]), "seq_len": _int(run["seq_len"]),
+            "precision": results.get("precision"),
             "attention": plan.get("attention"), "semantics": plan.get("semantics"),
             "peak_gb": run["peak_memory_bytes"] / GB, "phase": plan.get("phase"),
             **{f"{key}_gb": (plan.get("split") or {}).get(key, 0) / GB for key in SPLIT},
@@ -149,18 +157,25 @@ def _plot(table: pd.DataFrame, x: str, title: str, path: Path) -> bool:
     return True
 
 
+def _cell(value: object, digits: int) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return ""
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
 def _markdown(frame: pd.DataFrame, digits: int = 2) -> str:
     if frame.empty:
         return "(no planned runs)\n"
-    return frame.to_markdown(index=False, floatfmt=f".{digits}f") + "\n"
+    return markdown_table(list(frame.columns), [[_cell(v, digits) for v in row] for row in frame.itertuples(
+        index=False, name=None)])
 
 
-def write_report(roots: list[Path], out: Path, command: str | None = None) -> list[Path]:
+def write_report(roots: list[Path], out: Path, command: str) -> list[Path]:
     runs = load_runs(roots)
     table, searches = plan_table(runs), search_table(runs)
     out.mkdir(parents=True, exist_ok=True)
     written = [out / "memory_plan.csv", out / "memory_plan.md"]
-    provenance = Provenance.of(planned_runs(runs), command or report_command())
+    provenance = Provenance.of(planned_runs(runs), command)
     written[0].write_text(provenance.csv_header())
     with written[0].open("a") as csv:
         table.to_csv(csv, index=False)
@@ -195,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("roots", nargs="+", type=Path, help="runs roots holding memory_plan runs")
     parser.add_argument("--out", type=Path, default=Path("results"))
     args = parser.parse_args(argv)
-    for path in write_report(args.roots, args.out):
+    command = shlex.join(["python", "-m", "scripts.planned_memory", *(argv if argv is not None else sys.argv[1:])])
+    for path in write_report(args.roots, args.out, command):
         print(path)
     return 0
 

@@ -140,8 +140,9 @@ def test_plan_search_finds_the_largest_batch_within_the_budget():
                        "+memory_plan.search={axis: batch_size, start: 1, limit: 8}")
     check_plan_config(plan)
     result = memory_plan.run_plan(plan, lambda step, metrics: None)
-    assert result["maxfit"]["largest"] == 5 and result["peak_memory_bytes"] == at[5]
-    assert result["peak_memory_kind"] == "planned" and cfg.trainer.batch_size == 4
+    assert result.maxfit.largest == 5 and result.peak_memory_bytes == at[5] and result.batch_size == 5
+    assert result.peak_memory_kind == "planned" and cfg.trainer.batch_size == 4
+    assert [size for size, _, _ in result.maxfit.probes] == [1, 2, 4, 8, 6, 5]
 
 
 def test_plan_config_errors_are_one_line():

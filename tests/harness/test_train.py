@@ -37,11 +37,17 @@ def run(*overrides, model=TINY_BERT):
 def test_run_training_returns_every_contract_field_with_sane_values():
     result, logged = run("variant=pmdrop")
     assert set(result) >= FIELDS
-    assert result["device"] == "cpu" and result["peak_memory_kind"] == "cpu_peak_rss"
+    assert result["device"] == "cpu" and result["peak_memory_kind"] == "cpu_tensor_peak"
     seq_len = compose_run().dataset.seq_len
     assert (result["steps"], result["batch_size"], result["seq_len"], result["precision"]) == (4, 4, seq_len, "fp32")
-    assert result["num_params"] > 0 and result["peak_memory_bytes"] > 50 * 2**20
+    assert result["num_params"] > 0 and result["process_peak_rss_bytes"] > 50 * 2**20
     assert 0 < result["memory_at_start_bytes"] <= result["peak_memory_bytes"]
+    # the run's own peak: its live tensors over measure_step, split by what held them
+    split = result["tensor_peak_split"]
+    assert result["peak_memory_bytes"] == result["tensor_peak_bytes"] == sum(split.values())
+    assert split["parameters"] == 4 * result["num_params"]
+    assert 0 < split["optimizer_state"] - 8 * result["num_params"] < 4096  # AdamW's moments and its step counters
+    assert result["tensor_peak_phase"] in ("forward", "backward", "optimizer")
     assert result["task_metric"] == "f1" and set(result["metrics"]) >= {"f1", "accuracy"}
     assert all(0 <= result["metrics"][key] <= 1 for key in ("f1", "accuracy"))
     assert result["dropout_calls"] == {"pmdrop": 1 + 3 + 1}  # embeddings, 3 per layer, classifier
