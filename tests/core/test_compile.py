@@ -161,3 +161,4 @@ def test_train_mode_export_runs_bit_identical_to_eager_dropout_and_keeps_the_mas
         assert mask_bytes == {torch.uint8: torch.default_generator.get_state().numel()}
     else:
         assert mask_bytes == {torch.uint8: 8 * 16 // pmdrop.get_variant(variant).masks_per_byte}
+

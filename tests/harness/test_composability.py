@@ -43,3 +43,16 @@ def test_a_run_that_differs_from_its_baseline_is_flagged(launch, runs_root):
                   "trainer.bitflip_fraction=0.05", "force=true") == 0
     rows = composability_table(load_runs([runs_root])).set_index("variant")
     assert rows.loc["pmdrop", "identical_to_baseline"] is False and rows.loc["baseline", "identical_to_baseline"]
+
+
+def test_compile_keeps_every_exact_variant_bit_identical(launch, runs_root):
+    """torch.compile with fallback_random (the setting's default): packed and seeded train as compiled torch does."""
+    variants = ("baseline", "pmdrop", "seeded")
+    assert launch("-m", "experiment=composability", "composability=compile", f"variant={','.join(variants)}",
+                  *TINY_RUN, "trainer.threads=1") == 0
+    rows = composability_table(load_runs([runs_root])).to_dict("records")
+    assert {(row["setting"], row["variant"]) for row in rows} == {("compile", variant) for variant in variants}
+    for row in rows:
+        assert row["status"] == "ok" and row["identical_to_baseline"] is True
+    by_variant = {row["variant"]: row for row in rows}
+    assert by_variant["pmdrop"]["saved_bytes_change"] < 0  # the packed mask where compiled torch keeps a bool one
