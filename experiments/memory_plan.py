@@ -9,7 +9,8 @@ plan, ``peak_memory_kind = "planned"``. With ``memory_plan.semantics=cuda`` (the
 on a CUDA GPU:
 
 * dropout: ``nn.Dropout`` / ``F.dropout`` take ``native_dropout`` (a bool mask, 1 byte per element) as CUDA does;
-  pmdrop's variants take their CUDA route (``native_dropout``, then the mask packed);
+  pmdrop's variants take their CUDA route, which pmdrop takes on meta (``native_dropout``, then the mask packed;
+  ``seeded`` keeps a 16-byte stand-in of CUDA's Philox state, which on a GPU is a host tensor);
 * AMP (``trainer.precision`` bf16/fp16): :class:`CudaAutocast`, a ``TorchFunctionMode`` that casts the inputs of
   the operators on CUDA autocast's lists (ATen/autocast_mode.h: lower precision for matmul/linear/conv/sdpa..., fp32
   for layer_norm/softmax/losses..., promote) and caches the casts of fp32 leaf tensors that require grad (the
@@ -173,62 +174,20 @@ def _cuda_sdpa(query, key, value, attn_mask, dropout_p, is_causal, scale, enable
                                                                   dropout_p, is_causal, scale=scale)[0]
 
 
-# ------------------------------------------------------------------ pmdrop's CUDA route on meta
-def _meta_rng_state(device: torch.device) -> torch.Tensor:
-    """CUDA's generator state is a 16-byte CPU tensor (seed and offset); the stand-in for a meta device."""
-    return torch.zeros(16, dtype=torch.uint8)
-
-
-def _meta_regenerated_mask(state: torch.Tensor, layout, x_meta: tuple, p: float) -> torch.Tensor:
-    """The allocations of pmdrop's fused mask regeneration (a stand-in of x, native_dropout) without an RNG."""
-    dtype, device, _ = x_meta
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    buffer = torch.empty(layout.numel + 16 // itemsize, dtype=dtype, device=device)
-    return torch.ops.aten.native_dropout(buffer[: layout.numel].as_strided(layout.shape, layout.stride), p, True)[1]
-
-
-def _takes_cuda_route_on_meta() -> bool:
-    """Whether pmdrop, as installed, already drops out meta tensors by its CUDA route (``native_dropout``)."""
-    seen = []
-
-    class Watch(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            seen.append(func)
-            return func(*args, **(kwargs or {}))
-
-    x = torch.empty(8, device="meta", requires_grad=True)
-    with Watch():
-        pmdrop.dropout(x, 0.5, variant="pmdrop")
-    return torch.ops.aten.native_dropout.default in seen
-
-
+# ------------------------------------------------------------------ pmdrop's route on meta
 @contextlib.contextmanager
-def pmdrop_cuda_route_on_meta() -> Iterator[None]:
-    """pmdrop's variants take their CUDA route on meta tensors. pmdrop picks its route by device type and treats
-    meta as a CPU-like device; until it takes the CUDA route on meta itself, the plan sets that route here (the
-    fused device types, the 16-byte generator state, the mask regeneration's allocations)."""
-    if _takes_cuda_route_on_meta():
+def pmdrop_route_on_meta(semantics: str) -> Iterator[None]:
+    """pmdrop drops out meta tensors by its CUDA route (``native_dropout``, then the packed mask). A plan with CPU
+    semantics sends them by its CPU (noise) route instead, as pmdrop does CPU tensors."""
+    if semantics == "cuda":
         yield
         return
-    saved_state, regenerate = pmdrop_functional._saved_rng_state, pmdrop_functional._regenerate_fused_mask
-
-    def state_for(device: torch.device) -> torch.Tensor:
-        return _meta_rng_state(device) if device.type == "meta" else saved_state(device)
-
-    def mask_for(state, layout, x_meta, p):
-        regenerated = _meta_regenerated_mask if x_meta[1].type == "meta" else regenerate
-        return regenerated(state, layout, x_meta, p)
-
-    patches = {"_FUSED_DEVICE_TYPES": pmdrop_functional._FUSED_DEVICE_TYPES | {"meta"},
-               "_saved_rng_state": state_for, "_regenerate_fused_mask": mask_for}
-    originals = {name: getattr(pmdrop_functional, name) for name in patches}
+    fused = pmdrop_functional._FUSED_DEVICE_TYPES
+    pmdrop_functional._FUSED_DEVICE_TYPES = fused - {"meta"}
     try:
-        for name, value in patches.items():
-            setattr(pmdrop_functional, name, value)
         yield
     finally:
-        for name, value in originals.items():
-            setattr(pmdrop_functional, name, value)
+        pmdrop_functional._FUSED_DEVICE_TYPES = fused
 
 
 # ------------------------------------------------------------------ values computed from the batch
@@ -385,15 +344,6 @@ def _sized(cfg: DictConfig, axis: str, size: int) -> DictConfig:
     return sized
 
 
-@contextlib.contextmanager
-def _semantics(semantics: str, device: torch.device) -> Iterator[None]:
-    if device.type != "meta" or semantics == "cpu":
-        yield
-        return
-    with pmdrop_cuda_route_on_meta():
-        yield
-
-
 def _step(learner: Learner, batch: dict[str, torch.Tensor], memory: StepMemory | None) -> None:
     """Forward, backward, optimizer step: the training loop's step (without reading the loss back)."""
     on_save = None if memory is None else memory.note_saved
@@ -440,7 +390,8 @@ def step_memory(cfg: DictConfig, device: torch.device | str, semantics: str = "c
     cpu_batch = next(data.batches(trainer.batch_size, torch.Generator().manual_seed(cfg.seed)))
     batch = {key: value.to(device) for key, value in cpu_batch.items()}
     with contextlib.ExitStack() as stack:
-        stack.enter_context(_semantics(semantics, device))
+        if device.type == "meta":
+            stack.enter_context(pmdrop_route_on_meta(semantics))
         if cuda_on_meta:
             stack.enter_context(CudaKernels())
         if device.type == "meta":
