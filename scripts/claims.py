@@ -20,6 +20,7 @@ from .load import CONFIG_KEY
 from .robustness import bitflip_pairs, fgsm_drop
 
 REPRODUCED, CONTRADICTED, NOT_RUN = "reproduced", "contradicted", "not run here"
+PLANNED = "planned (meta, CUDA semantics)"  # experiments/memory_plan.py: never decides reproduced/contradicted
 _HALF_PRECISION = ("bf16", "fp16")
 
 
@@ -81,7 +82,18 @@ class Claim:
 
 
 def _on_cuda(runs: pd.DataFrame) -> pd.DataFrame:
-    return runs[runs["device"].notna() & ~runs["device"].astype(str).str.startswith("cpu")]
+    device = runs["device"].astype(str)
+    return runs[runs["device"].notna() & ~device.str.startswith("cpu") & ~device.str.startswith("meta")]
+
+
+def _without_planned(evidence: Evidence, rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Comparison rows split into measured ones and those of configurations planned on the meta device."""
+    ok = evidence.ok
+    if rows.empty or ok.empty:
+        return rows, rows.iloc[0:0]
+    planned = set(map(tuple, ok[ok["device"].astype(str).str.startswith("meta")][list(CONFIG_KEY)].to_numpy()))
+    is_planned = [tuple(k) in planned for k in rows[list(CONFIG_KEY)].to_numpy()]
+    return rows[[not p for p in is_planned]], rows[is_planned]
 
 
 def _rows(evidence: Evidence, scope: Scope, variant: str, metric: str) -> pd.DataFrame:
@@ -163,15 +175,24 @@ def overhead(variant: str, bound_ms: float, bound_pct: float) -> Callable[[Evide
 
 def peak_memory(scope: Scope, claimed_pct: float, tolerance_points: float) -> Callable[[Evidence], Finding]:
     def check(evidence: Evidence) -> Finding:
-        rows = _rows(evidence, scope, "pmdrop", "peak_memory_bytes")
+        rows = _without_planned(evidence, _rows(evidence, scope, "pmdrop", "peak_memory_bytes"))[0]
+        # a plan depends on the model's shapes, not on the data's values: any planned shape of the model counts
+        planned = _without_planned(evidence, _rows(evidence, Scope(scope.model), "pmdrop", "peak_memory_bytes"))[1]
+        if rows.empty and not planned.empty:
+            rows, status = planned, PLANNED
+        else:
+            status = None
         if rows.empty:
             return Finding("—", NOT_RUN, f"no paired pmdrop and baseline runs of {scope.description}")
         used = _runs_of(evidence, rows, ("pmdrop", evidence.baseline))
         figure = "; ".join(f"{_where(r)}: {r.baseline_mean / 2**30:.3g} → {r.variant_mean / 2**30:.3g} GiB "
                            f"({r.pct_change:+.3g} %)" for r in rows.itertuples() if not pd.isna(r.pct_change))
+        if status == PLANNED:
+            return Finding(figure, PLANNED, "planned on the meta device (experiments/memory_plan.py), not measured",
+                           used)
         cuda = _cuda_rows(evidence, rows)
         if cuda.empty:
-            return Finding(figure or "—", NOT_RUN, "peak memory here is CPU process RSS, not CUDA "
+            return Finding(figure or "—", NOT_RUN, "peak memory here is CPU live-tensor peak, not CUDA "
                            "max_memory_allocated (figure for reference)", used)
         ok = (cuda["pct_change"] - claimed_pct).abs() <= tolerance_points
         return Finding(figure, REPRODUCED if ok.all() else CONTRADICTED, "CUDA configurations only", used)
@@ -183,6 +204,7 @@ def _range_check(metric: str, low: float, high: float, what: str) -> Callable[[E
     def check(evidence: Evidence) -> Finding:
         rows = _rows(evidence, ANY, "pmdrop", metric)
         rows = rows[rows["pct_change"].notna()] if not rows.empty else rows
+        rows = _without_planned(evidence, rows)[0]  # planned figures stand apart
         if rows.empty:
             return Finding("—", NOT_RUN, f"no paired pmdrop and baseline runs report {what}")
         used = _runs_of(evidence, rows, ("pmdrop", evidence.baseline))
@@ -285,6 +307,9 @@ def max_feasible(axis: str, scope: Scope, claimed_ratio: float, tolerance: float
                            f"{r.largest:g} ({r.largest / r.largest_base:.3g}×)" for r in pairs.itertuples())
         used = ok[ok["results"].map(lambda r: (r.get("maxfit") or {}).get("axis") == axis)]
         on_gpu = pairs["budget"] == "cuda_memory"
+        if not on_gpu.any() and (pairs["budget"] == "planned").all():
+            return Finding(figure, PLANNED, "searched over plans on the meta device (memory_plan.search), not "
+                           "measured", used)
         if not on_gpu.any():
             return Finding(figure, NOT_RUN, "searched against saved-for-backward bytes on the CPU, a stand-in for GPU "
                            "memory (figure for reference)", used)

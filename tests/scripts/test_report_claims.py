@@ -113,3 +113,15 @@ def test_bit_flip_runs_are_paired_with_the_same_run_without(tmp_path):
     claims = _claims(tmp_path)
     assert claims.loc["bitflip", "status"] == "reproduced"
     assert claims.loc["bitflip", "ours"] == "f1 change +0.1 ± 0.1 points over 3 pair(s) at flip fraction(s) 0.05"
+
+
+def test_planned_peaks_get_their_own_status_and_never_decide(tmp_path):
+    synthetic = {"name": "synthetic_lm-s128-b32", "kind": "synthetic_lm", "task": "classification", "seq_len": 128,
+                 "num_labels": 2}
+    for variant, peak in (("baseline", 1.78e9), ("pmdrop", 1.60e9)):  # -10 %: outside the claim's 3 points
+        write_run(tmp_path, experiment="memory_plan", dataset=synthetic, variant=variant, seed=0,
+                  device="meta (cuda semantics)", peak_memory_bytes=peak, peak_memory_kind="planned")
+    claims = _claims(tmp_path)
+    assert claims.loc["tinybert_memory", "status"] == "planned (meta, CUDA semantics)"
+    assert "-10.1 %" in claims.loc["tinybert_memory", "ours"]
+    assert claims.loc["peak_memory_range", "status"] == "not run here"  # planned figures stay out of measured ones
