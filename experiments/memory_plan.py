@@ -309,7 +309,8 @@ class PlanSchema:
 
 def _schema(cfg: DictConfig) -> PlanSchema:
     try:
-        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(PlanSchema), cfg.memory_plan))
+        block = OmegaConf.to_container(cfg.memory_plan, resolve=True)  # resolved in the run's config, not apart
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(PlanSchema), block))
     except OmegaConfBaseException as error:
         raise ValueError(f"memory_plan: {str(error).splitlines()[0]}") from None
 

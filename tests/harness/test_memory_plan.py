@@ -152,3 +152,12 @@ def test_plan_config_errors_are_one_line():
                               ("trainer.compile=true", "trainer.compile=true is not planned")):
         with pytest.raises(ValueError, match=re.escape(message)):
             check_plan_config(compose_run(*TINY_LM, "experiment=memory_plan", override))
+
+
+@pytest.mark.parametrize(("experiment", "axis"), [("memory_plan_maxfit", "batch_size"),
+                                                  ("memory_plan_context", "seq_len")])
+def test_search_experiments_resolve_their_steps_from_the_run_config(experiment, axis):
+    cfg = compose_run(f"experiment={experiment}")
+    check_plan_config(cfg)
+    search = memory_plan._schema(cfg).search
+    assert search["axis"] == axis and all(isinstance(search[key], int) for key in ("start", "limit", "multiple_of"))
