@@ -121,14 +121,19 @@ class _Router:
     def route_function(self, fn: types.FunctionType) -> types.FunctionType:
         return self.route_value(fn, frozenset(), 0)
 
-    def _route_function(self, fn: types.FunctionType, depth: int) -> types.FunctionType:
-        names = _code_names(fn.__code__)
+    def _routed_entries(self, namespace: dict, names: frozenset[str], depth: int) -> dict[str, object]:
+        """The entries of ``namespace`` among ``names`` whose routed value differs from the original."""
         replaced = {}
-        for name in names & fn.__globals__.keys():
-            value = fn.__globals__[name]
+        for name in names & namespace.keys():
+            value = namespace[name]
             routed = self.route_value(value, names, depth + 1)
             if routed is not value:
                 replaced[name] = routed
+        return replaced
+
+    def _route_function(self, fn: types.FunctionType, depth: int) -> types.FunctionType:
+        names = _code_names(fn.__code__)
+        replaced = self._routed_entries(fn.__globals__, names, depth)
         cells = fn.__closure__ or ()
         new_cells = []
         for cell in cells:
@@ -152,12 +157,7 @@ class _Router:
         return copy
 
     def _route_module(self, module: types.ModuleType, names: frozenset[str], depth: int) -> types.ModuleType:
-        replaced = {}
-        for name in names & module.__dict__.keys():
-            value = module.__dict__[name]
-            routed = self.route_value(value, names, depth + 1)
-            if routed is not value:
-                replaced[name] = routed
+        replaced = self._routed_entries(module.__dict__, names, depth)
         if not replaced:
             return module
         shim = types.ModuleType(module.__name__, module.__doc__)
