@@ -38,10 +38,12 @@ $(STAMP): $(LOCK) pyproject.toml
 	touch $@
 
 # The lock from pyproject.toml's ranges (harness and dev extras), for every platform and Python >= 3.10, with torch at
-# the build the project is tested with; versions already in the lock are kept unless a range excludes them.
+# the build the project is tested with; versions already in the lock are kept unless a range excludes them. PyPI is
+# asked first: uv reads a version from the first index that has it, and a local mirror may hold one platform's wheels
+# only (torch 2.14.1 for cp311 x86_64), which would lock no torch for the other Pythons.
 lock:
 	test -x $(UV) || { test -x $(PYTHON) || $(PYTHON3) -m venv $(VENV); $(PYTHON) -m pip install --quiet uv==$(UV_VERSION); }
-	printf 'torch==2.14.1\ntorchvision==0.29.1\n' | $(UV) pip compile $(UV_SOURCES) pyproject.toml - --extra harness --extra dev \
+	printf 'torch==2.14.1\ntorchvision==0.29.1\n' | $(UV) pip compile --extra-index-url https://pypi.org/simple $(UV_SOURCES) pyproject.toml - --extra harness --extra dev \
 		--universal --python-version 3.10 --generate-hashes --output-file $(LOCK)
 
 test: install
