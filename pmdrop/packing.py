@@ -43,10 +43,15 @@ def packed_numel(numel: int, masks_per_byte: int = 8) -> int:
     return math.ceil(numel / check_masks_per_byte(masks_per_byte))
 
 
-def pack_words(words: torch.Tensor, masks_per_byte: int) -> torch.Tensor:
-    """Pack flat int64 words, each holding eight 0/1 bytes, into ``8 // masks_per_byte`` bytes per word."""
+def pack_words(words: torch.Tensor, masks_per_byte: int, numel: int | None = None) -> torch.Tensor:
+    """Pack flat int64 words, each holding eight 0/1 bytes, into ``8 // masks_per_byte`` bytes per word.
+
+    ``numel``: how many of the words' masks are real; the result then holds ``ceil(numel / k)`` bytes, not the
+    whole last word's (which at ``k < 8`` may hold a byte of padding only).
+    """
     product = words * _GATHER[masks_per_byte]
-    return product.view(torch.uint8)[masks_per_byte - 1 :: masks_per_byte].clone()
+    packed = product.view(torch.uint8)[masks_per_byte - 1 :: masks_per_byte]
+    return (packed if numel is None else packed[: -(-numel // masks_per_byte)]).clone()
 
 
 def pack_fresh(mask: torch.Tensor, masks_per_byte: int) -> torch.Tensor:
@@ -62,7 +67,7 @@ def pack_fresh(mask: torch.Tensor, masks_per_byte: int) -> torch.Tensor:
         padded = flat.new_zeros(n + (-n % 8))
         padded[:n] = flat
         flat = padded
-    return pack_words(flat.view(torch.int64), masks_per_byte)
+    return pack_words(flat.view(torch.int64), masks_per_byte, n)
 
 
 def pack_flat(mask_bytes: torch.Tensor, masks_per_byte: int = 8) -> torch.Tensor:
@@ -79,7 +84,7 @@ def pack_flat(mask_bytes: torch.Tensor, masks_per_byte: int = 8) -> torch.Tensor
         return body
     padded = flat.new_zeros(rest.numel() + (-rest.numel() % 8))
     padded[: rest.numel()] = rest
-    tail = pack_words(padded.view(torch.int64), masks_per_byte)[: packed_numel(rest.numel(), masks_per_byte)]
+    tail = pack_words(padded.view(torch.int64), masks_per_byte, rest.numel())
     return torch.cat([body, tail])
 
 

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import pmdrop
-from pmdrop.packing import pack_flat, unpack_flat
+from pmdrop.packing import pack_flat, pack_fresh, unpack_flat
 
 
 @settings(max_examples=150, deadline=None)
@@ -35,6 +35,16 @@ def test_bit_layout_is_lsb_first_with_fixed_spacing(n, masks_per_byte):
     for i in range(n):
         expected[i // masks_per_byte] |= int(mask[i]) << ((i % masks_per_byte) * spacing)
     assert torch.equal(packed, expected)  # also: bits past the last mask are zero
+
+
+@pytest.mark.parametrize("masks_per_byte", pmdrop.VALID_MASKS_PER_BYTE)
+@pytest.mark.parametrize("n", [1, 3, 4, 5, 8, 13, 64, 101])
+def test_dropout_packing_stores_exactly_ceil_n_over_k_bytes(n, masks_per_byte):
+    mask = torch.rand(n, generator=torch.Generator().manual_seed(n)) < 0.5
+    packed = pack_fresh(torch.empty(n, dtype=torch.bool).copy_(mask), masks_per_byte)
+    # the storage, not only the view: it is what a saved tensor costs
+    assert packed.untyped_storage().nbytes() == math.ceil(n / masks_per_byte)
+    assert torch.equal(packed, pack_flat(mask, masks_per_byte))
 
 
 def test_unaligned_input_falls_back_to_the_tail_path():
