@@ -22,8 +22,7 @@ which keeps the same tensors as eager attention and stores its dropout noise as 
 A mask costs what the dropout variant stores per call: torch on CPU keeps the noise in the input's dtype
 (e bytes/element), torch on CUDA a bool mask (1 B), ``pmdrop`` ⌈n/8⌉ bytes, ``pmdrop_4bit`` ⌈n/4⌉, ``seeded``
 only the generator state (5056 B on CPU, 16 B on CUDA), the fused Triton ``pmdrop_fused`` ⌈n/8⌉ bytes and
-``seeded_fused`` nothing. On CPU a packed variant's output is decoded into a
-buffer of ⌈n/k⌉·k elements; where a later op keeps that output, the few padding elements count too.
+``seeded_fused`` nothing. A dropout's output has exactly the input's elements on every route.
 
 Checked byte for byte on CPU (tests/scripts/test_report_memory_model.py): BERT eager and SDPA (math path),
 classifier and MLM heads, fp32 and bf16 weights; timm ViT; Longformer with and without global attention. The
@@ -52,11 +51,10 @@ class MaskStorage:
 
     name: str
     bytes_per_call: Callable[[int, int], int]
-    output_multiple: int = 1  # the dropout output's storage holds a multiple of this many elements
 
 
-def _packed(k: int, device_type: str) -> MaskStorage:
-    return MaskStorage(f"packed {k}/byte", lambda n, e: math.ceil(n / k), k if device_type == "cpu" else 1)
+def _packed(k: int) -> MaskStorage:
+    return MaskStorage(f"packed {k}/byte", lambda n, e: math.ceil(n / k))
 
 
 def _torch_mask(device_type: str) -> MaskStorage:
@@ -81,9 +79,8 @@ def _nothing() -> MaskStorage:
 def mask_storage(variant: str, device_type: str) -> MaskStorage:
     """What one dropout call of ``variant`` keeps on ``device_type`` ("cpu" or "cuda"), as the core registry
     describes the variant: the reference (``baseline``) keeps torch's own mask; the others a mask packed
-    ``masks_per_byte`` to a byte, or none. The exact ones are autograd Functions (a packed output decoded into
-    ⌈n/k⌉·k elements on CPU; no mask: the generator state); the others are the Triton kernels (an output of exactly n
-    elements; no mask: the Philox seed and counter as Python ints in the autograd context)."""
+    ``masks_per_byte`` to a byte, or none. The exact ones are autograd Functions (no mask: the generator state);
+    the others are the Triton kernels (no mask: the Philox seed and counter as Python ints in the autograd context)."""
     names = pmdrop.variant_names()
     if variant not in names:
         raise ValueError(f"no mask-storage model for variant {variant!r}; modelled: {', '.join(names)}")
@@ -92,7 +89,7 @@ def mask_storage(variant: str, device_type: str) -> MaskStorage:
         return _torch_mask(device_type)
     k = registered.masks_per_byte
     if registered.bit_exact:
-        return _packed(k, device_type) if k else _rng_state(device_type)
+        return _packed(k) if k else _rng_state(device_type)
     return _fused_packed(k) if k else _nothing()
 
 
@@ -159,7 +156,6 @@ class Drop:
 
     name: str
     numel: int
-    output_saved: bool = False  # a later op keeps the dropout's output storage
     in_sdpa: bool = False  # fused into scaled_dot_product_attention (CPU math path: torch's noise, an activation)
 
 
@@ -222,7 +218,7 @@ def _eager_attention(s: Shapes, st: Storage, q_name: str) -> list[Item]:
     items: list[Item] = [Saved(q_name, bsh * e), Saved("Kᵀ copy", bsh * e), Saved("softmax output", bas2 * e),
                          Saved("V copy", bsh * e)]
     if s.attn_p:
-        items += [Drop("attention probabilities", bas2, output_saved=True, in_sdpa=st.attention == "sdpa_math"),
+        items += [Drop("attention probabilities", bas2, in_sdpa=st.attention == "sdpa_math"),
                   Saved("dropped probabilities", bas2 * e)]
     return items
 
@@ -244,7 +240,7 @@ def bert(s: Shapes, st: Storage) -> Inventory:
         *_ln("embedding LayerNorm", s, st, b * t),
     ]
     if s.hidden_p:
-        embeddings.append(Drop("embeddings", bsh, output_saved=True))
+        embeddings.append(Drop("embeddings", bsh))
     layer: list[Item] = [Saved("layer input (Q/K/V input)", bsh * e)]
     if st.attention == "sdpa_fused":
         layer += _fused_attention(s, st, 3 * bsh * e)
@@ -259,7 +255,7 @@ def bert(s: Shapes, st: Storage) -> Inventory:
     head: list[Item] = [Saved("last hidden state (pooler reads token 0)", bsh * e),
                         Saved("pooler tanh output", b * h * e)]
     if classifier_p:
-        head += [Drop("classifier", b * h, output_saved=True), Saved("classifier input", b * h * e)]
+        head += [Drop("classifier", b * h), Saved("classifier input", b * h * e)]
     return Inventory(embeddings, layer, head + _loss(s, st, b, s.num_labels))
 
 
@@ -274,7 +270,7 @@ def vit(s: Shapes, st: Storage) -> Inventory:
     bsh = b * t * h
     embeddings: list[Item] = [Saved("image (patch-embedding conv input)", b * s.channels * s.image_size**2 * e)]
     if s.pos_p:
-        embeddings.append(Drop("position embedding", bsh, output_saved=True))
+        embeddings.append(Drop("position embedding", bsh))
     layer: list[Item] = [*_ln("norm1", s, st, b * t), Saved("qkv input", bsh * e)]
     if st.attention == "sdpa_fused":
         layer += _fused_attention(s, st, 3 * bsh * e)
@@ -284,14 +280,14 @@ def vit(s: Shapes, st: Storage) -> Inventory:
         layer.append(Drop("attention proj", bsh))
     layer += [*_ln("norm2", s, st, b * t), Saved("fc1 input", bsh * e), Saved("GELU input", b * t * hi * e)]
     if s.hidden_p:
-        layer.append(Drop("MLP activation", b * t * hi, output_saved=True))
+        layer.append(Drop("MLP activation", b * t * hi))
     layer.append(Saved("fc2 input", b * t * hi * e))
     if s.hidden_p:
         layer.append(Drop("MLP output", bsh))
     head_p = s.classifier_p or 0.0
     head: list[Item] = _ln("final norm", s, st, b * t)
     if head_p:
-        head += [Drop("head", b * h, output_saved=True), Saved("head input", b * h * e)]
+        head += [Drop("head", b * h), Saved("head input", b * h * e)]
     else:  # dropout with p=0 returns its input: the head keeps token 0, a view of the whole final-norm output
         head.append(Saved("head input (view of the final-norm output)", bsh * e))
     return Inventory(embeddings, layer, head + _loss(s, st, b, s.num_labels))
@@ -317,7 +313,7 @@ def longformer(s: Shapes, st: Storage) -> Inventory:
     # where the transpose is contiguous and the Linears keep the layer input itself.
     input_copies = 1 if b == 1 else 3
     if s.hidden_p:
-        embeddings.append(Drop("embeddings", bsh, output_saved=b == 1))
+        embeddings.append(Drop("embeddings", bsh))
     layer: list[Item] = [
         Saved(f"Q/K/V input ({input_copies} storage(s))", input_copies * bsh * e),
         Saved("Q and K sliding chunks (2)", 2 * 2 * b * h * (t - w) * e),
@@ -339,7 +335,7 @@ def longformer(s: Shapes, st: Storage) -> Inventory:
                   Saved("global K/V input copies", (input_copies - 1) * bsh * e), Saved("global keys copy", bsh * e),
                   Saved("global query", b * g * h * e), Saved("global softmax output (fp32)", global_probs * 4)]
         if s.attn_p:
-            layer += [Drop("global attention probabilities", global_probs, output_saved=True),
+            layer += [Drop("global attention probabilities", global_probs),
                       Saved("global dropped probabilities", global_probs * e)]
         elif e != 4:  # p = 0: the cast back from fp32 is a new tensor unless the activations are fp32 already
             layer.append(Saved("global probabilities (cast)", global_probs * e))
@@ -352,10 +348,10 @@ def longformer(s: Shapes, st: Storage) -> Inventory:
         return Inventory(embeddings, layer, _mlm_head(s, st, b * t, b * s.seq))
     head: list[Item] = []
     if s.hidden_p:
-        head.append(Drop("head dense", b * h, output_saved=True))
+        head.append(Drop("head dense", b * h))
     head += [Saved("head dense input", b * h * e), Saved("head tanh output", b * h * e)]
     if s.hidden_p:
-        head += [Drop("head out_proj", b * h, output_saved=True), Saved("head out_proj input", b * h * e)]
+        head += [Drop("head out_proj", b * h), Saved("head out_proj input", b * h * e)]
     return Inventory(embeddings, layer, head + _loss(s, st, b, s.num_labels))
 
 
@@ -363,19 +359,12 @@ ARCHITECTURES: dict[str, Callable[[Shapes, Storage], Inventory]] = {"bert": bert
 
 
 def _cost(item: Item, st: Storage) -> tuple[str, int]:
-    """(kind, bytes) of one inventory item; a dropout may cost mask bytes and output padding."""
+    """(kind, bytes) of one inventory item."""
     if isinstance(item, Saved):
         return "activation", item.nbytes
     if item.in_sdpa:  # SDPA's math fallback on CPU: torch's noise in the activation dtype, not a dropout call
         return "activation", item.numel * st.activation_bytes
     return "mask", st.mask.bytes_per_call(item.numel, st.activation_bytes)
-
-
-def _padding(item: Item, st: Storage) -> int:
-    if not isinstance(item, Drop) or not item.output_saved or item.in_sdpa:
-        return 0
-    k = st.mask.output_multiple
-    return (math.ceil(item.numel / k) * k - item.numel) * st.activation_bytes
 
 
 def predict(shapes: Shapes, storage: Storage) -> Prediction:
@@ -389,11 +378,8 @@ def predict(shapes: Shapes, storage: Storage) -> Prediction:
                                ("head", inventory.head, 1)):
         for item in items:
             kind, nbytes = _cost(item, storage)
-            padding = _padding(item, storage)
-            breakdown.append((part, item.name, kind, nbytes + padding))
+            breakdown.append((part, item.name, kind, nbytes))
             totals[kind] += count * nbytes
-            totals["activation"] += count * padding
             if part == "layer":
                 layer_totals[kind] += nbytes
-                layer_totals["activation"] += padding
     return Prediction(totals["activation"], totals["mask"], layer_totals["activation"], layer_totals["mask"], breakdown)
