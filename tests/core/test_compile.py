@@ -47,7 +47,7 @@ def _assert_same(got, ref):
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=["fp32", "bf16", "fp16"])
 @pytest.mark.parametrize("fallback_random", [False, True], ids=["inductor_rng", "fallback_random"])
 def test_each_call_compiles_fullgraph_saves_its_packed_mask_and_matches_compiled_dropout(dtype, fallback_random):
     torch._dynamo.reset()
