@@ -116,6 +116,7 @@ class StepMemory(TorchDispatchMode):
         self._phases: list[tuple[int, str]] = [(0, "start")]  # (event index, phase name)
         self._start_events = 0
         self._hooks: list = []
+        self._finalizers: list[weakref.finalize] = []
         self._paused = False
 
     # ------------------------------------------------------------------ registering storages
@@ -138,7 +139,7 @@ class StepMemory(TorchDispatchMode):
             self._records[id(storage)] = record
             self._facts[record.key] = record
             self._events.append((record.key, nbytes))
-            weakref.finalize(storage, self._freed, id(storage), record)
+            self._finalizers.append(weakref.finalize(storage, self._freed, id(storage), record))
         elif nbytes != record.nbytes:  # resized in place
             self._events.append((record.key, nbytes - record.nbytes))
             record.nbytes, record.exact_nbytes = nbytes, exact
@@ -198,10 +199,19 @@ class StepMemory(TorchDispatchMode):
         return super().__enter__()
 
     def __exit__(self, *exc: object) -> None:
-        super().__exit__(*exc)
-        for hook in self._hooks:
-            hook.remove()
-        self._hooks.clear()
+        try:
+            super().__exit__(*exc)
+        finally:
+            for hook in self._hooks:
+                hook.remove()
+            self._hooks.clear()
+            # A finalizer holds this mode until its storage dies, and the mode held the model whose storages those are:
+            # left attached, they would keep the model (and, under DDP, its process group) alive for ever. Frees after
+            # the step only lower the total, so the peak is complete here.
+            for finalizer in self._finalizers:
+                finalizer.detach()
+            self._finalizers.clear()
+            self._model, self._optimizer, self._inputs = None, None, ()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}

@@ -127,3 +127,20 @@ def test_autocast_weight_casts_are_their_own_category():
     peak = memory.result()
     assert peak.split["parameter_casts"] == 64 * 64 * 2 + 64 * 2  # the bf16 weight and bias, alive with the output
     assert peak.split["temporaries"] == 2 * 8 * 64 * 2 and y.dtype is torch.bfloat16  # x's bf16 copy and y
+
+
+def test_the_model_is_freed_once_the_step_is_measured():
+    """The tracker keeps nothing of the step alive: a sweep's finished models are freed, and under DDP a failed run's
+    process group with them (its peer would otherwise wait out the collective timeout)."""
+    import gc
+    import weakref
+
+    model, batch = _tiny_bert("pmdrop"), _batch()
+    optimizer = torch.optim.AdamW(model.parameters())
+    with StepMemory("cpu", model, optimizer, inputs=batch) as memory:
+        _step(model, optimizer, batch, memory)
+    assert memory.result().peak_bytes > 0
+    model_alive = weakref.ref(model)
+    del model, optimizer
+    gc.collect()
+    assert model_alive() is None
