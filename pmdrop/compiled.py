@@ -20,7 +20,7 @@ dynamo cannot trace. :func:`pmdrop.dropout` sends the calls that need a backward
   CUDA), so the exported program's module is bit-identical to eager ``nn.Dropout``, and its
   backward (``register_autograd``) reads only the packed mask or the generator state.
 
-Run ``python -m pmdrop.compiled`` for the compiled-step timing against compiled ``nn.Dropout``.
+Run ``python -m pmdrop.bench_compile`` for the compiled-step timing against compiled ``nn.Dropout``.
 """
 
 from __future__ import annotations
@@ -300,71 +300,3 @@ def dropout(x: torch.Tensor, p: float, training: bool, inplace: bool, variant: D
         return _CompiledPackedDropout.apply(x, p, variant.masks_per_byte)[0]
     # Under dynamo, draw as Inductor's fallback_random does (native_dropout); under export, as eager torch does.
     return torch.ops.pmdrop.seeded_dropout(x, p, not exporting or _eager_takes_native_dropout(x))[0]
-
-
-def _compiled_step_ratios(pairs: int = 15, layers: int = 2, hidden: int = 128, batch: int = 16, seq: int = 64) -> None:
-    """Compiled training step of an eager-attention BERT, each variant against compiled ``nn.Dropout``.
-
-    Prints the median of interleaved per-pair time ratios, and the bytes saved for backward per step.
-    """
-    import copy
-    import time
-
-    from transformers import BertConfig, BertForSequenceClassification
-
-    from .modules import convert
-    from .saved_masks import pack_saved_masks
-
-    config = BertConfig(
-        vocab_size=1000, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
-        intermediate_size=4 * hidden, max_position_embeddings=seq, num_labels=2, attn_implementation="eager",
-    )
-    torch.manual_seed(0)
-    reference = BertForSequenceClassification(config).train()
-    generator = torch.Generator().manual_seed(0)
-    inputs = {"input_ids": torch.randint(0, 1000, (batch, seq), generator=generator),
-              "labels": torch.randint(0, 2, (batch,), generator=generator)}
-    steps = {}
-    for name in ("baseline", "pmdrop", "pmdrop_4bit", "seeded"):
-        model = copy.deepcopy(reference)
-        if name != "baseline":
-            convert(model, name)
-        steps[name] = (torch.compile(model), model)
-    steps["baseline+pack_saved_masks"] = steps["baseline"]
-
-    def step(name: str) -> tuple[float, str]:
-        compiled, model = steps[name]
-        saved: list[int] = []
-        count = torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.untyped_storage().nbytes()) or t,
-                                                         lambda t: t)
-        with pack_saved_masks() if name.endswith("pack_saved_masks") else count as packed:
-            start = time.perf_counter()
-            loss = compiled(**inputs).loss
-        loss.backward()
-        elapsed = time.perf_counter() - start
-        model.zero_grad(set_to_none=True)
-        if packed is not None:  # inside pack_saved_masks only its hooks run: report what it packed
-            return elapsed, f"bool masks {packed.bool_bytes} B kept as {packed.packed_bytes} B"
-        return elapsed, f"saved for backward {sum(saved)} B"
-
-    for name in steps:  # compile, warm up
-        step(name)
-        step(name)
-    ratios: dict[str, list[float]] = {name: [] for name in steps if name != "baseline"}
-    saved_bytes = {}
-    for _ in range(pairs):
-        for name in ratios:
-            base, saved_bytes["baseline"] = step("baseline")
-            other, saved_bytes[name] = step(name)
-            ratios[name].append(other / base)
-    print(f"compiled BERT ({layers} layers, hidden {hidden}, batch {batch}x{seq}), torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, {pairs} interleaved pairs; "
-          f"compiled nn.Dropout: {saved_bytes['baseline']}")
-    for name, values in ratios.items():
-        values.sort()
-        print(f"  {name:26s} step time / compiled nn.Dropout: median {values[len(values) // 2]:.3f} "
-              f"(range {values[0]:.3f}-{values[-1]:.3f}); {saved_bytes[name]}")
-
-
-if __name__ == "__main__":
-    _compiled_step_ratios()
