@@ -1,5 +1,5 @@
-# make install | lock | demo | test | lint | report | suite1 | suite2 | gpu-campaign | maxfit | maxfit-gpu |
-# composability | robustness
+# make install | lock | demo | test | lint | report | suite1 | suite2 | gpu-campaign | memory-plan | maxfit | maxfit-gpu |
+# composability | robustness | gpu-check
 # Extra Hydra overrides go in ARGS, e.g. `make suite1 ARGS="trainer.device=cuda"`; the campaign's size in SCALE.
 PYTHON3 ?= python3
 VENV := .venv
@@ -24,7 +24,8 @@ UV_SOURCES := $(addprefix --index-url ,$(call pip_setting,index-url)) \
 	$(addprefix --extra-index-url ,$(call pip_setting,extra-index-url)) \
 	$(addprefix --find-links ,$(sort $(call pip_setting,find-links))) --index-strategy unsafe-best-match
 
-.PHONY: install lock demo test lint report suite1 suite2 gpu-campaign maxfit maxfit-gpu composability robustness
+.PHONY: install lock demo test lint report suite1 suite2 gpu-campaign memory-plan maxfit maxfit-gpu composability robustness \
+	gpu-check
 
 install: $(STAMP)
 
@@ -70,6 +71,15 @@ suite2: install
 gpu-campaign: install
 	$(PYTHON) run.py -m experiment=gpu_campaign campaign/scale=$(SCALE) runs_root=$(RUNS) $(ARGS)
 
+# Peak memory at the paper's shapes planned on the meta device with CUDA's semantics (no GPU needed): every shape x
+# variant, planned peak against batch size, and the largest batch / context within 80 GB; then the report.
+memory-plan: install
+	$(PYTHON) run.py -m experiment=memory_plan runs_root=$(RUNS) logger=disabled $(ARGS); \
+	plan=$$?; $(PYTHON) run.py -m experiment=memory_plan_batch runs_root=$(RUNS) logger=disabled $(ARGS); \
+	batch=$$?; $(PYTHON) run.py -m experiment=memory_plan_maxfit runs_root=$(RUNS) logger=disabled $(ARGS); \
+	fit=$$?; $(PYTHON) run.py -m experiment=memory_plan_context runs_root=$(RUNS) logger=disabled $(ARGS); \
+	context=$$?; test $$plan -eq 0 -a $$batch -eq 0 -a $$fit -eq 0 -a $$context -eq 0; $(REPORT_AFTER)
+
 # The other experiments, each followed by the report: largest batch/context per variant (CPU: saved-bytes budget;
 # maxfit-gpu: CUDA memory), exactness and saved bytes under checkpointing/bf16/compile/sdpa, and the bit-flip and
 # FGSM robustness checks.
@@ -86,3 +96,8 @@ robustness: install
 	$(PYTHON) run.py -m experiment=robustness_bitflip runs_root=$(RUNS) $(ARGS); \
 	bitflip=$$?; $(PYTHON) run.py -m experiment=robustness_fgsm runs_root=$(RUNS) $(ARGS); \
 	fgsm=$$?; test $$bitflip -eq 0 -a $$fgsm -eq 0; $(REPORT_AFTER)
+
+# The GPU check as one time-bounded run on a machine with CUDA (scripts/gpu_check.sh): CUDA tests, kernel timings,
+# training steps at the paper's shapes and their memory plan, side by side. Without CUDA its GPU steps say so and skip.
+gpu-check:
+	OUT=$${OUT:-gpu_check_out} bash scripts/gpu_check.sh

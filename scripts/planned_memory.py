@@ -2,6 +2,8 @@
 
     python -m scripts.planned_memory RUNS_ROOT [RUNS_ROOT ...] --out results
 
+``python -m scripts.report`` writes the same files whenever the runs it reads include planned ones.
+
 Writes ``memory_plan.csv`` and ``memory_plan.md`` (per shape and variant: the planned peak, its change against the
 baseline of the same shape, what held the bytes at the peak, the saved masks beside the analytic model's
 (scripts/memory_model.py) and Korthikanti et al.'s closed form, BERT-Large b32 s512 beside ONNX Runtime's measured
@@ -170,15 +172,20 @@ def _markdown(frame: pd.DataFrame, digits: int = 2) -> str:
         index=False, name=None)])
 
 
-def write_report(roots: list[Path], out: Path, command: str) -> list[Path]:
-    runs = load_runs(roots)
+def write_tables(runs: pd.DataFrame, out: Path, provenance: Provenance) -> list[tuple[Path, str]]:
+    """The planned tables and figures of ``runs`` (the planned ones among them) into ``out``, each with a line saying
+    what it holds; nothing when no run was planned."""
+    if planned_runs(runs).empty:
+        return []
     table, searches = plan_table(runs), search_table(runs)
     out.mkdir(parents=True, exist_ok=True)
-    written = [out / "memory_plan.csv", out / "memory_plan.md"]
-    provenance = Provenance.of(planned_runs(runs), command)
-    written[0].write_text(provenance.csv_header())
-    with written[0].open("a") as csv:
+    csv_path, md_path = out / "memory_plan.csv", out / "memory_plan.md"
+    csv_path.write_text(provenance.csv_header())
+    with csv_path.open("a") as csv:
         table.to_csv(csv, index=False)
+    written = [(csv_path, f"planned peak memory per shape and variant: {STATUS} (CSV, raw units)"),
+               (md_path, f"planned peak memory per shape and variant, beside the analytic models and ONNX Runtime's "
+                         f"measured BitmaskDropout; planned largest batch/context within the budget: {STATUS}")]
     longformer = table[table["model"].str.startswith("longformer") & (table["batch_size"] == 2)] if not table.empty \
         else table
     shown = ["model", "dataset", "variant", "batch_size", "seq_len", "attention", "peak_gb", "delta_pct", "phase",
@@ -186,23 +193,28 @@ def write_report(roots: list[Path], out: Path, command: str) -> list[Path]:
              "korthikanti_activation_gb", "korthikanti_mask_gb", "fits_budget"]
     lines = ["# Planned peak memory (meta device, CUDA semantics)", "",
              f"Status of every figure below: **{STATUS}** — one steady training step (forward, backward, AdamW) run "
-             "on the meta device by experiments/memory_plan.py; not a measurement. Command: "
-             "`python run.py -m experiment=memory_plan` (+ `experiment=memory_plan_batch`, "
-             "`experiment=memory_plan_maxfit`), then `python -m scripts.planned_memory RUNS --out results`.",
+             "on the meta device by experiments/memory_plan.py; not a measurement. Command: `make memory-plan` "
+             "(`python run.py -m experiment=memory_plan`, `experiment=memory_plan_batch`, "
+             "`experiment=memory_plan_maxfit`, `experiment=memory_plan_context`), then the report.",
              "", provenance.markdown(),
              "## Peak per shape and variant (GB = 1e9 bytes)", "",
              _markdown(table[[c for c in shown if c in table.columns]] if not table.empty else table),
              "## BERT-Large (24 layers) b32 s512 beside ONNX Runtime's BitmaskDropout", "",
              _markdown(onnx_runtime_rows(table)),
              "## Largest batch / context within the budget (planned)", "", _markdown(searches)]
-    written[1].write_text("\n".join(lines))
+    md_path.write_text("\n".join(lines))
     for path, frame, x, title in (
             (out / "memory_plan_seq_len.png", longformer, "seq_len", f"Longformer-Base, batch 2: {STATUS}"),
             (out / "memory_plan_batch.png", table[table["seq_len"].isin([512]) | table["seq_len"].isna()]
              if not table.empty else table, "batch_size", f"batch size: {STATUS}")):
         if _plot(frame, x, title, path):
-            written.append(path)
+            written.append((path, f"{title}: planned peak against {x.replace('_', ' ')} per variant"))
     return written
+
+
+def write_report(roots: list[Path], out: Path, command: str) -> list[Path]:
+    runs = load_runs(roots)
+    return [path for path, _ in write_tables(runs, out, Provenance.of(planned_runs(runs), command))]
 
 
 def main(argv: list[str] | None = None) -> int:

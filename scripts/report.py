@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import analysis, claims, composability, maxfit, memory_check, plots, robustness, tables
+from . import analysis, claims, composability, maxfit, memory_check, planned_memory, plots, robustness, tables
 from .load import find_incomplete, read_runs
 from .provenance import Provenance, report_command
 from .settings import DEFAULT_SETTINGS, WANDB_MODES, Settings, load_settings
@@ -205,7 +205,8 @@ def build_report(roots: list[Path], out: Path, settings: Settings, command: str)
     data = plots.PlotInput(training[training["status"] == "ok"], settings.baseline, settings.confidence,
                            maxfit.searches(runs))
     pngs, written.skipped_plots = plots.draw_all(data, out / "plots", provenance, settings.dpi)
-    for path, description in pngs:
+    planned = planned_memory.planned_runs(runs)
+    for path, description in [*pngs, *planned_memory.write_tables(runs, out, provenance.subset(planned))]:
         written.add(path, description)
     incomplete = find_incomplete(roots)
     if incomplete:

@@ -1,0 +1,42 @@
+"""The report on planned runs (experiment=memory_plan, meta device): the planned tables and figure are written and
+linked, every figure in them marked planned, and the claims give them their own status."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from scripts import planned_memory, report
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_the_report_writes_and_links_the_planned_memory_of_planned_runs(tmp_path):
+    root, out = tmp_path / "runs", tmp_path / "report"
+    # TinyBERT-4L at s512 (the batch figure's sequence length) and two batch sizes, cut to 2 layers: seconds on meta
+    command = [sys.executable, "run.py", "-m", "experiment=memory_plan", "campaign/shape=tinybert_s128",
+               "campaign.layers.full=2", "campaign.seq_len.full=512", "variant=baseline,pmdrop",
+               "trainer.batch_size=4,8",
+               "experiment_name=memory_plan_b${trainer.batch_size}", "logger=disabled", f"runs_root={root}"]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    report.main([str(root), "--out", str(out), "--wandb", "disabled"])
+
+    table = pd.read_csv(out / "memory_plan.csv", comment="#")
+    assert sorted(zip(table["variant"], table["batch_size"], strict=True)) == [
+        ("baseline", 4), ("baseline", 8), ("pmdrop", 4), ("pmdrop", 8)]
+    assert (table["status"] == planned_memory.STATUS).all() and (table["semantics"] == "cuda").all()
+    pmdrop = table[table["variant"] == "pmdrop"]
+    # each peak beside its own shape's baseline (at this size the weights, not the masks, make the peak)
+    assert table[table["variant"] == "baseline"]["delta_pct"].eq(0).all() and pmdrop["delta_pct"].notna().all()
+    # CUDA semantics: the baseline's bool masks take 8 times the packed ones
+    baseline = table[table["variant"] == "baseline"].set_index("batch_size")["saved_mask_gb"]
+    assert (baseline / pmdrop.set_index("batch_size")["saved_mask_gb"]).round(2).eq(8.0).all()
+    assert (out / "memory_plan_batch.png").is_file()
+    readme = (out / "README.md").read_text()
+    for name in ("memory_plan.md", "memory_plan.csv", "memory_plan_batch.png"):
+        assert f"]({name})" in readme
+    claims = pd.read_csv(out / "claims.csv", comment="#")
+    assert planned_memory.STATUS in set(claims["status"])
