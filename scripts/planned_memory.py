@@ -74,9 +74,26 @@ def _predicted_masks(results: dict) -> float | None:
         return None
 
 
+MEASURED_ON_CUDA = "cuda_max_memory_allocated"
+
+
+def _shape_key(run: pd.Series) -> tuple:
+    return (run["model"], run["dataset"], run["variant"], _int(run["batch_size"]), _int(run["seq_len"]),
+            run["results"].get("precision"))
+
+
+def measured_on_cuda(runs: pd.DataFrame) -> dict[tuple, float]:
+    """``torch.cuda.max_memory_allocated`` of finished GPU runs, by model, dataset, variant, batch, length, precision
+    (the same names a plan of the same shape has: both come from conf/campaign/shape/); the last run read wins."""
+    cuda = runs[(runs["status"] == "ok") & (runs["peak_memory_kind"] == MEASURED_ON_CUDA)]
+    return {_shape_key(run): float(run["peak_memory_bytes"]) for _, run in cuda.iterrows()}
+
+
 def plan_table(runs: pd.DataFrame, baseline: str = "baseline") -> pd.DataFrame:
-    """One row per planned shape and variant (searches left out)."""
+    """One row per planned shape and variant (searches left out), with the peak a GPU run of the same shape measured,
+    where one exists."""
     rows = []
+    measured = measured_on_cuda(runs)
     for _, run in planned_runs(runs)[lambda r: ~r["search"]].iterrows():
         results, plan = run["results"], _plan(run["results"])
         activations, masks = korthikanti_bytes(results)
@@ -92,6 +109,7 @@ def plan_table(runs: pd.DataFrame, baseline: str = "baseline") -> pd.DataFrame:
             "korthikanti_activation_gb": None if activations is None else activations / GB,
             "korthikanti_mask_gb": None if masks is None else masks / GB,
             "fits_budget": plan.get("fits_budget"), "status": STATUS,
+            "measured_cuda_gb": None if (m := measured.get(_shape_key(run))) is None else m / GB,
         })
     table = pd.DataFrame(rows)
     if table.empty:
@@ -101,6 +119,7 @@ def plan_table(runs: pd.DataFrame, baseline: str = "baseline") -> pd.DataFrame:
     table["delta_pct"] = [100 * (row.peak_gb / base[key] - 1) if key in base.index else None
                           for key, row in zip(table[keys].itertuples(index=False, name=None),
                                               table.itertuples(), strict=True)]
+    table["planned_vs_measured"] = table["peak_gb"] / table["measured_cuda_gb"].astype(float)
     return table.sort_values([*keys, "variant"], na_position="first").reset_index(drop=True)
 
 
@@ -190,12 +209,15 @@ def write_tables(runs: pd.DataFrame, out: Path, provenance: Provenance) -> list[
         else table
     shown = ["model", "dataset", "variant", "batch_size", "seq_len", "attention", "peak_gb", "delta_pct", "phase",
              "saved_mask_gb", "model_mask_gb", "saved_activations_gb", "parameter_casts_gb", "temporaries_gb",
-             "korthikanti_activation_gb", "korthikanti_mask_gb", "fits_budget"]
+             "korthikanti_activation_gb", "korthikanti_mask_gb", "fits_budget", "measured_cuda_gb",
+             "planned_vs_measured"]
     lines = ["# Planned peak memory (meta device, CUDA semantics)", "",
              f"Status of every figure below: **{STATUS}** — one steady training step (forward, backward, AdamW) run "
              "on the meta device by experiments/memory_plan.py; not a measurement. Command: `make memory-plan` "
              "(`python run.py -m experiment=memory_plan`, `experiment=memory_plan_batch`, "
-             "`experiment=memory_plan_maxfit`, `experiment=memory_plan_context`), then the report.",
+             "`experiment=memory_plan_maxfit`, `experiment=memory_plan_context`), then the report. Where a GPU run of "
+             "the same shape exists (`make gpu-check`, `make gpu-campaign`), `measured_cuda_gb` is its "
+             "`torch.cuda.max_memory_allocated` and `planned_vs_measured` the plan's ratio to it.",
              "", provenance.markdown(),
              "## Peak per shape and variant (GB = 1e9 bytes)", "",
              _markdown(table[[c for c in shown if c in table.columns]] if not table.empty else table),

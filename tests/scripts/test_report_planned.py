@@ -1,6 +1,8 @@
 """The report on planned runs (experiment=memory_plan, meta device): the planned tables and figure are written and
-linked, every figure in them marked planned, and the claims give them their own status."""
+linked, every figure in them marked planned, a GPU run of the same shape set beside its plan, and the claims give
+plans their own status."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +24,15 @@ def test_the_report_writes_and_links_the_planned_memory_of_planned_runs(tmp_path
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
 
+    # a GPU run of one planned shape, as `make gpu-check` writes it: the report sets its measured peak beside the plan
+    planned_run = root / "memory_plan_b4" / "tinybert-eager" / "synthetic_lm-s128-b32" / "pmdrop" / "seed0"
+    measured = json.loads((planned_run / "results.json").read_text())
+    measured.update(experiment="gpu_check", device="cuda:0", peak_memory_kind="cuda_max_memory_allocated",
+                    peak_memory_bytes=2 * measured["peak_memory_bytes"])
+    gpu_run = root / "gpu_check" / "tinybert-eager" / "synthetic_lm-s128-b32" / "pmdrop" / "seed0"
+    gpu_run.mkdir(parents=True)
+    (gpu_run / "results.json").write_text(json.dumps(measured))
+
     report.main([str(root), "--out", str(out), "--wandb", "disabled"])
 
     table = pd.read_csv(out / "memory_plan.csv", comment="#")
@@ -34,6 +45,8 @@ def test_the_report_writes_and_links_the_planned_memory_of_planned_runs(tmp_path
     # CUDA semantics: the baseline's bool masks take 8 times the packed ones
     baseline = table[table["variant"] == "baseline"].set_index("batch_size")["saved_mask_gb"]
     assert (baseline / pmdrop.set_index("batch_size")["saved_mask_gb"]).round(2).eq(8.0).all()
+    beside = table.set_index(["variant", "batch_size"])["planned_vs_measured"]
+    assert beside[("pmdrop", 4)] == 0.5 and beside.drop(("pmdrop", 4)).isna().all()
     assert (out / "memory_plan_batch.png").is_file()
     readme = (out / "README.md").read_text()
     for name in ("memory_plan.md", "memory_plan.csv", "memory_plan_batch.png"):
