@@ -10,6 +10,7 @@ import copy
 import re
 from collections.abc import Callable
 
+import torch
 from hydra.errors import CompactHydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -83,6 +84,10 @@ def check_resources(cfg: DictConfig) -> None:
 
 def run(cfg: DictConfig, log_step: LogStep) -> Measurement:
     """The job's work, on this rank; its measurement."""
+    if cfg.trainer.get("compile"):
+        # A sweep runs its jobs in one process: without a reset, the code objects of one model family gather every
+        # earlier job's graphs, and once dynamo's recompile limit is hit it runs the rest of the sweep eagerly.
+        torch.compiler.reset()
     if is_plan(cfg):
         return memory_plan.run_plan(cfg, log_step)
     return maxfit.run_search(cfg, log_step) if is_search(cfg) else train.run_training(cfg, log_step)

@@ -1,6 +1,8 @@
 """Composability through the harness: exact variants stay bit-identical to the baseline under checkpointing and
 bf16, and the report's table (scripts/composability.py) says so."""
 
+import pmdrop
+from experiments.sweep import sweep_variants
 from scripts.composability import composability_table
 from scripts.load import load_runs
 from scripts.report import main as report
@@ -46,8 +48,9 @@ def test_a_run_that_differs_from_its_baseline_is_flagged(launch, runs_root):
 
 
 def test_compile_keeps_every_exact_variant_bit_identical(launch, runs_root):
-    """torch.compile with fallback_random (the setting's default): packed and seeded train as compiled torch does."""
-    variants = ("baseline", "pmdrop", "seeded")
+    """torch.compile with fallback_random (the setting's default): packed and seeded train as compiled torch does,
+    every run of the sweep compiled (five runs in one process pass dynamo's recompile limit without a reset)."""
+    variants = sweep_variants("exact").split(",")
     assert launch("-m", "experiment=composability", "composability=compile", f"variant={','.join(variants)}",
                   *TINY_RUN, "trainer.threads=1") == 0
     rows = composability_table(load_runs([runs_root])).to_dict("records")
@@ -55,4 +58,8 @@ def test_compile_keeps_every_exact_variant_bit_identical(launch, runs_root):
     for row in rows:
         assert row["status"] == "ok" and row["identical_to_baseline"] is True
     by_variant = {row["variant"]: row for row in rows}
-    assert by_variant["pmdrop"]["saved_bytes_change"] < 0  # the packed mask where compiled torch keeps a bool one
+    # the packed mask where compiled torch keeps a bool one (seeded's CPU generator state, 5056 B a call, outweighs
+    # this tiny model's masks)
+    for variant in variants:
+        if pmdrop.get_variant(variant).masks_per_byte:
+            assert by_variant[variant]["saved_bytes_change"] < 0
