@@ -43,11 +43,21 @@ class TaskData:
     def batches(self, batch_size: int, generator: torch.Generator) -> Iterator[dict[str, torch.Tensor]]:
         """Endless shuffled training batches; reshuffles each epoch from ``generator``."""
         n = len(next(iter(self.train.values())))
+        if n < batch_size:  # no whole batch in an epoch: the loop below would never yield
+            raise ValueError(f"trainer.batch_size={batch_size} is larger than the training set ({n} samples on this "
+                             "rank): lower trainer.batch_size or use more training data")
         while True:
             order = torch.randperm(n, generator=generator)
             for start in range(0, n - batch_size + 1, batch_size):
                 index = order[start : start + batch_size]
                 yield {key: value[index] for key, value in self.train.items()}
+
+    def repeated_batch(self, batch_size: int) -> dict[str, torch.Tensor]:
+        """``batch_size`` training samples in order, repeating them when the set is smaller than the batch: for a
+        size probe or a memory plan, which need a batch's shapes, not an epoch."""
+        samples = len(next(iter(self.train.values())))
+        index = torch.arange(batch_size) % samples
+        return {key: value[index] for key, value in self.train.items()}
 
     def eval_batches(self, batch_size: int, max_batches: int | None) -> Iterator[dict[str, torch.Tensor]]:
         n = len(next(iter(self.eval.values())))

@@ -54,6 +54,8 @@ def check_run_config(cfg: DictConfig) -> None:
 def check_config(cfg: DictConfig) -> None:
     """One-line ValueError for a bad model/dataset/trainer value (and ``maxfit`` block), before any work."""
     train.check_config(cfg)
+    if not is_search(cfg) and not is_plan(cfg):  # a search or a plan repeats samples to fill a batch
+        train.check_batch_fits_data(cfg)
     if is_search(cfg):
         maxfit.check_maxfit_config(cfg)
     if is_plan(cfg):

@@ -183,10 +183,7 @@ def _sized(cfg: DictConfig, axis: str, size: int) -> DictConfig:
 
 
 def _probe_batch(data: TaskData, batch_size: int, device: torch.device) -> dict[str, torch.Tensor]:
-    """``batch_size`` training samples, repeating them when the set is smaller than the batch."""
-    samples = len(next(iter(data.train.values())))
-    index = torch.arange(batch_size) % samples
-    return {key: value[index].to(device) for key, value in data.train.items()}
+    return {key: value.to(device) for key, value in data.repeated_batch(batch_size).items()}
 
 
 class _Workload:

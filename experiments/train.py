@@ -131,6 +131,16 @@ def check_config(cfg: DictConfig) -> None:
                          f"{cfg.dataset.task!r}; valid: image_classification")
 
 
+def check_batch_fits_data(cfg: DictConfig) -> None:
+    """A training batch no larger than a rank's share of a training set of known size (``dataset.train_size``)."""
+    train_size, world_size = cfg.dataset.get("train_size"), distributed.current().world_size
+    if train_size is not None and cfg.trainer.batch_size > train_size // world_size:
+        shared = f", {train_size // world_size} per rank of {world_size}" if world_size > 1 else ""
+        raise ValueError(f"trainer.batch_size={cfg.trainer.batch_size} is larger than the training set "
+                         f"(dataset.train_size={train_size}{shared}): lower trainer.batch_size or raise "
+                         "dataset.train_size")
+
+
 def _flat_grad(model: torch.nn.Module) -> torch.Tensor:
     return torch.cat([p.grad.reshape(-1).double() for p in model.parameters() if p.grad is not None])
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from experiments.data import build_data, check_dataset_config
+from experiments.data import TaskData, build_data, check_dataset_config
 
 from .cfg import CONF, compose_run
 
@@ -169,3 +169,10 @@ def test_digits_keep_the_first_num_labels_classes():
 def test_bad_dataset_configs_fail_with_one_line(overrides, message):
     with pytest.raises(ValueError, match=message):
         check_dataset_config(compose_run(*overrides).dataset)
+
+
+def test_a_training_set_smaller_than_a_batch_is_refused_not_waited_on():
+    data = TaskData("classification", {"x": torch.arange(3)}, {"x": torch.arange(3)}, num_labels=2)
+    with pytest.raises(ValueError, match=r"^trainer.batch_size=4 is larger than the training set \(3 samples"):
+        next(data.batches(4, torch.Generator()))
+    assert data.repeated_batch(4)["x"].tolist() == [0, 1, 2, 0]

@@ -145,6 +145,14 @@ def test_plan_search_finds_the_largest_batch_within_the_budget():
     assert [size for size, _, _ in result.maxfit.probes] == [1, 2, 4, 8, 6, 5]
 
 
+def test_a_batch_larger_than_the_training_set_is_planned_from_repeated_samples():
+    """A plan needs a batch's shapes only (it once waited for ever for a whole batch from 256 samples at batch 512)."""
+    small, enough = ("dataset.train_size=2", "dataset.train_size=8")
+    at = [step_memory(compose_run(*TINY_LM, "variant=pmdrop", size, "trainer.batch_size=5"), "meta", "cuda")[0]
+          for size in (small, enough)]
+    assert at[0].peak_bytes == at[1].peak_bytes > 0
+
+
 def test_plan_config_errors_are_one_line():
     cfg = compose_run(*TINY_LM, "experiment=memory_plan")
     check_plan_config(cfg)

@@ -264,6 +264,7 @@ def test_a_writer_out_of_space_leaves_no_temp_file_and_the_run_is_failed(launch,
     ("trainer.lr=0", "trainer.lr=0.0 must be a finite number > 0"),
     ("trainer.lr=nan", "trainer.lr=nan must be a finite number > 0"),
     ("trainer.threads=0", "trainer.threads=0 must be >= 1, or null"),
+    ("dataset.train_size=6", "trainer.batch_size=16 is larger than the training set (dataset.train_size=6)"),
 ])
 def test_values_that_failed_only_after_training_fail_the_sweep_first(launch, training, runs_root, capsys, value,
                                                                     message):
