@@ -33,11 +33,18 @@ def test_the_report_writes_and_links_the_planned_memory_of_planned_runs(tmp_path
     gpu_run.mkdir(parents=True)
     (gpu_run / "results.json").write_text(json.dumps(measured))
 
+    # the same shape planned again by another experiment (memory_plan and memory_plan_batch both plan BERT-Large b32)
+    again = root / "memory_plan" / "tinybert-eager" / "synthetic_lm-s128-b32" / "baseline" / "seed0"
+    again.mkdir(parents=True)
+    replanned = json.loads((planned_run.parent.parent / "baseline" / "seed0" / "results.json").read_text())
+    (again / "results.json").write_text(json.dumps({**replanned, "experiment": "memory_plan"}))
+
     report.main([str(root), "--out", str(out), "--wandb", "disabled"])
 
     table = pd.read_csv(out / "memory_plan.csv", comment="#")
     assert sorted(zip(table["variant"], table["batch_size"], strict=True)) == [
         ("baseline", 4), ("baseline", 8), ("pmdrop", 4), ("pmdrop", 8)]
+    assert table["delta_pct"].map(type).eq(float).all()  # one baseline per shape, however often it was planned
     assert (table["status"] == planned_memory.STATUS).all() and (table["semantics"] == "cuda").all()
     pmdrop = table[table["variant"] == "pmdrop"]
     # each peak beside its own shape's baseline (at this size the weights, not the masks, make the peak)
