@@ -54,8 +54,13 @@ def pack_traceable(mask: torch.Tensor, masks_per_byte: int) -> torch.Tensor:
     tail = -flat.numel() % k
     if tail:
         flat = torch.cat([flat, flat.new_zeros(tail)])
-    # The bits of one byte are distinct, so their sum in uint8 is their bitwise or.
-    return (flat.view(-1, k).to(torch.uint8) << _bit_shifts(k, mask.device)).sum(-1, dtype=torch.uint8)
+    # One pointwise or of k strided columns, not a sum over a last dim of k: Inductor's CPU code for that uint8
+    # reduction took 17.7 ms where this takes 0.06 ms for a (16, 64, 512) mask at k = 8.
+    columns = flat.view(-1, k).to(torch.uint8)
+    packed = columns[:, 0]
+    for i in range(1, k):
+        packed = packed | (columns[:, i] << i * (8 // k))
+    return packed
 
 
 def unpack_traceable(packed: torch.Tensor, shape: Sequence[int], masks_per_byte: int) -> torch.Tensor:
