@@ -92,6 +92,8 @@ def write_tables(runs: pd.DataFrame, training: pd.DataFrame, out: Path, settings
             frames[table.stem] = frame
     summary, comparisons = analysis.summaries(training, settings), analysis.comparisons(training, settings)
     for experiment in sorted(training["experiment"].unique()):
+        if (training[training["experiment"] == experiment]["peak_memory_kind"] == planned_memory.PLANNED_KIND).all():
+            continue  # plans trained nothing: their figures are memory_plan.md's, with their own status
         prov = provenance.subset(training[training["experiment"] == experiment])
         mine = summary[summary["experiment"] == experiment]
         _write_pair(out, f"summary_{experiment}", f"Summary: {experiment}", mine, tables.summary_markdown(mine), prov,

@@ -125,3 +125,15 @@ def test_planned_peaks_get_their_own_status_and_never_decide(tmp_path):
     assert claims.loc["tinybert_memory", "status"] == "planned (meta, CUDA semantics)"
     assert "-10.1 %" in claims.loc["tinybert_memory", "ours"]
     assert claims.loc["peak_memory_range", "status"] == "not run here"  # planned figures stay out of measured ones
+
+
+def test_mask_compression_leaves_out_searches_whose_sizes_differ_by_variant(tmp_path):
+    _pair(tmp_path)
+    # a search's last probe: pmdrop fits a larger batch, so its masks are not the baseline's masks packed
+    for variant, mask_bytes in (("baseline", 8000), ("pmdrop", 1500)):
+        write_run(tmp_path, experiment="maxfit", dataset=MRPC, variant=variant, device=GPU, saved_mask_bytes=mask_bytes,
+                  maxfit={"axis": "batch_size", "largest": 4 if variant == "baseline" else 6, "budget": "cuda_memory",
+                          "probes": []})
+    compression = _claims(tmp_path).loc["compression"]
+    assert compression["status"] == "reproduced" and compression["ours"].startswith("8.000× ± 0.000")
+    assert "over 5 paired runs" in compression["ours"]

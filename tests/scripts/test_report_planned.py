@@ -58,5 +58,6 @@ def test_the_report_writes_and_links_the_planned_memory_of_planned_runs(tmp_path
     readme = (out / "README.md").read_text()
     for name in ("memory_plan.md", "memory_plan.csv", "memory_plan_batch.png"):
         assert f"]({name})" in readme
+    assert not list(out.glob("summary_memory_plan*")) and not list(out.glob("comparisons_memory_plan*"))
     claims = pd.read_csv(out / "claims.csv", comment="#")
     assert planned_memory.STATUS in set(claims["status"])
