@@ -163,7 +163,10 @@ def search_table(runs: pd.DataFrame, baseline: str = "baseline") -> pd.DataFrame
 
 
 def _plot(table: pd.DataFrame, x: str, title: str, path: Path) -> bool:
-    if table.empty or table[x].nunique() < 2:
+    """Planned peak against ``x``, a line per model and variant planned at two or more values of ``x``."""
+    if not table.empty:
+        table = table.groupby(["model", "variant"]).filter(lambda group: group[x].nunique() >= 2)
+    if table.empty:
         return False
     figure = Figure(figsize=(6.4, 4.2))
     axes = figure.subplots()

@@ -204,8 +204,8 @@ def build_report(roots: list[Path], out: Path, settings: Settings, command: str)
     written = Written([], [])
     training = runs[~is_search(runs)]
     frames = write_tables(runs, training, out, settings, provenance, written)
-    data = plots.PlotInput(training[training["status"] == "ok"], settings.baseline, settings.confidence,
-                           maxfit.searches(runs))
+    measured = (training["status"] == "ok") & (training["peak_memory_kind"] != planned_memory.PLANNED_KIND)
+    data = plots.PlotInput(training[measured], settings.baseline, settings.confidence, maxfit.searches(runs))
     pngs, written.skipped_plots = plots.draw_all(data, out / "plots", provenance, settings.dpi)
     planned = planned_memory.planned_runs(runs)
     for path, description in [*pngs, *planned_memory.write_tables(runs, out, provenance.subset(planned))]:
