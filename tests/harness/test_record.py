@@ -155,9 +155,10 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
-def test_the_harness_modules_import_each_other_without_a_circle():
-    modules = {path.stem: path for path in (REPO_ROOT / "experiments").glob("*.py") if path.stem != "__init__"}
-    graph = {name: {imported.split(".")[1] for imported in _imports(path, "experiments") if "." in imported} - {name}
+@pytest.mark.parametrize("package", ["pmdrop", "experiments", "scripts"])
+def test_the_modules_of_each_layer_import_each_other_without_a_circle(package):
+    modules = {path.stem: path for path in (REPO_ROOT / package).glob("*.py") if path.stem != "__init__"}
+    graph = {name: {imported.split(".")[1] for imported in _imports(path, package) if "." in imported} - {name}
              for name, path in modules.items()}
     assert _cycle(graph) is None, f"import circle: {' -> '.join(_cycle(graph))}"
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]  # the check finds one
