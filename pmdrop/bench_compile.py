@@ -2,7 +2,8 @@
 
 A 2-layer eager-attention BERT (hidden 128, batch 16 x 64 tokens) under ``torch.compile`` (Inductor), converted to each
 exact variant, and the unconverted model under :func:`pmdrop.pack_saved_masks`. Ratios are medians of interleaved
-pairs in this one process, as in :mod:`pmdrop.bench`; the bytes saved for backward per step come with them.
+pairs in this one process (:func:`pmdrop.bench.interleaved`, alternating which side goes first); the bytes saved for
+backward per step come with them.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import time
 
 import torch
 
+from .bench import interleaved
 from .modules import convert
 from .saved_masks import pack_saved_masks
 
@@ -40,7 +42,9 @@ def compiled_step_ratios(pairs: int = 15, layers: int = 2, hidden: int = 128, ba
         steps[name] = (torch.compile(model), model)
     steps["baseline+pack_saved_masks"] = steps["baseline"]
 
-    def step(name: str) -> tuple[float, str]:
+    saved_bytes: dict[str, str] = {}
+
+    def step(name: str) -> tuple[float]:
         compiled, model = steps[name]
         saved: list[int] = []
         count = torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.untyped_storage().nbytes()) or t,
@@ -51,25 +55,18 @@ def compiled_step_ratios(pairs: int = 15, layers: int = 2, hidden: int = 128, ba
         loss.backward()
         elapsed = time.perf_counter() - start
         model.zero_grad(set_to_none=True)
-        if packed is not None:  # inside pack_saved_masks only its hooks run: report what it packed
-            return elapsed, f"bool masks {packed.bool_bytes} B kept as {packed.packed_bytes} B"
-        return elapsed, f"saved for backward {sum(saved)} B"
+        # inside pack_saved_masks only its hooks run: report what it packed
+        saved_bytes[name] = (f"bool masks {packed.bool_bytes} B kept as {packed.packed_bytes} B" if packed is not None
+                             else f"saved for backward {sum(saved)} B")
+        return (elapsed,)
 
-    for name in steps:  # compile, warm up
-        step(name)
-        step(name)
-    ratios: dict[str, list[float]] = {name: [] for name in steps if name != "baseline"}
-    saved_bytes = {}
-    for _ in range(pairs):
-        for name in ratios:
-            base, saved_bytes["baseline"] = step("baseline")
-            other, saved_bytes[name] = step(name)
-            ratios[name].append(other / base)
+    ratios = {name: sorted(other[0] / base[0] for base, other in interleaved(
+                  lambda: step("baseline"), lambda name=name: step(name), pairs, warmup=2))  # compile, warm up
+              for name in steps if name != "baseline"}
     print(f"compiled BERT ({layers} layers, hidden {hidden}, batch {batch}x{seq}), torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, {pairs} interleaved pairs; "
           f"compiled nn.Dropout: {saved_bytes['baseline']}")
     for name, values in ratios.items():
-        values.sort()
         print(f"  {name:26s} step time / compiled nn.Dropout: median {values[len(values) // 2]:.3f} "
               f"(range {values[0]:.3f}-{values[-1]:.3f}); {saved_bytes[name]}")
 
