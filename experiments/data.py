@@ -40,12 +40,20 @@ class TaskData:
     image_size: int | None = None  # image tasks
     notes: list[str] = field(default_factory=list)
 
+    @property
+    def train_samples(self) -> int:
+        return len(next(iter(self.train.values())))
+
+    def check_holds_batch(self, batch_size: int, where: str = "") -> None:
+        """The batch iterator yields whole batches only: from a training set smaller than one it would never yield."""
+        if self.train_samples < batch_size:
+            raise ValueError(f"trainer.batch_size={batch_size} is larger than the training set ({self.train_samples} "
+                             f"samples{where}): lower trainer.batch_size or use more training data")
+
     def batches(self, batch_size: int, generator: torch.Generator) -> Iterator[dict[str, torch.Tensor]]:
         """Endless shuffled training batches; reshuffles each epoch from ``generator``."""
-        n = len(next(iter(self.train.values())))
-        if n < batch_size:  # no whole batch in an epoch: the loop below would never yield
-            raise ValueError(f"trainer.batch_size={batch_size} is larger than the training set ({n} samples on this "
-                             "rank): lower trainer.batch_size or use more training data")
+        self.check_holds_batch(batch_size)
+        n = self.train_samples
         while True:
             order = torch.randperm(n, generator=generator)
             for start in range(0, n - batch_size + 1, batch_size):
@@ -55,8 +63,7 @@ class TaskData:
     def repeated_batch(self, batch_size: int) -> dict[str, torch.Tensor]:
         """``batch_size`` training samples in order, repeating them when the set is smaller than the batch: for a
         size probe or a memory plan, which need a batch's shapes, not an epoch."""
-        samples = len(next(iter(self.train.values())))
-        index = torch.arange(batch_size) % samples
+        index = torch.arange(batch_size) % self.train_samples
         return {key: value[index] for key, value in self.train.items()}
 
     def eval_batches(self, batch_size: int, max_batches: int | None) -> Iterator[dict[str, torch.Tensor]]:

@@ -388,10 +388,9 @@ def step_memory(cfg: DictConfig, device: torch.device | str, semantics: str = "c
         for group in learner.optimizer.param_groups:
             group["foreach"] = True  # torch's default for CUDA parameters
         learner.autocast = (lambda: CudaAutocast(dtype)) if dtype else contextlib.nullcontext
-    samples = len(next(iter(data.train.values())))
     # a plan needs one batch's shapes: one larger than the training set repeats its samples
     cpu_batch = (next(data.batches(trainer.batch_size, torch.Generator().manual_seed(cfg.seed)))
-                 if samples >= trainer.batch_size else data.repeated_batch(trainer.batch_size))
+                 if data.train_samples >= trainer.batch_size else data.repeated_batch(trainer.batch_size))
     batch = {key: value.to(device) for key, value in cpu_batch.items()}
     with contextlib.ExitStack() as stack:
         if device.type == "meta":

@@ -195,10 +195,7 @@ def parameter_digest(model: torch.nn.Module) -> str:
 def _rank_data(data: TaskData, batch_size: int, ranks: Ranks) -> TaskData:
     """This rank's shard of the training data; it must hold a whole batch (the batch iterator yields only full ones)."""
     data = dataclasses.replace(data, train=distributed.shard(data.train, ranks))
-    samples = len(next(iter(data.train.values())))
-    if samples < batch_size:
-        where = f" on rank {ranks.rank} of {ranks.world_size}" if ranks.world_size > 1 else ""
-        raise ValueError(f"the training data hold {samples} samples{where}, fewer than trainer.batch_size={batch_size}")
+    data.check_holds_batch(batch_size, f" on rank {ranks.rank} of {ranks.world_size}" if ranks.world_size > 1 else "")
     return data
 
 
