@@ -1,6 +1,6 @@
 """pmdrop under ``torch.compile`` and ``torch.export``: traceable paths that keep the mask packed.
 
-The eager autograd Functions read data pointers, generator states and autograd internals, which
+The eager path pushes saved-tensor hooks written in Python and reads generator states, which
 dynamo cannot trace. :func:`pmdrop.dropout` sends the calls that need a backward here while
 ``torch.compiler.is_compiling()``:
 

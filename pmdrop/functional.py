@@ -1,24 +1,21 @@
 """Dropout that saves its mask for backward bit-packed, or not at all, bit-identical to torch's.
 
-Torch's own dropout takes one of two routes, and each variant here reproduces the route torch
-would take for the same call, so outputs, gradients, memory layouts and the RNG stream stay identical:
-
-* **noise route** (CPU, and ``inplace=True`` everywhere): ``noise = empty_like(x).bernoulli_(1-p)
-  .div_(1-p)``, ``y = x * noise``; the multiply saves ``noise`` in x's dtype (4 B/element for fp32).
-  Here the same Bernoulli numbers are drawn in x's layout (same generator calls, same order), packed,
-  and decoded into exactly torch's ``noise`` (0 and ``scale``, the values torch's ``div_`` gives in
-  that dtype); the products are then torch's products, bit for bit.
-* **fused route** (CUDA/XPU out of place, and ``meta``, which plans memory with CUDA's semantics):
-  ``native_dropout`` returns ``(y, bool mask)``; the mask is packed here and unpacked into
-  ``native_dropout_backward`` with the same scale.
+The eager path runs torch's own dropout, unchanged, under ``saved_tensors_hooks`` that take the one
+tensor it saves for backward: on the **noise route** (CPU, and ``inplace=True`` everywhere) the
+``noise = empty_like(x).bernoulli_(1-p).div_(1-p)`` that ``x * noise`` saves, in x's dtype (4 B/element
+for fp32); on the **fused route** (CUDA/XPU out of place, and ``meta``, which plans memory with CUDA's
+semantics) ``native_dropout``'s bool mask. The packed variants keep it bit-packed and decode it into
+exactly torch's tensor (same values, same layout) when backward reads it; ``seeded`` keeps the generator
+state and draws it again. Output, backward node, gradient layout and RNG stream are torch's own, and no
+Python runs per call beyond the pack and the decode.
 
 Calls that need no backward (eval, p in {0, 1}, empty, no grad, non-float input) and tensors that
 cannot be packed (nested, sparse, tensor subclasses) go straight to torch's own ``dropout``, so
 torch's results, errors and aliasing apply unchanged.
 
-Under ``torch.func`` transforms (``grad``, ``vjp``, ``vmap``, ``jvp``, ...) the mask is drawn by
-torch's own dropout op at the caller's level, so each transform treats it as it treats ``F.dropout``
-(vmap's randomness modes included), and :class:`_TransformPackedFn` saves it packed.
+Under ``torch.func`` transforms (``grad``, ``vjp``, ``vmap``, ``jvp``, ...), which disable saved-tensor
+hooks, the mask is drawn by torch's own dropout op at the caller's level, so each transform treats it as
+it treats ``F.dropout`` (vmap's randomness modes included), and :class:`_TransformPackedFn` saves it packed.
 """
 
 from __future__ import annotations
@@ -77,44 +74,19 @@ class _label:
 
 
 class _Layout:
-    """What torch's dropout does with an input of one shape and strides, computed once per layout.
+    """The layout torch's dropout draws its noise (and its mask) in for one input shape and strides.
 
-    ``mask_stride``: the strides of ``empty_like(x)``, the layout torch draws its noise (and its mask) in;
-    always dense. ``noise_out``: whether torch's ``x * noise`` comes out in the noise's layout, so the
-    product may be written into the noise buffer. ``grad_into_noise(g)``: the same
-    for ``grad * noise``.
-
-    The answers come from running those ops on uint8 CPU stand-ins of the same shape and strides:
-    ``empty_like`` and TensorIterator pick strides with the same code on every real device. Meta tensors
-    do not (its ``empty_like`` and ``mul`` differ for some size-1 dims), so meta inputs ask meta.
+    ``mask_stride``: the strides of ``empty_like(x)``, always dense, asked of a uint8 stand-in of the same
+    shape and strides (``empty_like`` picks strides with the same code on every real device). Meta tensors
+    do not (its ``empty_like`` differs for some size-1 dims), so meta inputs ask meta. A decoded mask
+    comes back in this layout, so torch's backward computes with the very layout it saved.
     """
 
-    __slots__ = ("_grad_into_noise", "device", "mask_stride", "noise_out", "numel", "shape", "where_out")
+    __slots__ = ("mask_stride", "numel", "shape")
 
     def __init__(self, shape: torch.Size, stride: tuple[int, ...], is_meta: bool) -> None:
-        self.device = "meta" if is_meta else "cpu"
-        x = torch.empty_strided(shape, stride, dtype=torch.uint8, device=self.device)
-        noise = torch.empty_like(x)
-        self.shape, self.mask_stride, self.numel = shape, noise.stride(), x.numel()
-        # The forward builds the noise as torch.where(bool mask, scale, 0); where's own layout can differ
-        # from torch's noise layout (size-1 dims), and then the forward writes it into torch's layout.
-        value = torch.zeros((), dtype=torch.uint8, device=self.device)
-        self.where_out = torch.where(torch.empty_like(x, dtype=torch.bool), value, value).stride() == self.mask_stride
-        self.noise_out = torch.mul(x, noise).stride() == self.mask_stride
-        self._grad_into_noise: dict[tuple[int, ...], bool] = {}
-
-    def grad_into_noise(self, grad: torch.Tensor) -> bool:
-        stride = grad.stride()
-        fits = self._grad_into_noise.get(stride)
-        if fits is None:
-            stand_in = torch.empty_strided(self.shape, stride, dtype=torch.uint8, device=self.device)
-            noise = torch.empty_strided(self.shape, self.mask_stride, dtype=torch.uint8, device=self.device)
-            fits = self._grad_into_noise[stride] = torch.mul(stand_in, noise).stride() == self.mask_stride
-        return fits
-
-    def restore(self, flat: torch.Tensor) -> torch.Tensor:
-        """A fresh flat buffer of ``numel`` elements seen in the mask's layout."""
-        return flat.as_strided(self.shape, self.mask_stride)
+        x = torch.empty_strided(shape, stride, dtype=torch.uint8, device="meta" if is_meta else "cpu")
+        self.shape, self.mask_stride, self.numel = shape, torch.empty_like(x).stride(), x.numel()
 
 
 _LAYOUTS: dict[tuple[torch.Size, tuple[int, ...], bool], _Layout] = {}
@@ -130,18 +102,8 @@ def _layout_of(x: torch.Tensor) -> _Layout:
     return layout
 
 
-# (p, dtype, device, masks_per_byte) -> values; plain dicts: cheaper than functools.lru_cache per call.
-_SCALES: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+# (masks_per_byte, p, dtype, device) -> table; a plain dict: cheaper than functools.lru_cache per call.
 _TABLES: dict[tuple, torch.Tensor] = {}
-
-
-def _noise_values(p: float, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scale, zero) as 0-dim tensors: torch's noise values, ``bernoulli`` 1 and 0 divided by ``1 - p`` in ``dtype``."""
-    key = (p, dtype, device)
-    values = _SCALES.get(key)
-    if values is None:
-        values = _SCALES[key] = tuple(torch.tensor(b, dtype=dtype, device=device).div_(1 - p) for b in (1, 0))
-    return values
 
 
 def _noise_table(k: int, p: float | None, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -160,14 +122,6 @@ def _noise_table(k: int, p: float | None, dtype: torch.dtype, device: torch.devi
     return table
 
 
-def _unpack(packed: torch.Tensor, layout: _Layout, k: int, table: torch.Tensor) -> torch.Tensor:
-    """Decode ``packed`` through ``table`` into a fresh tensor in the mask's layout."""
-    with _label("pmdrop.unpack"):
-        # int32 indices: half the bytes of int64, and index_select takes them.
-        rows = torch.index_select(table, 0, packed.to(torch.int32))
-        return layout.restore(rows.view(-1)[: layout.numel] if layout.numel % k else rows.view(-1))
-
-
 def _fused_backward(grad: torch.Tensor, mask: torch.Tensor, p: float) -> torch.Tensor:
     # Mirrors torch's derivative of native_dropout, which rounds differently under create_graph.
     if torch.is_grad_enabled():
@@ -175,103 +129,13 @@ def _fused_backward(grad: torch.Tensor, mask: torch.Tensor, p: float) -> torch.T
     return torch.ops.aten.native_dropout_backward(grad, mask, _fused_scale(p))
 
 
-def _times_noise(grad: torch.Tensor, noise: torch.Tensor, layout: _Layout) -> torch.Tensor:
-    """``grad * noise`` with torch's result layout, written into ``noise``'s buffer when that layout is the same."""
-    if layout.grad_into_noise(grad):
-        return noise.mul_(grad)  # IEEE multiplication commutes bit for bit: torch's grad * noise
-    return grad * noise
+# Private, no public equivalent; without it a retained graph is assumed (the cache is then kept).
+_keep_graph_probe = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", lambda: True)
 
 
 def _graph_is_retained() -> bool:
     """Whether the running backward keeps the graph (``retain_graph=True``): only then can a cache be reused."""
-    probe = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", None)  # private; assume yes if gone
-    return True if probe is None else probe()
-
-
-def _drop_cache_if_released(ctx) -> None:
-    """Run at the end of a backward pass: keep the unpacked mask only while the graph is retained.
-
-    Without this the cache would live as long as the graph object, usually through the next
-    step's forward, and cost the memory that packing saved.
-    """
-    try:
-        _ = ctx.saved_tensors
-    except RuntimeError:  # released: backward cannot run through this node again
-        ctx.cached_unpacked = None
-
-
-class _PackedDropoutFn(torch.autograd.Function):
-    """Eager path of the packed variants.
-
-    A ``forward(ctx, ...)`` Function, not the ``setup_context`` style: for a Function with
-    ``setup_context``, ``Function.apply`` binds default arguments through ``inspect.signature`` on every
-    call, which measured ~3x the whole apply here (141 vs 45 us on the 2-core machine). torch.func needs
-    ``setup_context``, so calls under its transforms take :class:`_TransformPackedFn`, which has it.
-    """
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, p: float, inplace: bool, variant: DropoutVariant) -> torch.Tensor:
-        k = variant.masks_per_byte
-        ctx.p, ctx.inplace, ctx.variant, ctx.dtype = p, inplace, variant, x.dtype
-        ctx.fused, ctx.layout, ctx.cached_unpacked = _uses_fused_route(x, inplace), _layout_of(x), None
-        if ctx.fused:
-            y, mask = torch.ops.aten.native_dropout(x, p, True)
-            with _label("pmdrop.pack"):
-                packed = corrupt(pack_fresh(mask, k))
-        else:
-            with _label("pmdrop.draw"):
-                # CPU bernoulli_ draws the same numbers per element whatever the dtype (checked by the tests);
-                # a bool draw is cheaper, and its noise is one select between torch's two noise values.
-                mask = torch.empty_strided(x.shape, ctx.layout.mask_stride, dtype=torch.bool, device=x.device)
-                mask.bernoulli_(1 - p)
-            with _label("pmdrop.pack"):
-                packed = corrupt(pack_fresh(mask, k))
-            values = _noise_values(p, x.dtype, x.device)
-            if ctx.layout.where_out:
-                noise = torch.where(mask, *values)
-            else:
-                noise = torch.where(mask, *values, out=torch.empty_strided(x.shape, ctx.layout.mask_stride,
-                                                                          dtype=x.dtype, device=x.device))
-            if inplace:
-                y = x.mul_(noise)
-                ctx.mark_dirty(x)
-            elif ctx.layout.noise_out:
-                y = noise.mul_(x)  # IEEE multiplication commutes bit for bit: torch's x * noise
-            else:
-                y = x * noise
-        ctx.save_for_backward(packed)
-        ctx.save_for_forward(packed)
-        return y
-
-    @staticmethod
-    def _decode(ctx) -> torch.Tensor:
-        """The forward's mask (fused route: bool) or noise (noise route), in the mask's layout."""
-        (packed,) = ctx.saved_tensors
-        k = ctx.variant.masks_per_byte
-        if ctx.fused:
-            return _unpack(packed, ctx.layout, k, _noise_table(k, None, torch.bool, packed.device))
-        return _unpack(packed, ctx.layout, k, _noise_table(k, ctx.p, ctx.dtype, packed.device))
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None]:
-        unpacked = ctx.cached_unpacked
-        if unpacked is None:
-            unpacked = _PackedDropoutFn._decode(ctx)
-        # Cache only for a later pass through this node, which needs a retained graph; otherwise
-        # this is the mask's last use and its buffer can take the gradient in place.
-        keep = ctx.variant.cache_unpacked and _graph_is_retained()
-        if keep and ctx.cached_unpacked is None:
-            torch.autograd.Variable._execution_engine.queue_callback(lambda: _drop_cache_if_released(ctx))
-        ctx.cached_unpacked = unpacked if keep else None
-        if ctx.fused:
-            return _fused_backward(grad, unpacked, ctx.p), None, None, None
-        if keep:
-            return grad * unpacked, None, None, None
-        return _times_noise(grad, unpacked, ctx.layout), None, None, None
-
-    @staticmethod
-    def jvp(ctx, x_tangent: torch.Tensor, *_: None) -> torch.Tensor:
-        return _noise_tangent(ctx, x_tangent, _PackedDropoutFn._decode(ctx))
+    return _keep_graph_probe()
 
 
 def _noise_tangent(ctx, x_tangent: torch.Tensor, unpacked: torch.Tensor) -> torch.Tensor:
@@ -322,50 +186,166 @@ def _redraw_generator(device: torch.device, state: torch.Tensor) -> torch.Genera
     return generator
 
 
-class _SeededDropoutFn(torch.autograd.Function):
-    """Saves only the generator state and draws the same mask again in backward (``forward(ctx, ...)``, see
-    :class:`_PackedDropoutFn`)."""
+# Torch's private accessors for the saved-tensor hooks stack (torch.utils.checkpoint reads the top; the public
+# saved_tensors_hooks is a Python class around push and pop): the packed mask is handed on to the enclosing hooks,
+# as a Function's save_for_backward would.
+_enclosing_hooks = torch._C._autograd._top_saved_tensors_default_hooks
+_hooks_enabled = torch._C._autograd._saved_tensors_hooks_is_enabled
+_push_hooks = torch._C._autograd._push_saved_tensors_default_hooks
+_pop_hooks = torch._C._autograd._pop_saved_tensors_default_hooks
 
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, p: float, inplace: bool, variant: DropoutVariant) -> torch.Tensor:
-        ctx.p, ctx.inplace = p, inplace
-        ctx.fused, ctx.layout = _uses_fused_route(x, inplace), _layout_of(x)
+
+class _CallPlan:
+    """What every packed or seeded call with one input layout, p, dtype, device, route and variant shares, built once.
+
+    ``saved_dtype``: the dtype of the one tensor torch's dropout saves (bool mask or noise); ``table``: the decode
+    table of the packed variants (None for seeded).
+    """
+
+    __slots__ = ("cache", "device", "dtype", "fused", "k", "layout", "p", "saved_dtype", "shape", "table")
+
+    def __init__(self, x: torch.Tensor, p: float, fused: bool, variant: DropoutVariant) -> None:
+        self.p, self.dtype, self.device, self.shape = p, x.dtype, x.device, x.shape
+        self.fused, self.layout = fused, _layout_of(x)
+        self.saved_dtype = torch.bool if self.fused else x.dtype
+        self.k, self.cache = variant.masks_per_byte, variant.cache_unpacked
+        self.table = None if self.k is None else _noise_table(self.k, None if self.fused else p, self.saved_dtype,
+                                                              x.device)
+
+
+_PLANS: dict[tuple, _CallPlan] = {}
+
+
+def _plan_of(x: torch.Tensor, p: float, inplace: bool, variant: DropoutVariant) -> _CallPlan:
+    fused = _uses_fused_route(x, inplace)  # in the key, not derived from it: tests run the CUDA route on CPU
+    key = (x.shape, x.stride(), x.dtype, x.device, p, fused, variant.name)
+    plan = _PLANS.get(key)
+    if plan is None:
+        if len(_PLANS) >= 4096:  # bound the cache for shape-varying workloads
+            _PLANS.clear()
+        plan = _PLANS[key] = _CallPlan(x, p, fused, variant)
+    return plan
+
+
+# Torch's private accessors for the saved-tensor hooks stack (torch.utils.checkpoint reads the top; the public
+# saved_tensors_hooks is a Python class around push and pop): the packed mask is handed on to the enclosing hooks,
+# as a Function's save_for_backward would.
+_enclosing_hooks = torch._C._autograd._top_saved_tensors_default_hooks
+_hooks_enabled = torch._C._autograd._saved_tensors_hooks_is_enabled
+_push_hooks = torch._C._autograd._push_saved_tensors_default_hooks
+_pop_hooks = torch._C._autograd._pop_saved_tensors_default_hooks
+
+
+class _Passed:
+    """A saved tensor that is not the dropout's mask (none is expected), kept as the enclosing hooks keep it."""
+
+    __slots__ = ("enclosing", "value")
+
+    def __init__(self, t: torch.Tensor, enclosing: tuple | None) -> None:
+        self.enclosing, self.value = enclosing, t if enclosing is None else enclosing[0](t)
+
+    def restore(self) -> torch.Tensor:
+        return self.value if self.enclosing is None else self.enclosing[1](self.value)
+
+
+class _MaskStandIn:
+    """Kept by autograd in place of the mask torch's own dropout saves, through ``saved_tensors_hooks``.
+
+    Torch's dropout runs unchanged (its draw, its output, its C++ backward node), so results, layouts and
+    the RNG stream are torch's by construction. Its one saved tensor, ``native_dropout``'s bool mask
+    (fused route) or the noise route's ``noise``, reaches :meth:`pack`, which keeps what a subclass chooses
+    (the packed bits, or the generator state for seeded); backward reads it back through :func:`_restore`.
+    Whatever it keeps passes through the enclosing hooks (checkpointing, accounting), as a Function's
+    saved tensor would.
+    """
+
+    __slots__ = ("enclosing", "plan", "saved")
+
+    def pack(self, t: torch.Tensor) -> _MaskStandIn | _Passed:
+        if self.saved is not None or t.dtype is not self.plan.saved_dtype or t.shape != self.plan.shape:
+            return _Passed(t, self.enclosing)
+        kept = self.keep(t)
+        self.saved = kept if self.enclosing is None else self.enclosing[0](kept)
+        return self
+
+    def restore(self) -> torch.Tensor:
+        return self.decode(self.saved if self.enclosing is None else self.enclosing[1](self.saved))
+
+    def keep(self, mask: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def decode(self, kept: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def _restore(saved: _MaskStandIn | _Passed) -> torch.Tensor:
+    return saved.restore()
+
+
+def _unpack(plan: _CallPlan, packed: torch.Tensor) -> torch.Tensor:
+    """Decode ``packed`` through the plan's table into a fresh tensor in torch's mask layout."""
+    with _label("pmdrop.unpack"):
+        # int32 indices: half the bytes of int64, and index_select takes them. The rows' storage, seen in the
+        # mask's layout, holds the decoded masks in memory order.
+        rows = torch.index_select(plan.table, 0, packed.to(torch.int32))
+        return rows.as_strided(plan.shape, plan.layout.mask_stride)
+
+
+class _PackedMask(_MaskStandIn):
+    """The mask packed ``masks_per_byte`` per byte; decoded (and, if the variant says so, cached while the graph is
+    retained) when backward reads it."""
+
+    __slots__ = ("unpacked",)
+
+    def __init__(self, plan: _CallPlan) -> None:
+        self.plan, self.saved, self.unpacked, self.enclosing = plan, None, None, _enclosing_hooks(False)
+
+    def keep(self, mask: torch.Tensor) -> torch.Tensor:
+        if _profiling():
+            with torch.autograd.profiler.record_function("pmdrop.pack"):
+                return self._packed(mask)
+        return self._packed(mask)
+
+    def _packed(self, mask: torch.Tensor) -> torch.Tensor:
+        # noise is 0 or a nonzero scale (inf where fp16 overflows): bool() is the mask.
+        return corrupt(pack_fresh(mask if self.plan.fused else mask.bool(), self.plan.k))
+
+    def decode(self, packed: torch.Tensor) -> torch.Tensor:
+        if self.unpacked is not None:
+            return self.unpacked
+        plan = self.plan
+        unpacked = _unpack(plan, packed)
+        # Cached only for a later pass through this node, which needs a retained graph; the cache is freed with
+        # the graph's saved tensors, i.e. with this object.
+        if plan.cache and _graph_is_retained():
+            self.unpacked = unpacked
+        return unpacked
+
+
+class _SeededMask(_MaskStandIn):
+    """No mask: the generator state before the draw, from which backward draws the same mask again."""
+
+    __slots__ = ("alignment", "state")
+
+    def __init__(self, plan: _CallPlan, x: torch.Tensor) -> None:
+        self.plan, self.saved, self.enclosing = plan, None, _enclosing_hooks(False)
+        self.alignment = 0 if x.is_meta or not plan.fused else x.data_ptr() % 16
         if x.is_meta:  # a stand-in the size of CUDA's Philox state (seed and offset)
-            state = torch.empty(16, dtype=torch.uint8, device="meta")
+            self.state = torch.empty(16, dtype=torch.uint8, device="meta")
         else:
-            state = _default_generator(x.device).get_state()
-        ctx.x_meta = (x.dtype, x.device, 0 if x.is_meta or not ctx.fused else x.data_ptr() % 16)
-        ctx.save_for_backward(state)
-        ctx.save_for_forward(state)
-        if ctx.fused:  # what torch.dropout runs there
-            return torch.ops.aten.native_dropout(x, p, True)[0]
-        y = _torch_dropout(x, p, True, inplace)
-        if inplace:
-            ctx.mark_dirty(x)
-        return y
+            self.state = _default_generator(x.device).get_state()
 
-    @staticmethod
-    def _redraw(ctx) -> torch.Tensor:
-        """The forward's mask (fused route: bool) or noise (noise route), drawn again from the saved state."""
-        (state,) = ctx.saved_tensors
-        dtype, device, _ = ctx.x_meta
+    def keep(self, mask: torch.Tensor) -> torch.Tensor:
+        return self.state
+
+    def decode(self, state: torch.Tensor) -> torch.Tensor:
+        plan = self.plan
         with _label("pmdrop.redraw"):
-            if ctx.fused:
-                return _regenerate_fused_mask(state, ctx.layout, ctx.x_meta, ctx.p)
-            generator = None if device.type == "meta" else _redraw_generator(device, state)
-            noise = torch.empty_strided(ctx.layout.shape, ctx.layout.mask_stride, dtype=dtype, device=device)
-            return noise.bernoulli_(1 - ctx.p, generator=generator).div_(1 - ctx.p)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None]:
-        unpacked = _SeededDropoutFn._redraw(ctx)
-        if ctx.fused:
-            return _fused_backward(grad, unpacked, ctx.p), None, None, None
-        return _times_noise(grad, unpacked, ctx.layout), None, None, None
-
-    @staticmethod
-    def jvp(ctx, x_tangent: torch.Tensor, *_: None) -> torch.Tensor:
-        return _noise_tangent(ctx, x_tangent, _SeededDropoutFn._redraw(ctx))
+            if plan.fused:
+                return _regenerate_fused_mask(state, plan.layout, (plan.dtype, plan.device, self.alignment), plan.p)
+            generator = None if plan.device.type == "meta" else _redraw_generator(plan.device, state)
+            noise = torch.empty_strided(plan.shape, plan.layout.mask_stride, dtype=plan.dtype, device=plan.device)
+            return noise.bernoulli_(1 - plan.p, generator=generator).div_(1 - plan.p)
 
 
 class _TransformPackedFn(torch.autograd.Function):
@@ -431,16 +411,36 @@ def _apply_transformed(x: torch.Tensor, p: float, inplace: bool, masks_per_byte:
     return _TransformPackedFn.apply(x, drawn, packed, p, inplace, masks_per_byte, fused)
 
 
+def _torch_dropout_saving(stand_in: _MaskStandIn, x: torch.Tensor, p: float, inplace: bool) -> torch.Tensor:
+    """Torch's own dropout for this route, its saved mask kept by ``stand_in``."""
+    # What torch.autograd.graph.saved_tensors_hooks does on enter and exit, without its Python object per call.
+    _push_hooks(stand_in.pack, _restore)
+    try:
+        if _profiling():  # the draw with its pack inside, as a trace shows them
+            with torch.autograd.profiler.record_function("pmdrop.draw"):
+                return _torch_route(stand_in.plan.fused, x, p, inplace)
+        return _torch_route(stand_in.plan.fused, x, p, inplace)
+    finally:
+        _pop_hooks()
+
+
+def _torch_route(fused: bool, x: torch.Tensor, p: float, inplace: bool) -> torch.Tensor:
+    if fused:  # what torch.dropout runs there (called by name: meta stands in for CUDA)
+        return torch.ops.aten.native_dropout(x, p, True)[0]
+    return _torch_dropout(x, p, True, inplace)
+
+
 def _apply_packed(x: torch.Tensor, p: float, inplace: bool, variant: DropoutVariant) -> torch.Tensor:
-    if _transforms_active():
+    # Hooks are disabled under vmap and while AOTAutograd traces; a Function saves the packed mask there.
+    if _transforms_active() or not _hooks_enabled():
         return _apply_transformed(x, p, inplace, variant.masks_per_byte)
-    return _PackedDropoutFn.apply(x, p, inplace, variant)
+    return _torch_dropout_saving(_PackedMask(_plan_of(x, p, inplace, variant)), x, p, inplace)
 
 
 def _apply_seeded(x: torch.Tensor, p: float, inplace: bool, variant: DropoutVariant) -> torch.Tensor:
-    if _transforms_active():
+    if _transforms_active() or not _hooks_enabled():
         return _apply_transformed(x, p, inplace, 8)
-    return _SeededDropoutFn.apply(x, p, inplace, variant)
+    return _torch_dropout_saving(_SeededMask(_plan_of(x, p, inplace, variant), x), x, p, inplace)
 
 
 def _needs_backward(x: torch.Tensor, p: float, training: bool) -> bool:

@@ -42,11 +42,11 @@ _local = threading.local()
 
 
 _NOT_SCRIPTABLE = (
-    "pmdrop's dropout cannot be compiled by TorchScript (its autograd Functions are Python): "
+    "pmdrop's dropout cannot be compiled by TorchScript (its saved-tensor hooks are Python): "
     "use torch.compile or torch.export instead"
 )
 _NOT_TRACEABLE = (
-    "torch.jit.trace cannot record pmdrop's dropout in training mode (its autograd Functions are Python); "
+    "torch.jit.trace cannot record pmdrop's dropout in training mode (its saved-tensor hooks are Python); "
     "trace in eval mode (model.eval()), or use torch.compile or torch.export"
 )
 

@@ -49,9 +49,11 @@ def pack_words(words: torch.Tensor, masks_per_byte: int, numel: int | None = Non
     ``numel``: how many of the words' masks are real; the result then holds ``ceil(numel / k)`` bytes, not the
     whole last word's (which at ``k < 8`` may hold a byte of padding only).
     """
-    product = words * _GATHER[masks_per_byte]
-    packed = product.view(torch.uint8)[masks_per_byte - 1 :: masks_per_byte]
-    return (packed if numel is None else packed[: -(-numel // masks_per_byte)]).clone()
+    size = words.numel() * 8 if numel is None else numel
+    product = words * _GATHER[masks_per_byte]  # fresh, so its storage starts at the product's first byte
+    # One view picks each k-th byte (from byte k - 1) of the first ceil(size / k): a call costs one op per step.
+    keep = (-(-size // masks_per_byte),), (masks_per_byte,), masks_per_byte - 1
+    return product.view(torch.uint8).as_strided(*keep).clone()
 
 
 def pack_fresh(mask: torch.Tensor, masks_per_byte: int) -> torch.Tensor:
@@ -59,6 +61,8 @@ def pack_fresh(mask: torch.Tensor, masks_per_byte: int) -> torch.Tensor:
 
     Fewer checks and ops than :func:`pack_flat`: the per-call path of dropout.
     """
+    if masks_per_byte > 1 and mask.dim() and mask.shape[-1] % 8 == 0 and mask.is_contiguous():
+        return pack_words(mask.view(torch.int64), masks_per_byte)  # rows of whole words: one view fewer
     n = mask.numel()
     flat = mask.as_strided((n,), (1,))
     if masks_per_byte == 1:

@@ -79,8 +79,9 @@ def _nothing() -> MaskStorage:
 def mask_storage(variant: str, device_type: str) -> MaskStorage:
     """What one dropout call of ``variant`` keeps on ``device_type`` ("cpu" or "cuda"), as the core registry
     describes the variant: the reference (``baseline``) keeps torch's own mask; the others a mask packed
-    ``masks_per_byte`` to a byte, or none. The exact ones are autograd Functions (no mask: the generator state);
-    the others are the Triton kernels (no mask: the Philox seed and counter as Python ints in the autograd context)."""
+    ``masks_per_byte`` to a byte, or none. The exact ones keep torch's own mask that way through saved-tensor
+    hooks (no mask: the generator state); the others are the Triton kernels (no mask: the Philox seed and counter
+    as Python ints in the autograd context)."""
     names = pmdrop.variant_names()
     if variant not in names:
         raise ValueError(f"no mask-storage model for variant {variant!r}; modelled: {', '.join(names)}")

@@ -1,6 +1,7 @@
 """Every exact variant against torch.nn.Dropout: same output, input gradient and RNG state, bit for bit."""
 
 import warnings
+import weakref
 
 import pytest
 import torch
@@ -144,20 +145,71 @@ def _count_unpacks(monkeypatch):
     return calls
 
 
+def _record_stand_ins(monkeypatch):
+    """Weak references to the objects the graph keeps in place of each dropout mask."""
+    import pmdrop.functional as functional
+
+    kept = []
+
+    class Recorded(functional._PackedMask):
+        __slots__ = ("__weakref__",)
+
+        def __init__(self, *args):
+            super().__init__(*args)
+            kept.append(weakref.ref(self))
+
+    monkeypatch.setattr(functional, "_PackedMask", Recorded)
+    return kept
+
+
 @pytest.mark.parametrize(("variant", "backward_unpacks"), [("pmdrop", 1), ("pmdrop_nocache", 2)])
 def test_cache_semantics_over_two_backward_passes(variant, backward_unpacks, monkeypatch):
+    stand_ins = _record_stand_ins(monkeypatch)
     x = torch.randn(40, requires_grad=True)
-    y = pmdrop.dropout(x, 0.3, variant=variant)  # on CPU the forward decodes once to build the output
+    y = pmdrop.dropout(x, 0.3, variant=variant)
     calls = _count_unpacks(monkeypatch)
     y.backward(torch.ones_like(y), retain_graph=True)
-    assert (y.grad_fn.cached_unpacked is not None) == (variant == "pmdrop")
+    (stand_in,) = stand_ins
+    assert (stand_in().unpacked is not None) == (variant == "pmdrop")
     y.backward(torch.ones_like(y))
     assert len(calls) == backward_unpacks
-    assert y.grad_fn.cached_unpacked is None  # graph released: nothing decoded stays alive
+    assert stand_in() is None  # graph released: the packed mask and anything decoded from it are freed
 
 
-def test_no_cache_is_kept_after_an_ordinary_backward():
+def test_no_cache_is_kept_after_an_ordinary_backward(monkeypatch):
+    stand_ins = _record_stand_ins(monkeypatch)
     x = torch.randn(40, requires_grad=True)
     y = pmdrop.dropout(x, 0.3, variant="pmdrop")
     y.sum().backward()
-    assert y.grad_fn.cached_unpacked is None
+    (stand_in,) = stand_ins
+    assert stand_in() is None
+
+
+@pytest.mark.parametrize("variant", EXACT_VARIANTS)
+def test_hooks_around_the_call_see_what_pmdrop_keeps_not_torchs_mask(variant):
+    """The packed mask (or seeded's generator state) passes through enclosing saved-tensor hooks, as a Function's
+    saved tensor would, and whatever they hand back is what backward decodes."""
+    kept = []
+
+    def pack(t):
+        kept.append(t)
+        return t.clone()  # backward must read what the enclosing hook returns, not the original
+
+    x0 = torch.randn(6, 50)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        candidate = step(pmdrop.PackedDropout(0.3, variant=variant), x0)
+    assert_identical(step(torch_dropout(0.3), x0), candidate, variant)
+    masks = [t for t in kept if t.shape == x0.shape]
+    assert not masks or variant == "baseline", "torch's own mask reached the enclosing hooks"
+    spec = pmdrop.get_variant(variant)
+    if spec.masks_per_byte is not None:
+        assert [t.dtype for t in kept] == [torch.uint8] and kept[0].numel() == -(-x0.numel() // spec.masks_per_byte)
+
+
+@pytest.mark.parametrize("variant", EXACT_VARIANTS)
+def test_with_saved_tensor_hooks_disabled_the_call_is_still_torchs(variant):
+    """Where hooks are disabled (as AOTAutograd does while tracing), the call saves its mask through a Function."""
+    x0 = torch.randn(6, 50)
+    with torch.autograd.graph.disable_saved_tensors_hooks("disabled here"):
+        candidate = step(pmdrop.PackedDropout(0.3, variant=variant), x0)
+    assert_identical(step(torch_dropout(0.3), x0), candidate, variant)

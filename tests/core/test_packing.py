@@ -73,8 +73,9 @@ def test_bad_arguments_are_named():
         # fused (CUDA) route: native_dropout + pack (one multiply, one strided copy); unpack (2) + its backward.
         # Before the one-multiply pack: 4 and 3 (pmdrop), 9 and 3 (pmdrop_4bit).
         ("pmdrop", "fused", 3, 3), ("pmdrop_4bit", "fused", 3, 3), ("seeded", "fused", 1, 2),
-        # noise (CPU) route: bool draw, pack (2), select of the noise, multiply; before: 7 and 3.
-        ("pmdrop", "noise", 5, 3), ("pmdrop_4bit", "noise", 5, 3), ("seeded", "noise", 3, 3),
+        # noise (CPU) route: torch's own draw, div_ and multiply, then the pack (to bool, one multiply, one strided
+        # copy); before the saved-tensor hooks: 5 (bool draw, pack (2), select of the noise, multiply), before that 7.
+        ("pmdrop", "noise", 6, 3), ("pmdrop_4bit", "noise", 6, 3), ("seeded", "noise", 3, 3),
     ],
 )
 def test_kernels_per_call(variant, route, fwd_kernels, bwd_kernels):
