@@ -1,17 +1,26 @@
-"""Compiled training step of each variant against compiled ``nn.Dropout``: ``python -m pmdrop.bench_compile``.
+"""Compiled training of each variant against compiled ``nn.Dropout``: step time, and whole-model bit-identity.
 
-A 2-layer eager-attention BERT (hidden 128, batch 16 x 64 tokens) under ``torch.compile`` (Inductor), converted to each
-exact variant, and the unconverted model under :func:`pmdrop.pack_saved_masks`. Ratios are medians of interleaved
-pairs in this one process (:func:`pmdrop.bench.interleaved`, alternating which side goes first); the bytes saved for
-backward per step come with them.
+    python -m pmdrop.bench_compile              # step time and saved bytes
+    python -m pmdrop.bench_compile --identity   # whether whole-model training ends bit-identical, per Inductor setting
+
+Step time: a 2-layer eager-attention BERT (hidden 128, batch 16 x 64 tokens) under ``torch.compile`` (Inductor),
+converted to each exact variant, and the unconverted model under :func:`pmdrop.pack_saved_masks`. Ratios are medians
+of interleaved pairs in this one process (:func:`pmdrop.bench.interleaved`, alternating which side goes first); the
+bytes saved for backward per step come with them.
+
+Identity: a 2-layer eager-attention BERT (hidden 64, batch 8 x 32 tokens with padding) trained 3 compiled steps by
+AdamW, converted and not, under each of a few Inductor settings; "identical" means every parameter ends bit for bit
+equal to the compiled ``nn.Dropout`` model's.
 """
 
 from __future__ import annotations
 
+import argparse
 import copy
 import time
 
 import torch
+import torch._inductor.config as inductor_config
 
 from .bench import interleaved
 from .modules import convert
@@ -23,14 +32,7 @@ def compiled_step_ratios(pairs: int = 15, layers: int = 2, hidden: int = 128, ba
 
     Prints the median of interleaved per-pair time ratios, and the bytes saved for backward per step.
     """
-    from transformers import BertConfig, BertForSequenceClassification
-
-    config = BertConfig(
-        vocab_size=1000, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
-        intermediate_size=4 * hidden, max_position_embeddings=seq, num_labels=2, attn_implementation="eager",
-    )
-    torch.manual_seed(0)
-    reference = BertForSequenceClassification(config).train()
+    reference = _bert(hidden, layers, seq)
     generator = torch.Generator().manual_seed(0)
     inputs = {"input_ids": torch.randint(0, 1000, (batch, seq), generator=generator),
               "labels": torch.randint(0, 2, (batch,), generator=generator)}
@@ -71,5 +73,73 @@ def compiled_step_ratios(pairs: int = 15, layers: int = 2, hidden: int = 128, ba
               f"(range {values[0]:.3f}-{values[-1]:.3f}); {saved_bytes[name]}")
 
 
+def _bert(hidden: int, layers: int, seq: int):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    config = BertConfig(
+        vocab_size=1000, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
+        intermediate_size=4 * hidden, max_position_embeddings=seq, num_labels=2, attn_implementation="eager",
+    )
+    torch.manual_seed(0)
+    return BertForSequenceClassification(config).train()
+
+
+# Each setting changes one thing from the one above it. Inductor's defaults: its own RNG, attention rewrite on.
+IDENTITY_SETTINGS = {
+    "fp32, Inductor's RNG": (torch.float32, {}),
+    "fp32, Inductor's RNG, pattern_matcher=False": (torch.float32, {"pattern_matcher": False}),
+    "fp32, fallback_random": (torch.float32, {"fallback_random": True}),
+    "bf16 autocast, fallback_random": (torch.bfloat16, {"fallback_random": True}),
+    "bf16 autocast, fallback_random, emulate_precision_casts": (
+        torch.bfloat16, {"fallback_random": True, "emulate_precision_casts": True}),
+    "bf16 autocast, Inductor's RNG, pattern_matcher=False, emulate_precision_casts": (
+        torch.bfloat16, {"pattern_matcher": False, "emulate_precision_casts": True}),
+}
+
+
+def whole_model_identity(variants: tuple[str, ...] = ("pmdrop", "pmdrop_4bit", "seeded"), steps: int = 3) -> None:
+    """Print, per Inductor setting, whether each variant's compiled training ends with compiled nn.Dropout's
+    parameters."""
+    reference = _bert(hidden=64, layers=2, seq=32)
+    generator = torch.Generator().manual_seed(0)
+    batches = [{"input_ids": torch.randint(0, 1000, (8, 32), generator=generator),
+                "labels": torch.randint(0, 2, (8,), generator=generator),
+                "attention_mask": (torch.arange(32) < torch.randint(16, 33, (8, 1), generator=generator)).long()}
+               for _ in range(steps)]
+
+    def train(variant: str, dtype: torch.dtype, patch: dict) -> list[torch.Tensor]:
+        torch.compiler.reset()
+        model = copy.deepcopy(reference)
+        if variant != "baseline":
+            convert(model, variant)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        compiled = torch.compile(model)
+        torch.manual_seed(1)
+        with inductor_config.patch(patch):
+            for batch in batches:
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+                    loss = compiled(**batch).loss
+                loss.backward()
+                optimizer.step()
+                optimizer.zero_grad()
+        return [p.detach().clone() for p in model.parameters()]
+
+    print(f"compiled BERT (2 layers, hidden 64, batch 8x32 with padding), {steps} AdamW steps, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads: parameters vs compiled nn.Dropout's")
+    print("| setting | " + " | ".join(variants) + " |\n|---|" + "---|" * len(variants))
+    for setting, (dtype, patch) in IDENTITY_SETTINGS.items():
+        expected = train("baseline", dtype, patch)
+        cells = []
+        for variant in variants:
+            same = all(torch.equal(a, b) for a, b in zip(expected, train(variant, dtype, patch), strict=True))
+            cells.append("identical" if same else "differs")
+        print(f"| {setting} | " + " | ".join(cells) + " |", flush=True)
+
+
 if __name__ == "__main__":
-    compiled_step_ratios()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--identity", action="store_true", help="whole-model bit-identity per Inductor setting")
+    if parser.parse_args().identity:
+        whole_model_identity()
+    else:
+        compiled_step_ratios()

@@ -6,8 +6,8 @@ tensor it saves for backward: on the **noise route** (CPU, and ``inplace=True`` 
 for fp32); on the **fused route** (CUDA/XPU out of place, and ``meta``, which plans memory with CUDA's
 semantics) ``native_dropout``'s bool mask. The packed variants keep it bit-packed and decode it into
 exactly torch's tensor (same values, same layout) when backward reads it; ``seeded`` keeps the generator
-state and draws it again. Output, backward node, gradient layout and RNG stream are torch's own, and no
-Python runs per call beyond the pack and the decode.
+state and draws it again. Output, backward node, gradient layout and RNG stream are torch's own; the Python a
+call runs is a cached plan's lookup, the hooks' push and pop, the pack and the decode.
 
 Calls that need no backward (eval, p in {0, 1}, empty, no grad, non-float input) and tensors that
 cannot be packed (nested, sparse, tensor subclasses) go straight to torch's own ``dropout``, so
@@ -184,15 +184,6 @@ def _redraw_generator(device: torch.device, state: torch.Tensor) -> torch.Genera
         generator = generators[device] = torch.Generator(device=device)
     generator.set_state(state)
     return generator
-
-
-# Torch's private accessors for the saved-tensor hooks stack (torch.utils.checkpoint reads the top; the public
-# saved_tensors_hooks is a Python class around push and pop): the packed mask is handed on to the enclosing hooks,
-# as a Function's save_for_backward would.
-_enclosing_hooks = torch._C._autograd._top_saved_tensors_default_hooks
-_hooks_enabled = torch._C._autograd._saved_tensors_hooks_is_enabled
-_push_hooks = torch._C._autograd._push_saved_tensors_default_hooks
-_pop_hooks = torch._C._autograd._pop_saved_tensors_default_hooks
 
 
 class _CallPlan:
@@ -444,7 +435,7 @@ def _apply_seeded(x: torch.Tensor, p: float, inplace: bool, variant: DropoutVari
 
 
 def _needs_backward(x: torch.Tensor, p: float, training: bool) -> bool:
-    """Whether the call may be differentiated and ``x`` is a tensor kind the Functions above can pack."""
+    """Whether the call may be differentiated and ``x`` is a tensor kind the paths above can pack."""
     return (
         training
         and 0.0 < p < 1.0
@@ -472,7 +463,7 @@ def dropout(
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
     spec = variant if type(variant) is DropoutVariant else get_variant(variant)
-    if spec.bit_exact and torch.compiler.is_compiling():  # dynamo and export cannot trace the Functions below
+    if spec.bit_exact and torch.compiler.is_compiling():  # dynamo and export cannot trace the eager path's hooks
         return compiled.dropout(x, p, training, inplace, spec)
     with dropout_site("pmdrop"):
         if not _needs_backward(x, p, training):

@@ -213,3 +213,16 @@ def test_with_saved_tensor_hooks_disabled_the_call_is_still_torchs(variant):
     with torch.autograd.graph.disable_saved_tensors_hooks("disabled here"):
         candidate = step(pmdrop.PackedDropout(0.3, variant=variant), x0)
     assert_identical(step(torch_dropout(0.3), x0), candidate, variant)
+
+
+def test_a_tensor_saved_beside_the_mask_is_kept_as_is():
+    """Torch's dropout saves one tensor; anything else saved inside the call is handed back untouched."""
+    import pmdrop.functional as functional
+
+    x = torch.randn(4, 8)
+    stand_in = functional._PackedMask(functional._plan_of(x, 0.5, False, pmdrop.get_variant("pmdrop")))
+    noise = torch.empty_like(x).bernoulli_(0.5).div_(0.5)
+    assert stand_in.pack(noise) is stand_in and torch.equal(stand_in.restore(), noise)
+    for other in (torch.randn(4, 8), torch.randn(3)):  # a second tensor of the mask's shape, and another shape
+        kept = stand_in.pack(other)
+        assert kept is not stand_in and kept.restore() is other
