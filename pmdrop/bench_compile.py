@@ -8,9 +8,9 @@ converted to each exact variant, and the unconverted model under :func:`pmdrop.p
 of interleaved pairs in this one process (:func:`pmdrop.bench.interleaved`, alternating which side goes first); the
 bytes saved for backward per step come with them.
 
-Identity: a 2-layer eager-attention BERT (hidden 64, batch 8 x 32 tokens with padding) trained 3 compiled steps by
-AdamW, converted and not, under each of a few Inductor settings; "identical" means every parameter ends bit for bit
-equal to the compiled ``nn.Dropout`` model's.
+Identity: a 2-layer eager-attention BERT (hidden 64, batch 8 x 32 tokens, padded or not) trained 3 compiled steps
+by AdamW, converted and not, under each of a few settings (dtype, threads, Inductor config); "identical" means every
+parameter ends bit for bit equal to the compiled ``nn.Dropout`` model's.
 """
 
 from __future__ import annotations
@@ -84,16 +84,17 @@ def _bert(hidden: int, layers: int, seq: int):
     return BertForSequenceClassification(config).train()
 
 
-# Each setting changes one thing from the one above it. Inductor's defaults: its own RNG, attention rewrite on.
+# (dtype, threads, padded batches, Inductor config) per setting; Inductor's defaults otherwise.
 IDENTITY_SETTINGS = {
-    "fp32, Inductor's RNG": (torch.float32, {}),
-    "fp32, Inductor's RNG, pattern_matcher=False": (torch.float32, {"pattern_matcher": False}),
-    "fp32, fallback_random": (torch.float32, {"fallback_random": True}),
-    "bf16 autocast, fallback_random": (torch.bfloat16, {"fallback_random": True}),
-    "bf16 autocast, fallback_random, emulate_precision_casts": (
-        torch.bfloat16, {"fallback_random": True, "emulate_precision_casts": True}),
-    "bf16 autocast, Inductor's RNG, pattern_matcher=False, emulate_precision_casts": (
-        torch.bfloat16, {"pattern_matcher": False, "emulate_precision_casts": True}),
+    "fp32, fallback_random, 1 thread": (torch.float32, 1, True, {"fallback_random": True}),
+    "fp32, fallback_random, 2 threads": (torch.float32, 2, True, {"fallback_random": True}),
+    "fp32, Inductor's RNG, 1 thread": (torch.float32, 1, True, {}),
+    "fp32, Inductor's RNG, 1 thread, no padding": (torch.float32, 1, False, {}),
+    "fp32, Inductor's RNG, 1 thread, no padding, pattern_matcher=False": (
+        torch.float32, 1, False, {"pattern_matcher": False}),
+    "bf16 autocast, fallback_random, 1 thread": (torch.bfloat16, 1, True, {"fallback_random": True}),
+    "bf16 autocast, fallback_random, 1 thread, emulate_precision_casts": (
+        torch.bfloat16, 1, True, {"fallback_random": True, "emulate_precision_casts": True}),
 }
 
 
@@ -107,8 +108,9 @@ def whole_model_identity(variants: tuple[str, ...] = ("pmdrop", "pmdrop_4bit", "
                 "attention_mask": (torch.arange(32) < torch.randint(16, 33, (8, 1), generator=generator)).long()}
                for _ in range(steps)]
 
-    def train(variant: str, dtype: torch.dtype, patch: dict) -> list[torch.Tensor]:
+    def train(variant: str, dtype: torch.dtype, threads: int, padded: bool, patch: dict) -> list[torch.Tensor]:
         torch.compiler.reset()
+        torch.set_num_threads(threads)
         model = copy.deepcopy(reference)
         if variant != "baseline":
             convert(model, variant)
@@ -117,21 +119,23 @@ def whole_model_identity(variants: tuple[str, ...] = ("pmdrop", "pmdrop_4bit", "
         torch.manual_seed(1)
         with inductor_config.patch(patch):
             for batch in batches:
+                inputs = batch if padded else {k: v for k, v in batch.items() if k != "attention_mask"}
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
-                    loss = compiled(**batch).loss
+                    loss = compiled(**inputs).loss
                 loss.backward()
                 optimizer.step()
                 optimizer.zero_grad()
         return [p.detach().clone() for p in model.parameters()]
 
-    print(f"compiled BERT (2 layers, hidden 64, batch 8x32 with padding), {steps} AdamW steps, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads: parameters vs compiled nn.Dropout's")
+    print(f"compiled BERT (2 layers, hidden 64, batch 8x32), {steps} AdamW steps, "
+          f"torch {torch.__version__}: parameters vs compiled nn.Dropout's")
     print("| setting | " + " | ".join(variants) + " |\n|---|" + "---|" * len(variants))
-    for setting, (dtype, patch) in IDENTITY_SETTINGS.items():
-        expected = train("baseline", dtype, patch)
+    for setting, (dtype, threads, padded, patch) in IDENTITY_SETTINGS.items():
+        expected = train("baseline", dtype, threads, padded, patch)
         cells = []
         for variant in variants:
-            same = all(torch.equal(a, b) for a, b in zip(expected, train(variant, dtype, patch), strict=True))
+            got = train(variant, dtype, threads, padded, patch)
+            same = all(torch.equal(a, b) for a, b in zip(expected, got, strict=True))
             cells.append("identical" if same else "differs")
         print(f"| {setting} | " + " | ".join(cells) + " |", flush=True)
 
