@@ -76,6 +76,27 @@ def _time_fwd_bwd(layer: torch.nn.Module, x: torch.Tensor, grad: torch.Tensor) -
     return mid - start, time.perf_counter() - mid
 
 
+class _DropoutAndRedraw(torch.nn.Dropout):
+    """``nn.Dropout`` whose backward also draws the noise again (no packing, no bookkeeping): the least a redraw costs,
+    i.e. the floor of ``seeded`` on the noise route."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = super().forward(x)
+        y.register_hook(self._redraw)
+        return y
+
+    def _redraw(self, grad: torch.Tensor) -> None:
+        torch.empty_like(grad).bernoulli_(1 - self.p).div_(1 - self.p)  # drawn and dropped: only its cost counts
+
+
+def redraw_floor(x: torch.Tensor, p: float, pairs: int) -> list[float]:
+    """Per-pair fwd+bwd ratios of :class:`_DropoutAndRedraw` to nn.Dropout."""
+    grad = torch.ones_like(x)
+    baseline, redraw = torch.nn.Dropout(p), _DropoutAndRedraw(p)
+    return fwd_bwd_ratios(interleaved(lambda: _time_fwd_bwd(baseline, x, grad), lambda: _time_fwd_bwd(redraw, x, grad),
+                                      pairs))[2]
+
+
 def saved_bytes_per_element(layer: torch.nn.Module, x: torch.Tensor) -> float:
     with track_saved_tensors() as saved:
         layer(x)
@@ -352,6 +373,9 @@ def launch_bound(variants: list[str], p: float, pairs: int, routing_pairs: int, 
         r = per_call[-1]
         print(f"{variant:<16}{r['fwd_ratio']:>6.3f}x{r['bwd_ratio']:>6.3f}x{r['fwd_bwd_ratio']:>8.3f}x"
               f"{f'({min(total):.2f}-{max(total):.2f})':>15}{base_s * 1e6:>9.1f}", flush=True)
+    redraw = redraw_floor(x, p, pairs)
+    print(f"floor of a redraw (nn.Dropout + a second draw in backward, seeded's least cost): "
+          f"{statistics.median(redraw):.3f}x ({min(redraw):.2f}-{max(redraw):.2f})", flush=True)
     print("\n# aten ops dispatched per call (kernels: those a GPU launches, views and allocations left out); "
           "fused = the CUDA route's logic, run on CPU tensors")
     print(f"{'variant':<16}{'route':<7}{'fwd ops':>8}{'bwd ops':>8}{'fwd kern':>9}{'bwd kern':>9}")
@@ -372,7 +396,8 @@ def launch_bound(variants: list[str], p: float, pairs: int, routing_pairs: int, 
         print(f"{r.variant:<16}{r.routing:<9}{r.fwd_bwd_ratio:>7.3f}x"
               f"{f'({r.fwd_bwd_ratio_min:.2f}-{r.fwd_bwd_ratio_max:.2f})':>15}{r.plain_fwd_bwd_ms:>10.2f}"
               f"{r.extra_python_calls:>20}", flush=True)
-    return {"per_call": per_call, "op_counts": [asdict(c) for c in ops], "routing": [asdict(r) for r in routing]}
+    return {"per_call": per_call, "redraw_floor_ratio": statistics.median(redraw),
+            "op_counts": [asdict(c) for c in ops], "routing": [asdict(r) for r in routing]}
 
 
 _HEADER = (

@@ -45,6 +45,7 @@ def test_launch_bound_view_reports_per_call_ratios_op_counts_and_routing_cost(tm
     view = json.loads(out.read_text())["launch_bound"]
     assert [r["variant"] for r in view["per_call"]] == ["baseline", "pmdrop", "seeded"]
     assert all(r["fwd_bwd_ratio"] > 0 and r["baseline_fwd_bwd_us"] > 0 for r in view["per_call"])
+    assert view["redraw_floor_ratio"] > 0 and "floor of a redraw" in printed
     ops = {(c["variant"], c["route"]): c for c in view["op_counts"]}
     # torch's own routes, as a reference: CPU draws noise (empty_like, bernoulli_, div_, mul), CUDA one native_dropout
     assert ops["nn.Dropout", "noise"]["fwd_op_names"] == ["empty_like", "bernoulli_", "div_", "mul"]
