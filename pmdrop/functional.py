@@ -76,17 +76,34 @@ class _label:
 class _Layout:
     """The layout torch's dropout draws its noise (and its mask) in for one input shape and strides.
 
-    ``mask_stride``: the strides of ``empty_like(x)``, always dense, asked of a uint8 stand-in of the same
-    shape and strides (``empty_like`` picks strides with the same code on every real device). Meta tensors
-    do not (its ``empty_like`` differs for some size-1 dims), so meta inputs ask meta. A decoded mask
-    comes back in this layout, so torch's backward computes with the very layout it saved.
+    ``mask_stride``: the strides of ``empty_like(x)``, always dense; a decoded mask comes back in this layout, so
+    torch's backward computes with the very layout it saved. ``noise_out``: whether torch's ``x * noise`` comes out
+    in the noise's layout (then :class:`_InPlaceNoiseFn` writes the product into the noise's buffer).
+
+    The answers come from running those ops on uint8 CPU stand-ins of the same shape and strides: ``empty_like``
+    and TensorIterator pick strides with the same code on every real device. Meta tensors do not (its
+    ``empty_like`` and ``mul`` differ for some size-1 dims), so meta inputs ask meta.
     """
 
-    __slots__ = ("mask_stride", "numel", "shape")
+    __slots__ = ("_grad_into_noise", "device", "mask_stride", "noise_out", "numel", "shape")
 
     def __init__(self, shape: torch.Size, stride: tuple[int, ...], is_meta: bool) -> None:
-        x = torch.empty_strided(shape, stride, dtype=torch.uint8, device="meta" if is_meta else "cpu")
-        self.shape, self.mask_stride, self.numel = shape, torch.empty_like(x).stride(), x.numel()
+        self.device = "meta" if is_meta else "cpu"
+        x = torch.empty_strided(shape, stride, dtype=torch.uint8, device=self.device)
+        noise = torch.empty_like(x)
+        self.shape, self.mask_stride, self.numel = shape, noise.stride(), x.numel()
+        self.noise_out = torch.mul(x, noise).stride() == self.mask_stride
+        self._grad_into_noise: dict[tuple[int, ...], bool] = {}
+
+    def grad_into_noise(self, grad: torch.Tensor) -> bool:
+        """Whether torch's ``grad * noise`` comes out in the noise's layout, so it may be written into its buffer."""
+        stride = grad.stride()
+        fits = self._grad_into_noise.get(stride)
+        if fits is None:
+            stand_in = torch.empty_strided(self.shape, stride, dtype=torch.uint8, device=self.device)
+            noise = torch.empty_strided(self.shape, self.mask_stride, dtype=torch.uint8, device=self.device)
+            fits = self._grad_into_noise[stride] = torch.mul(stand_in, noise).stride() == self.mask_stride
+        return fits
 
 
 _LAYOUTS: dict[tuple[torch.Size, tuple[int, ...], bool], _Layout] = {}
@@ -193,10 +210,13 @@ class _CallPlan:
     table of the packed variants (None for seeded).
     """
 
-    __slots__ = ("cache", "device", "dtype", "fused", "k", "layout", "p", "saved_dtype", "shape", "table")
+    __slots__ = (
+        "cache", "device", "dtype", "fused", "k", "layout", "numel_bytes", "p", "saved_dtype", "shape", "table",
+    )
 
     def __init__(self, x: torch.Tensor, p: float, fused: bool, variant: DropoutVariant) -> None:
         self.p, self.dtype, self.device, self.shape = p, x.dtype, x.device, x.shape
+        self.numel_bytes = x.numel() * x.element_size()
         self.fused, self.layout = fused, _layout_of(x)
         self.saved_dtype = torch.bool if self.fused else x.dtype
         self.k, self.cache = variant.masks_per_byte, variant.cache_unpacked
@@ -339,6 +359,59 @@ class _SeededMask(_MaskStandIn):
             return noise.bernoulli_(1 - plan.p, generator=generator).div_(1 - plan.p)
 
 
+# From this many bytes of input, the noise route takes _InPlaceNoiseFn: its products go into buffers it already holds,
+# where torch's backward allocates one more activation-sized tensor (measured on the CPU: past ~16 MB that
+# allocation, fresh pages from the OS each time under glibc's allocator, costs more than the Function's overhead).
+_IN_PLACE_FROM_BYTES = 8 * 2**20
+
+
+class _InPlaceNoiseFn(torch.autograd.Function):
+    """The noise route for large inputs: torch's draw and products, written into buffers already held.
+
+    Forward draws ``noise`` as torch does (same generator calls, same layout), lets ``stand_in`` keep it (packed, or
+    the generator state), and multiplies into the noise's buffer when torch's ``x * noise`` has its layout; backward
+    decodes the noise and multiplies the gradient into it likewise. IEEE multiplication commutes bit for bit, so the
+    values and layouts are torch's, with one activation-sized allocation fewer each way. ``forward(ctx, ...)`` style:
+    ``setup_context`` makes ``apply`` bind arguments through ``inspect.signature`` on every call.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, stand_in: _MaskStandIn, inplace: bool) -> torch.Tensor:
+        plan, ctx.stand_in, ctx.inplace = stand_in.plan, stand_in, inplace
+        noise = torch.empty_strided(plan.shape, plan.layout.mask_stride, dtype=plan.dtype, device=plan.device)
+        noise.bernoulli_(1 - plan.p).div_(1 - plan.p)
+        ctx.save_for_backward(stand_in.keep(noise))
+        if inplace:
+            ctx.mark_dirty(x)
+            return x.mul_(noise)
+        return noise.mul_(x) if plan.layout.noise_out else x * noise
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        stand_in = ctx.stand_in
+        noise = stand_in.decode(ctx.saved_tensors[0])
+        if getattr(stand_in, "unpacked", None) is not None:  # cached for a later pass: not to be overwritten
+            torch.autograd.Variable._execution_engine.queue_callback(lambda: _drop_cache_if_released(ctx))
+            return grad * noise, None, None
+        if stand_in.plan.layout.grad_into_noise(grad):
+            return noise.mul_(grad), None, None
+        return grad * noise, None, None
+
+    @staticmethod
+    def jvp(ctx, x_tangent: torch.Tensor, *_: None) -> torch.Tensor:
+        noise = ctx.stand_in.decode(ctx.saved_tensors[0])
+        return x_tangent.mul_(noise) if ctx.inplace else x_tangent * noise
+
+
+def _drop_cache_if_released(ctx) -> None:
+    """Run at the end of a backward pass: a node's cached mask lives only while its graph is retained (the node
+    itself may live on with its output, through the next step's forward)."""
+    try:
+        _ = ctx.saved_tensors
+    except RuntimeError:  # released: backward cannot run through this node again
+        ctx.stand_in.unpacked = None
+
+
 class _TransformPackedFn(torch.autograd.Function):
     """Every exact variant under torch.func transforms: the draw is torch's own op, the mask saved packed.
 
@@ -421,17 +494,24 @@ def _torch_route(fused: bool, x: torch.Tensor, p: float, inplace: bool) -> torch
     return _torch_dropout(x, p, True, inplace)
 
 
+def _run(stand_in: _MaskStandIn, x: torch.Tensor, inplace: bool) -> torch.Tensor:
+    plan = stand_in.plan
+    if not plan.fused and plan.numel_bytes >= _IN_PLACE_FROM_BYTES:
+        return _InPlaceNoiseFn.apply(x, stand_in, inplace)
+    return _torch_dropout_saving(stand_in, x, plan.p, inplace)
+
+
 def _apply_packed(x: torch.Tensor, p: float, inplace: bool, variant: DropoutVariant) -> torch.Tensor:
     # Hooks are disabled under vmap and while AOTAutograd traces; a Function saves the packed mask there.
     if _transforms_active() or not _hooks_enabled():
         return _apply_transformed(x, p, inplace, variant.masks_per_byte)
-    return _torch_dropout_saving(_PackedMask(_plan_of(x, p, inplace, variant)), x, p, inplace)
+    return _run(_PackedMask(_plan_of(x, p, inplace, variant)), x, inplace)
 
 
 def _apply_seeded(x: torch.Tensor, p: float, inplace: bool, variant: DropoutVariant) -> torch.Tensor:
     if _transforms_active() or not _hooks_enabled():
         return _apply_transformed(x, p, inplace, 8)
-    return _torch_dropout_saving(_SeededMask(_plan_of(x, p, inplace, variant), x), x, p, inplace)
+    return _run(_SeededMask(_plan_of(x, p, inplace, variant), x), x, inplace)
 
 
 def _needs_backward(x: torch.Tensor, p: float, training: bool) -> bool:

@@ -23,6 +23,7 @@ def torch_dropout(p, inplace=False):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("inplace", [False, True], ids=["out", "inplace"])
+@pytest.mark.usefixtures("eager_path")
 def test_matches_nn_dropout(variant, dtype, shape, inplace):
     x0 = torch.randn(shape, dtype=dtype)
     for p in (0.1, 0.5, 0.83):
@@ -41,6 +42,7 @@ LAYOUTS = {
 
 @pytest.mark.parametrize("variant", EXACT_VARIANTS)
 @pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.usefixtures("eager_path")
 def test_matches_nn_dropout_on_odd_layouts(variant, layout):
     x0 = torch.randn(3, 4, 5, 6)
     prepare = LAYOUTS[layout]
@@ -57,6 +59,7 @@ def _sin_dropout_sin(layer):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", SHAPES[:2], ids=str)
 @pytest.mark.parametrize("reentrant", [True, False], ids=["reentrant", "non_reentrant"])
+@pytest.mark.usefixtures("eager_path")
 def test_under_activation_checkpointing(variant, dtype, shape, reentrant):
     x0 = torch.randn(shape, dtype=dtype)
 
@@ -72,6 +75,7 @@ def test_under_activation_checkpointing(variant, dtype, shape, reentrant):
 
 @pytest.mark.parametrize("variant", EXACT_VARIANTS)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.usefixtures("eager_path")
 def test_under_cpu_autocast(variant, dtype):
     x0 = torch.randn(7, 3, 23)
     torch.manual_seed(0)
@@ -106,6 +110,7 @@ def test_compiled_torch_dropout_itself_rounds_differently_in_half_precision():
 
 
 @pytest.mark.parametrize("variant", EXACT_VARIANTS)
+@pytest.mark.usefixtures("eager_path")
 def test_gradcheck_and_double_backward_fp64(variant):
     def seeded(x):
         torch.manual_seed(0)
@@ -117,6 +122,7 @@ def test_gradcheck_and_double_backward_fp64(variant):
 
 
 @pytest.mark.parametrize("variant", EXACT_VARIANTS)
+@pytest.mark.usefixtures("eager_path")
 def test_retain_graph_second_backward_is_exact(variant):
     x0 = torch.randn(50)
 
@@ -186,6 +192,7 @@ def test_no_cache_is_kept_after_an_ordinary_backward(monkeypatch):
 
 
 @pytest.mark.parametrize("variant", EXACT_VARIANTS)
+@pytest.mark.usefixtures("eager_path")
 def test_hooks_around_the_call_see_what_pmdrop_keeps_not_torchs_mask(variant):
     """The packed mask (or seeded's generator state) passes through enclosing saved-tensor hooks, as a Function's
     saved tensor would, and whatever they hand back is what backward decodes."""
@@ -226,3 +233,28 @@ def test_a_tensor_saved_beside_the_mask_is_kept_as_is():
     for other in (torch.randn(4, 8), torch.randn(3)):  # a second tensor of the mask's shape, and another shape
         kept = stand_in.pack(other)
         assert kept is not stand_in and kept.restore() is other
+
+
+def test_in_place_path_drops_its_cached_mask_when_the_graph_is_released(monkeypatch):
+    """The in-place Function's node lives as long as its output; the cached mask must not."""
+    import pmdrop.functional as functional
+
+    monkeypatch.setattr(functional, "_IN_PLACE_FROM_BYTES", 0)
+    stand_ins = _record_stand_ins(monkeypatch)
+    x = torch.randn(40, requires_grad=True)
+    y = pmdrop.dropout(x, 0.3, variant="pmdrop")
+    y.backward(torch.ones_like(y), retain_graph=True)
+    (stand_in,) = stand_ins
+    assert stand_in().unpacked is not None
+    y.backward(torch.ones_like(y))
+    assert stand_in() is not None and stand_in().unpacked is None  # y keeps its node alive, not the mask
+
+
+def test_large_inputs_take_the_in_place_path_small_ones_the_hooks(monkeypatch):
+    import pmdrop.functional as functional
+
+    monkeypatch.setattr(functional, "_IN_PLACE_FROM_BYTES", 4 * 1000)
+    small = pmdrop.dropout(torch.randn(999, requires_grad=True), 0.3)
+    large = pmdrop.dropout(torch.randn(1000, requires_grad=True), 0.3)
+    assert type(small.grad_fn).__name__ == "MulBackward0"  # torch's own node
+    assert type(large.grad_fn).__name__ == "_InPlaceNoiseFnBackward"

@@ -67,6 +67,7 @@ def run(layer, x0, prepare, grad_layout, inplace=False):
 @pytest.mark.parametrize("route_name", ROUTES)
 @settings(max_examples=40, deadline=None)
 @given(case=strided_inputs(), inplace=st.booleans())
+@pytest.mark.usefixtures("eager_path")
 def test_output_and_input_grad_have_torchs_strides(variant, route_name, case, inplace):
     skip_baseline_on_fused(variant, route_name)
     x0, prepare, grad_layout = case
@@ -82,6 +83,7 @@ def test_output_and_input_grad_have_torchs_strides(variant, route_name, case, in
 
 @pytest.mark.parametrize("variant", EXACT_VARIANTS)
 @pytest.mark.parametrize("route_name", ROUTES)
+@pytest.mark.usefixtures("eager_path")
 def test_column_major_input_row_major_grad_keeps_the_previous_layers_grads(variant, route_name):
     """A Linear's output seen transposed (column-major) feeds dropout, and the op after it hands back a
     row-major gradient: the Linear's parameter gradients reduce over what dropout's backward returns,
