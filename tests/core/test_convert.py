@@ -117,6 +117,7 @@ def tinybert_and_baseline_after_20_steps():
     return initial, train(copy.deepcopy(initial), 20)
 
 
+@pytest.mark.usefixtures("eager_path")
 @pytest.mark.parametrize("variant", EXACT_VARIANTS)
 def test_20_step_tinybert_training_is_bit_identical(variant, tinybert_and_baseline_after_20_steps):
     initial, baseline = tinybert_and_baseline_after_20_steps
@@ -126,6 +127,7 @@ def test_20_step_tinybert_training_is_bit_identical(variant, tinybert_and_baseli
     assert any(not torch.equal(a, b) for a, b in zip(initial.parameters(), trained.parameters(), strict=True))
 
 
+@pytest.mark.usefixtures("eager_path")
 @pytest.mark.parametrize("reentrant", [False, True], ids=["non-reentrant", "reentrant"])
 @pytest.mark.parametrize("variant", ["pmdrop", "seeded"])
 def test_training_with_hf_gradient_checkpointing_is_bit_identical(variant, reentrant):
