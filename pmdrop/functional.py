@@ -380,7 +380,9 @@ class _InPlaceNoiseFn(torch.autograd.Function):
         plan, ctx.stand_in, ctx.inplace = stand_in.plan, stand_in, inplace
         noise = torch.empty_strided(plan.shape, plan.layout.mask_stride, dtype=plan.dtype, device=plan.device)
         noise.bernoulli_(1 - plan.p).div_(1 - plan.p)
-        ctx.save_for_backward(stand_in.keep(noise))
+        kept = stand_in.keep(noise)
+        ctx.save_for_backward(kept)
+        ctx.save_for_forward(kept)
         if inplace:
             ctx.mark_dirty(x)
             return x.mul_(noise)

@@ -97,6 +97,7 @@ def test_functional_call_training_matches(variant):
     assert torch.equal(reference[1], candidate[1])
 
 
+@pytest.mark.usefixtures("eager_path")
 @pytest.mark.parametrize("variant", EXACT_VARIANTS)
 @pytest.mark.parametrize("route_name", ROUTES)
 @pytest.mark.parametrize("requires_grad", [True, False])
