@@ -91,10 +91,7 @@ class _DropoutAndRedraw(torch.nn.Dropout):
 
 def redraw_floor(x: torch.Tensor, p: float, pairs: int) -> list[float]:
     """Per-pair fwd+bwd ratios of :class:`_DropoutAndRedraw` to nn.Dropout."""
-    grad = torch.ones_like(x)
-    baseline, redraw = torch.nn.Dropout(p), _DropoutAndRedraw(p)
-    return fwd_bwd_ratios(interleaved(lambda: _time_fwd_bwd(baseline, x, grad), lambda: _time_fwd_bwd(redraw, x, grad),
-                                      pairs))[2]
+    return fwd_bwd_ratios(_against_dropout(_DropoutAndRedraw(p), x, p, pairs))[2]
 
 
 def saved_bytes_per_element(layer: torch.nn.Module, x: torch.Tensor) -> float:
@@ -135,11 +132,15 @@ def fwd_bwd_ratios(timed: list[tuple[Times, Times]]) -> tuple[list[float], list[
     return fwd, bwd, [sum(c) / sum(b) for b, c in timed]
 
 
+def _against_dropout(layer: torch.nn.Module, x: torch.Tensor, p: float, pairs: int) -> list[tuple[Times, Times]]:
+    """``pairs`` interleaved (fwd, bwd) timings of ``nn.Dropout(p)`` and ``layer`` on ``x``."""
+    baseline, grad = torch.nn.Dropout(p), torch.ones_like(x)
+    return interleaved(lambda: _time_fwd_bwd(baseline, x, grad), lambda: _time_fwd_bwd(layer, x, grad), pairs)
+
+
 def compare(variant: str, x: torch.Tensor, p: float, pairs: int) -> tuple[list[float], list[float], list[float], float]:
     """Per-pair ratios (fwd, bwd, fwd+bwd) of ``variant`` to nn.Dropout, and the median baseline fwd+bwd seconds."""
-    baseline, candidate = torch.nn.Dropout(p), PackedDropout(p, variant=variant)
-    grad = torch.ones_like(x)
-    timed = interleaved(lambda: _time_fwd_bwd(baseline, x, grad), lambda: _time_fwd_bwd(candidate, x, grad), pairs)
+    timed = _against_dropout(PackedDropout(p, variant=variant), x, p, pairs)
     fwd, bwd, total = fwd_bwd_ratios(timed)
     return fwd, bwd, total, statistics.median(sum(b) for b, _ in timed)
 

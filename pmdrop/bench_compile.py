@@ -129,6 +129,7 @@ def whole_model_identity(variants: tuple[str, ...] = ("pmdrop", "pmdrop_4bit", "
 
     print(f"compiled BERT (2 layers, hidden 64, batch 8x32), {steps} AdamW steps, "
           f"torch {torch.__version__}: parameters vs compiled nn.Dropout's")
+    threads_before = torch.get_num_threads()
     print("| setting | " + " | ".join(variants) + " |\n|---|" + "---|" * len(variants))
     for setting, (dtype, threads, padded, patch) in IDENTITY_SETTINGS.items():
         expected = train("baseline", dtype, threads, padded, patch)
@@ -138,6 +139,7 @@ def whole_model_identity(variants: tuple[str, ...] = ("pmdrop", "pmdrop_4bit", "
             same = all(torch.equal(a, b) for a, b in zip(expected, got, strict=True))
             cells.append("identical" if same else "differs")
         print(f"| {setting} | " + " | ".join(cells) + " |", flush=True)
+    torch.set_num_threads(threads_before)
 
 
 if __name__ == "__main__":
