@@ -16,7 +16,8 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 _local = threading.local()
-_tracking = [0]  # trackers open in any thread: with none, a dropout call marks nothing and costs one test
+# Trackers open in any thread: with none, dropout calls skip dropout_site altogether (one list read per call).
+trackers_open = [0]
 
 
 def _active_ledgers() -> list[SavedBytes]:
@@ -38,7 +39,7 @@ class dropout_site:
         self.origin = origin
 
     def __enter__(self) -> None:
-        self.marked = _tracking[0] > 0
+        self.marked = trackers_open[0] > 0
         if self.marked:
             ledgers = _active_ledgers()
             if _local.depth == 0:
@@ -119,7 +120,7 @@ class track_saved_tensors:
 
     def __enter__(self) -> SavedBytes:
         _active_ledgers().append(self.saved)
-        _tracking[0] += 1
+        trackers_open[0] += 1
         self._hooks.__enter__()
         self._mode.__enter__()
         return self.saved
@@ -128,4 +129,4 @@ class track_saved_tensors:
         self._mode.__exit__(*exc)
         self._hooks.__exit__(*exc)
         _active_ledgers().remove(self.saved)
-        _tracking[0] -= 1
+        trackers_open[0] -= 1

@@ -21,6 +21,8 @@ import torch
 from .packing import pack_flat
 
 _local = threading.local()
+# Injections open in any thread: with none, a packed call skips corrupt() altogether (one list read per call).
+injections_open = [0]
 
 
 @dataclass
@@ -44,9 +46,11 @@ def inject_bitflips(fraction: float, seed: int = 0) -> Iterator[BitflipLog]:
         raise ValueError(f"bit-flip fraction has to be between 0 and 1, but got {fraction}")
     previous = getattr(_local, "log", None)
     _local.log = BitflipLog(fraction, seed)
+    injections_open[0] += 1
     try:
         yield _local.log
     finally:
+        injections_open[0] -= 1
         _local.log = previous
 
 

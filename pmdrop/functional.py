@@ -25,9 +25,17 @@ import threading
 import torch
 
 from . import compiled
-from .accounting import dropout_site
-from .faults import corrupt
-from .packing import check_masks_per_byte, decode_table, pack_fresh, pack_rows, unpack_rows
+from .accounting import dropout_site, trackers_open
+from .faults import corrupt, injections_open
+from .packing import (
+    check_masks_per_byte,
+    decode_table,
+    pack_by_matvec,
+    pack_fresh,
+    pack_rows,
+    packs_by_matvec,
+    unpack_rows,
+)
 from .variants import DropoutVariant, get_variant, register_variant
 
 # Where torch's dropout takes native_dropout out of place. Tests add "cpu" to run the CUDA route's logic.
@@ -53,24 +61,6 @@ def _uses_fused_route(x: torch.Tensor, inplace: bool) -> bool:
 
 def _fused_scale(p: float) -> float:
     return 1.0 / (1.0 - p)
-
-
-class _label:
-    """``record_function(name)`` while a profiler runs, nothing otherwise: a trace shows pmdrop's draw/pack/unpack."""
-
-    __slots__ = ("name", "scope")
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def __enter__(self) -> None:
-        self.scope = torch.autograd.profiler.record_function(self.name) if _profiling() else None
-        if self.scope is not None:
-            self.scope.__enter__()
-
-    def __exit__(self, *exc: object) -> None:
-        if self.scope is not None:
-            self.scope.__exit__(*exc)
 
 
 class _Layout:
@@ -146,13 +136,9 @@ def _fused_backward(grad: torch.Tensor, mask: torch.Tensor, p: float) -> torch.T
     return torch.ops.aten.native_dropout_backward(grad, mask, _fused_scale(p))
 
 
+# Whether the running backward keeps the graph (retain_graph=True): only then can a cached mask be reused.
 # Private, no public equivalent; without it a retained graph is assumed (the cache is then kept).
-_keep_graph_probe = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", lambda: True)
-
-
-def _graph_is_retained() -> bool:
-    """Whether the running backward keeps the graph (``retain_graph=True``): only then can a cache be reused."""
-    return _keep_graph_probe()
+_graph_is_retained = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", lambda: True)
 
 
 def _noise_tangent(ctx, x_tangent: torch.Tensor, unpacked: torch.Tensor) -> torch.Tensor:
@@ -203,38 +189,51 @@ def _redraw_generator(device: torch.device, state: torch.Tensor) -> torch.Genera
     return generator
 
 
+def _native_dropout_output(x: torch.Tensor, p: float, train: bool) -> torch.Tensor:
+    return torch.native_dropout(x, p, train)[0]
+
+
 class _CallPlan:
     """What every packed or seeded call with one input layout, p, dtype, device, route and variant shares, built once.
 
-    ``saved_dtype``: the dtype of the one tensor torch's dropout saves (bool mask or noise); ``table``: the decode
-    table of the packed variants (None for seeded).
+    ``draw``: torch's dropout for this route, ``draw(x, p, True)``; ``saved_dtype``: the dtype of the one tensor it
+    saves (bool mask or noise); ``table``: the decode table of the packed variants (None for seeded); ``pack``: the
+    packing function for its masks.
     """
 
     __slots__ = (
-        "cache", "device", "dtype", "fused", "k", "layout", "numel_bytes", "p", "saved_dtype", "shape", "table",
+        "cache", "device", "draw", "dtype", "fused", "k", "layout", "numel_bytes", "p", "pack", "saved_dtype",
+        "shape", "table",
     )
 
-    def __init__(self, x: torch.Tensor, p: float, fused: bool, variant: DropoutVariant) -> None:
+    def __init__(self, x: torch.Tensor, p: float, inplace: bool, variant: DropoutVariant) -> None:
         self.p, self.dtype, self.device, self.shape = p, x.dtype, x.device, x.shape
         self.numel_bytes = x.numel() * x.element_size()
-        self.fused, self.layout = fused, _layout_of(x)
+        self.fused, self.layout = _uses_fused_route(x, inplace), _layout_of(x)
+        # What torch.dropout runs on each route, called by name: meta stands in for CUDA, and tests run the CUDA
+        # route on CPU tensors.
+        self.draw = _native_dropout_output if self.fused else torch.dropout_ if inplace else torch.dropout
         self.saved_dtype = torch.bool if self.fused else x.dtype
         self.k, self.cache = variant.masks_per_byte, variant.cache_unpacked
         self.table = None if self.k is None else _noise_table(self.k, None if self.fused else p, self.saved_dtype,
                                                               x.device)
+        # The fused route keeps CUDA's pack even where tests run it on CPU tensors: it is CUDA's logic they check.
+        matvec = self.k is not None and not self.fused and packs_by_matvec(x.numel(), self.k, x.device)
+        self.pack = pack_by_matvec if matvec else pack_fresh
 
 
 _PLANS: dict[tuple, _CallPlan] = {}
 
 
 def _plan_of(x: torch.Tensor, p: float, inplace: bool, variant: DropoutVariant) -> _CallPlan:
-    fused = _uses_fused_route(x, inplace)  # in the key, not derived from it: tests run the CUDA route on CPU
-    key = (x.shape, x.stride(), x.dtype, x.device, p, fused, variant.name)
+    # _FUSED_DEVICE_TYPES (its hash is cached) rather than the route: tests swap it to run the CUDA route on CPU
+    # tensors, and reading the route off x.device.type costs more than the whole lookup.
+    key = (x.shape, x.stride(), x.dtype, x.device, p, inplace, variant.name, _FUSED_DEVICE_TYPES)
     plan = _PLANS.get(key)
     if plan is None:
         if len(_PLANS) >= 4096:  # bound the cache for shape-varying workloads
             _PLANS.clear()
-        plan = _PLANS[key] = _CallPlan(x, p, fused, variant)
+        plan = _PLANS[key] = _CallPlan(x, p, inplace, variant)
     return plan
 
 
@@ -295,11 +294,10 @@ def _restore(saved: _MaskStandIn | _Passed) -> torch.Tensor:
 
 def _unpack(plan: _CallPlan, packed: torch.Tensor) -> torch.Tensor:
     """Decode ``packed`` through the plan's table into a fresh tensor in torch's mask layout."""
-    with _label("pmdrop.unpack"):
-        # int32 indices: half the bytes of int64, and index_select takes them. The rows' storage, seen in the
-        # mask's layout, holds the decoded masks in memory order.
-        rows = torch.index_select(plan.table, 0, packed.to(torch.int32))
-        return rows.as_strided(plan.shape, plan.layout.mask_stride)
+    # int32 indices: half the bytes of int64, and index_select takes them. The rows' storage, seen in the
+    # mask's layout, holds the decoded masks in memory order.
+    rows = torch.index_select(plan.table, 0, packed.to(torch.int32))
+    return rows.as_strided(plan.shape, plan.layout.mask_stride)
 
 
 class _PackedMask(_MaskStandIn):
@@ -308,24 +306,29 @@ class _PackedMask(_MaskStandIn):
 
     __slots__ = ("unpacked",)
 
-    def __init__(self, plan: _CallPlan) -> None:
+    def __init__(self, plan: _CallPlan, x: torch.Tensor) -> None:
         self.plan, self.saved, self.unpacked, self.enclosing = plan, None, None, _enclosing_hooks(False)
 
     def keep(self, mask: torch.Tensor) -> torch.Tensor:
+        plan = self.plan
+        # noise is 0 or a nonzero scale (inf where fp16 overflows): bool() is the mask.
+        bits = mask if plan.fused else mask.bool()
         if _profiling():
             with torch.autograd.profiler.record_function("pmdrop.pack"):
-                return self._packed(mask)
-        return self._packed(mask)
-
-    def _packed(self, mask: torch.Tensor) -> torch.Tensor:
-        # noise is 0 or a nonzero scale (inf where fp16 overflows): bool() is the mask.
-        return corrupt(pack_fresh(mask if self.plan.fused else mask.bool(), self.plan.k))
+                packed = plan.pack(bits, plan.k)
+        else:
+            packed = plan.pack(bits, plan.k)
+        return corrupt(packed) if injections_open[0] else packed
 
     def decode(self, packed: torch.Tensor) -> torch.Tensor:
         if self.unpacked is not None:
             return self.unpacked
         plan = self.plan
-        unpacked = _unpack(plan, packed)
+        if _profiling():
+            with torch.autograd.profiler.record_function("pmdrop.unpack"):
+                unpacked = _unpack(plan, packed)
+        else:
+            unpacked = _unpack(plan, packed)
         # Cached only for a later pass through this node, which needs a retained graph; the cache is freed with
         # the graph's saved tensors, i.e. with this object.
         if plan.cache and _graph_is_retained():
@@ -350,11 +353,16 @@ class _SeededMask(_MaskStandIn):
         return self.state
 
     def decode(self, state: torch.Tensor) -> torch.Tensor:
+        if _profiling():
+            with torch.autograd.profiler.record_function("pmdrop.redraw"):
+                return self._redraw(state)
+        return self._redraw(state)
+
+    def _redraw(self, state: torch.Tensor) -> torch.Tensor:
         plan = self.plan
-        with _label("pmdrop.redraw"):
-            if plan.fused:
-                return _regenerate_fused_mask(state, plan.layout, (plan.dtype, plan.device, self.alignment), plan.p)
-            return _draw_noise(plan, None if plan.device.type == "meta" else _redraw_generator(plan.device, state))
+        if plan.fused:
+            return _regenerate_fused_mask(state, plan.layout, (plan.dtype, plan.device, self.alignment), plan.p)
+        return _draw_noise(plan, None if plan.device.type == "meta" else _redraw_generator(plan.device, state))
 
 
 def _draw_noise(plan: _CallPlan, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -480,48 +488,30 @@ def _apply_transformed(x: torch.Tensor, p: float, inplace: bool, masks_per_byte:
     return _TransformPackedFn.apply(x, drawn, packed, p, inplace, masks_per_byte, fused)
 
 
-def _torch_dropout_saving(stand_in: _MaskStandIn, x: torch.Tensor, p: float, inplace: bool) -> torch.Tensor:
-    """Torch's own dropout for this route, its saved mask kept by ``stand_in``."""
+def _apply_exact(x: torch.Tensor, p: float, inplace: bool, variant: DropoutVariant) -> torch.Tensor:
+    """Torch's own dropout for the route x takes, its saved mask kept packed (seeded: the generator state)."""
+    # Hooks are disabled under vmap and while AOTAutograd traces; a Function saves the packed mask there.
+    if _transforms_active() or not _hooks_enabled():
+        return _apply_transformed(x, p, inplace, variant.masks_per_byte or 8)
+    plan = _plan_of(x, p, inplace, variant)
+    stand_in = _SeededMask(plan, x) if plan.k is None else _PackedMask(plan, x)
+    if not plan.fused and plan.numel_bytes >= _IN_PLACE_FROM_BYTES:
+        return _InPlaceNoiseFn.apply(x, stand_in, inplace)
     # What torch.autograd.graph.saved_tensors_hooks does on enter and exit, without its Python object per call.
     _push_hooks(stand_in.pack, _restore)
     try:
         if _profiling():  # the draw with its pack inside, as a trace shows them
             with torch.autograd.profiler.record_function("pmdrop.draw"):
-                return _torch_route(stand_in.plan.fused, x, p, inplace)
-        return _torch_route(stand_in.plan.fused, x, p, inplace)
+                return plan.draw(x, p, True)
+        return plan.draw(x, p, True)
     finally:
         _pop_hooks()
 
 
-def _torch_route(fused: bool, x: torch.Tensor, p: float, inplace: bool) -> torch.Tensor:
-    if fused:  # what torch.dropout runs there (called by name: meta stands in for CUDA)
-        return torch.ops.aten.native_dropout(x, p, True)[0]
-    return _torch_dropout(x, p, True, inplace)
-
-
-def _run(stand_in: _MaskStandIn, x: torch.Tensor, inplace: bool) -> torch.Tensor:
-    plan = stand_in.plan
-    if not plan.fused and plan.numel_bytes >= _IN_PLACE_FROM_BYTES:
-        return _InPlaceNoiseFn.apply(x, stand_in, inplace)
-    return _torch_dropout_saving(stand_in, x, plan.p, inplace)
-
-
-def _apply_packed(x: torch.Tensor, p: float, inplace: bool, variant: DropoutVariant) -> torch.Tensor:
-    # Hooks are disabled under vmap and while AOTAutograd traces; a Function saves the packed mask there.
-    if _transforms_active() or not _hooks_enabled():
-        return _apply_transformed(x, p, inplace, variant.masks_per_byte)
-    return _run(_PackedMask(_plan_of(x, p, inplace, variant)), x, inplace)
-
-
-def _apply_seeded(x: torch.Tensor, p: float, inplace: bool, variant: DropoutVariant) -> torch.Tensor:
-    if _transforms_active() or not _hooks_enabled():
-        return _apply_transformed(x, p, inplace, 8)
-    return _run(_SeededMask(_plan_of(x, p, inplace, variant), x), x, inplace)
-
-
-def _needs_backward(x: torch.Tensor, p: float, training: bool) -> bool:
-    """Whether the call may be differentiated and ``x`` is a tensor kind the paths above can pack."""
-    return (
+def _apply_or_torchs(x: torch.Tensor, p: float, training: bool, inplace: bool, spec: DropoutVariant) -> torch.Tensor:
+    """``spec``'s dropout where the call may be differentiated and ``x`` is a tensor kind it can pack; torch's
+    own everywhere else."""
+    if (
         training
         and 0.0 < p < 1.0
         and ((x.requires_grad and torch.is_grad_enabled()) or _transforms_active())
@@ -530,7 +520,9 @@ def _needs_backward(x: torch.Tensor, p: float, training: bool) -> bool:
         and not x.is_nested
         and x.is_floating_point()
         and x.numel() > 0
-    )
+    ):
+        return spec.apply(x, p, inplace, spec)
+    return _torch_dropout(x, p, training, inplace)
 
 
 def dropout(
@@ -550,10 +542,10 @@ def dropout(
     spec = variant if type(variant) is DropoutVariant else get_variant(variant)
     if spec.bit_exact and torch.compiler.is_compiling():  # dynamo and export cannot trace the eager path's hooks
         return compiled.dropout(x, p, training, inplace, spec)
-    with dropout_site("pmdrop"):
-        if not _needs_backward(x, p, training):
-            return _torch_dropout(x, p, training, inplace)
-        return spec.apply(x, p, inplace, spec)
+    if trackers_open[0]:  # accounting marks what this call saves as its mask
+        with dropout_site("pmdrop"):
+            return _apply_or_torchs(x, p, training, inplace, spec)
+    return _apply_or_torchs(x, p, training, inplace, spec)
 
 
 def _baseline(x: torch.Tensor, p: float, inplace: bool, variant: DropoutVariant) -> torch.Tensor:
@@ -563,24 +555,24 @@ def _baseline(x: torch.Tensor, p: float, inplace: bool, variant: DropoutVariant)
 register_variant(DropoutVariant("baseline", _baseline, "torch.nn.Dropout as is (the reference)"))
 register_variant(
     DropoutVariant(
-        "pmdrop", _apply_packed, "mask packed 8 per byte; unpacked mask cached while the graph is retained",
+        "pmdrop", _apply_exact, "mask packed 8 per byte; unpacked mask cached while the graph is retained",
         masks_per_byte=8, cache_unpacked=True,
     )
 )
 register_variant(
     DropoutVariant(
-        "pmdrop_nocache", _apply_packed, "mask packed 8 per byte; unpacked on every access",
+        "pmdrop_nocache", _apply_exact, "mask packed 8 per byte; unpacked on every access",
         masks_per_byte=8,
     )
 )
 register_variant(
     DropoutVariant(
-        "pmdrop_4bit", _apply_packed, "the paper's 4-bit ablation: 4 masks per byte",
+        "pmdrop_4bit", _apply_exact, "the paper's 4-bit ablation: 4 masks per byte",
         masks_per_byte=4, cache_unpacked=True,
     )
 )
 register_variant(
-    DropoutVariant("seeded", _apply_seeded, "no mask: saves the RNG state, redraws it in backward")
+    DropoutVariant("seeded", _apply_exact, "no mask: saves the RNG state, redraws it in backward")
 )
 
 
@@ -590,7 +582,7 @@ def packed_variant(masks_per_byte: int, cache_unpacked: bool = True) -> DropoutV
     name = f"pmdrop_k{masks_per_byte}" + ("" if cache_unpacked else "_nocache")
     return register_variant(
         DropoutVariant(
-            name, _apply_packed, f"mask packed {masks_per_byte} per byte",
+            name, _apply_exact, f"mask packed {masks_per_byte} per byte",
             masks_per_byte=masks_per_byte, cache_unpacked=cache_unpacked,
         )
     )

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import pmdrop
-from pmdrop.packing import pack_flat, pack_fresh, unpack_flat
+from pmdrop.packing import pack_by_matvec, pack_flat, pack_fresh, packs_by_matvec, unpack_flat
 
 
 @settings(max_examples=150, deadline=None)
@@ -47,6 +47,34 @@ def test_dropout_packing_stores_exactly_ceil_n_over_k_bytes(n, masks_per_byte):
     assert torch.equal(packed, pack_flat(mask, masks_per_byte))
 
 
+@settings(max_examples=80, deadline=None)
+@given(
+    shape=st.lists(st.integers(1, 24), min_size=1, max_size=3),
+    masks_per_byte=st.sampled_from([8, 4, 2]),
+    transpose=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_the_cpu_matvec_pack_stores_the_same_bytes_as_the_word_pack(shape, masks_per_byte, transpose, seed):
+    """Small CPU masks pack by one uint8 matrix-vector product; bytes and storage are the word pack's."""
+    mask = torch.rand(shape, generator=torch.Generator().manual_seed(seed)) < 0.5
+    if transpose and mask.dim() > 1:
+        mask = mask.transpose(0, -1).contiguous().transpose(0, -1)  # dense, not contiguous: memory order counts
+    if not packs_by_matvec(mask.numel(), masks_per_byte, mask.device):
+        return
+    packed = pack_by_matvec(mask, masks_per_byte)
+    assert packed.untyped_storage().nbytes() == mask.numel() // masks_per_byte
+    assert torch.equal(packed, pack_fresh(mask, masks_per_byte))
+
+
+def test_the_matvec_pack_is_taken_only_where_it_can_and_pays():
+    cpu = torch.device("cpu")
+    assert packs_by_matvec(4096, 8, cpu) and packs_by_matvec(4096, 4, cpu)
+    assert not packs_by_matvec(4096, 1, cpu)  # one mask a byte: a copy
+    assert not packs_by_matvec(4100, 8, cpu)  # a padded last byte: the word pack's tail
+    assert not packs_by_matvec(2**20, 8, cpu)  # its integer kernel is slower than two ops at this size
+    assert not packs_by_matvec(4096, 8, torch.device("meta"))  # CUDA (and meta, which plans for it) has no uint8 mv
+
+
 def test_unaligned_input_falls_back_to_the_tail_path():
     base = torch.rand(8 * 9 + 1) < 0.5
     view = base[1:]  # data pointer off the 8-byte alignment
@@ -73,9 +101,10 @@ def test_bad_arguments_are_named():
         # fused (CUDA) route: native_dropout + pack (one multiply, one strided copy); unpack (2) + its backward.
         # Before the one-multiply pack: 4 and 3 (pmdrop), 9 and 3 (pmdrop_4bit).
         ("pmdrop", "fused", 3, 3), ("pmdrop_4bit", "fused", 3, 3), ("seeded", "fused", 1, 2),
-        # noise (CPU) route: torch's own draw, div_ and multiply, then the pack (to bool, one multiply, one strided
-        # copy); before the saved-tensor hooks: 5 (bool draw, pack (2), select of the noise, multiply), before that 7.
-        ("pmdrop", "noise", 6, 3), ("pmdrop_4bit", "noise", 6, 3), ("seeded", "noise", 3, 3),
+        # noise (CPU) route: torch's own draw, div_ and multiply, then the pack (to bool, one uint8 matrix-vector
+        # product); with a multiply and a strided copy for the pack: 6; before the saved-tensor hooks: 5 (bool draw,
+        # pack (2), select of the noise, multiply), before that 7.
+        ("pmdrop", "noise", 5, 3), ("pmdrop_4bit", "noise", 5, 3), ("seeded", "noise", 3, 3),
     ],
 )
 def test_kernels_per_call(variant, route, fwd_kernels, bwd_kernels):
