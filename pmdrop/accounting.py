@@ -52,6 +52,11 @@ class dropout_site:
             _local.depth -= 1
 
 
+def inside_dropout_site() -> bool:
+    """Whether this thread is inside a :class:`dropout_site` (where a nested call is not counted again)."""
+    return getattr(_local, "depth", 0) > 0
+
+
 @dataclass
 class SavedBytes:
     """Bytes saved for backward, each storage counted once."""

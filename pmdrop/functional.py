@@ -20,22 +20,16 @@ it treats ``F.dropout`` (vmap's randomness modes included), and :class:`_Transfo
 
 from __future__ import annotations
 
+import functools
+import operator
 import threading
 
 import torch
 
 from . import compiled
-from .accounting import dropout_site, trackers_open
+from .accounting import dropout_site, inside_dropout_site, trackers_open
 from .faults import corrupt, injections_open
-from .packing import (
-    check_masks_per_byte,
-    decode_table,
-    pack_by_matvec,
-    pack_fresh,
-    pack_rows,
-    packs_by_matvec,
-    unpack_rows,
-)
+from .packing import check_masks_per_byte, decode_table, fresh_packer, pack_fresh, pack_rows, unpack_rows
 from .variants import DropoutVariant, get_variant, register_variant
 
 # Where torch's dropout takes native_dropout out of place. Tests add "cpu" to run the CUDA route's logic.
@@ -197,8 +191,7 @@ class _CallPlan:
     """What every packed or seeded call with one input layout, p, dtype, device, route and variant shares, built once.
 
     ``draw``: torch's dropout for this route, ``draw(x, p, True)``; ``saved_dtype``: the dtype of the one tensor it
-    saves (bool mask or noise); ``table``: the decode table of the packed variants (None for seeded); ``pack``: the
-    packing function for its masks.
+    saves (bool mask or noise); ``pack`` packs that tensor and ``table`` decodes it (packed variants only).
     """
 
     __slots__ = (
@@ -218,22 +211,19 @@ class _CallPlan:
         self.table = None if self.k is None else _noise_table(self.k, None if self.fused else p, self.saved_dtype,
                                                               x.device)
         # The fused route keeps CUDA's pack even where tests run it on CPU tensors: it is CUDA's logic they check.
-        matvec = self.k is not None and not self.fused and packs_by_matvec(x.numel(), self.k, x.device)
-        self.pack = pack_by_matvec if matvec else pack_fresh
+        # Noise is 0 or a nonzero scale (inf where fp16 overflows): its nonzeros are the mask.
+        if self.k is not None:
+            self.pack = (functools.partial(pack_fresh, masks_per_byte=self.k) if self.fused
+                         else fresh_packer(x.numel(), self.k, x.device, nonzero=True))
 
 
 _PLANS: dict[tuple, _CallPlan] = {}
 
 
-def _plan_of(x: torch.Tensor, p: float, inplace: bool, variant: DropoutVariant) -> _CallPlan:
-    # _FUSED_DEVICE_TYPES (its hash is cached) rather than the route: tests swap it to run the CUDA route on CPU
-    # tensors, and reading the route off x.device.type costs more than the whole lookup.
-    key = (x.shape, x.stride(), x.dtype, x.device, p, inplace, variant.name, _FUSED_DEVICE_TYPES)
-    plan = _PLANS.get(key)
-    if plan is None:
-        if len(_PLANS) >= 4096:  # bound the cache for shape-varying workloads
-            _PLANS.clear()
-        plan = _PLANS[key] = _CallPlan(x, p, inplace, variant)
+def _new_plan(key: tuple, x: torch.Tensor, p: float, inplace: bool, variant: DropoutVariant) -> _CallPlan:
+    if len(_PLANS) >= 4096:  # bound the cache for shape-varying workloads
+        _PLANS.clear()
+    plan = _PLANS[key] = _CallPlan(x, p, inplace, variant)
     return plan
 
 
@@ -288,16 +278,15 @@ class _MaskStandIn:
         raise NotImplementedError
 
 
-def _restore(saved: _MaskStandIn | _Passed) -> torch.Tensor:
-    return saved.restore()
+# The unpack hook: saved.restore(), called from C without a Python frame of its own.
+_restore = operator.methodcaller("restore")
 
 
 def _unpack(plan: _CallPlan, packed: torch.Tensor) -> torch.Tensor:
     """Decode ``packed`` through the plan's table into a fresh tensor in torch's mask layout."""
-    # int32 indices: half the bytes of int64, and index_select takes them. The rows' storage, seen in the
-    # mask's layout, holds the decoded masks in memory order.
-    rows = torch.index_select(plan.table, 0, packed.to(torch.int32))
-    return rows.as_strided(plan.shape, plan.layout.mask_stride)
+    # int32 indices: half the bytes of int64, and index_select takes them (.int(): half the cost of .to's argument
+    # parsing). The rows' storage, seen in the mask's layout, holds the decoded masks in memory order.
+    return plan.table.index_select(0, packed.int()).as_strided(plan.shape, plan.layout.mask_stride)
 
 
 class _PackedMask(_MaskStandIn):
@@ -309,15 +298,21 @@ class _PackedMask(_MaskStandIn):
     def __init__(self, plan: _CallPlan, x: torch.Tensor) -> None:
         self.plan, self.saved, self.unpacked, self.enclosing = plan, None, None, _enclosing_hooks(False)
 
-    def keep(self, mask: torch.Tensor) -> torch.Tensor:
+    def pack(self, t: torch.Tensor) -> _PackedMask | _Passed:
+        # _MaskStandIn.pack with keep's usual case inline: one Python frame fewer on every call.
         plan = self.plan
-        # noise is 0 or a nonzero scale (inf where fp16 overflows): bool() is the mask.
-        bits = mask if plan.fused else mask.bool()
+        if self.saved is not None or t.dtype is not plan.saved_dtype or t.shape != plan.shape:
+            return _Passed(t, self.enclosing)
+        packed = self.keep(t) if _profiling() or injections_open[0] else plan.pack(t)
+        self.saved = packed if self.enclosing is None else self.enclosing[0](packed)
+        return self
+
+    def keep(self, mask: torch.Tensor) -> torch.Tensor:
         if _profiling():
             with torch.autograd.profiler.record_function("pmdrop.pack"):
-                packed = plan.pack(bits, plan.k)
+                packed = self.plan.pack(mask)
         else:
-            packed = plan.pack(bits, plan.k)
+            packed = self.plan.pack(mask)
         return corrupt(packed) if injections_open[0] else packed
 
     def decode(self, packed: torch.Tensor) -> torch.Tensor:
@@ -493,7 +488,12 @@ def _apply_exact(x: torch.Tensor, p: float, inplace: bool, variant: DropoutVaria
     # Hooks are disabled under vmap and while AOTAutograd traces; a Function saves the packed mask there.
     if _transforms_active() or not _hooks_enabled():
         return _apply_transformed(x, p, inplace, variant.masks_per_byte or 8)
-    plan = _plan_of(x, p, inplace, variant)
+    # _FUSED_DEVICE_TYPES (its hash is cached) rather than the route: tests swap it to run the CUDA route on CPU
+    # tensors, and reading the route off x.device.type costs more than the whole lookup.
+    key = (x.shape, x.stride(), x.dtype, x.device, p, inplace, variant.name, _FUSED_DEVICE_TYPES)
+    plan = _PLANS.get(key)
+    if plan is None:
+        plan = _new_plan(key, x, p, inplace, variant)
     stand_in = _SeededMask(plan, x) if plan.k is None else _PackedMask(plan, x)
     if not plan.fused and plan.numel_bytes >= _IN_PLACE_FROM_BYTES:
         return _InPlaceNoiseFn.apply(x, stand_in, inplace)
@@ -506,23 +506,6 @@ def _apply_exact(x: torch.Tensor, p: float, inplace: bool, variant: DropoutVaria
         return plan.draw(x, p, True)
     finally:
         _pop_hooks()
-
-
-def _apply_or_torchs(x: torch.Tensor, p: float, training: bool, inplace: bool, spec: DropoutVariant) -> torch.Tensor:
-    """``spec``'s dropout where the call may be differentiated and ``x`` is a tensor kind it can pack; torch's
-    own everywhere else."""
-    if (
-        training
-        and 0.0 < p < 1.0
-        and ((x.requires_grad and torch.is_grad_enabled()) or _transforms_active())
-        and type(x) in _PLAIN_TENSOR_TYPES
-        and x.layout is torch.strided
-        and not x.is_nested
-        and x.is_floating_point()
-        and x.numel() > 0
-    ):
-        return spec.apply(x, p, inplace, spec)
-    return _torch_dropout(x, p, training, inplace)
 
 
 def dropout(
@@ -542,10 +525,22 @@ def dropout(
     spec = variant if type(variant) is DropoutVariant else get_variant(variant)
     if spec.bit_exact and torch.compiler.is_compiling():  # dynamo and export cannot trace the eager path's hooks
         return compiled.dropout(x, p, training, inplace, spec)
-    if trackers_open[0]:  # accounting marks what this call saves as its mask
+    if trackers_open[0] and not inside_dropout_site():  # accounting: what this call saves is its mask
         with dropout_site("pmdrop"):
-            return _apply_or_torchs(x, p, training, inplace, spec)
-    return _apply_or_torchs(x, p, training, inplace, spec)
+            return dropout(x, p, training, inplace, spec)
+    # Where the call may be differentiated and x is a tensor kind spec can pack, spec's dropout; torch's elsewhere.
+    if (
+        training
+        and 0.0 < p < 1.0
+        and ((x.requires_grad and torch.is_grad_enabled()) or _transforms_active())
+        and type(x) in _PLAIN_TENSOR_TYPES
+        and x.layout is torch.strided
+        and not x.is_nested
+        and x.is_floating_point()
+        and x.numel() > 0
+    ):
+        return spec.apply(x, p, inplace, spec)
+    return _torch_dropout(x, p, training, inplace)
 
 
 def _baseline(x: torch.Tensor, p: float, inplace: bool, variant: DropoutVariant) -> torch.Tensor:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import math
 import sys
+from collections.abc import Callable
 
 import torch
 
@@ -83,15 +84,22 @@ def pack_fresh(mask: torch.Tensor, masks_per_byte: int) -> torch.Tensor:
 
 
 def packs_by_matvec(numel: int, masks_per_byte: int, device: torch.device) -> bool:
-    """Whether :func:`pack_by_matvec` packs ``numel`` masks on ``device`` (and is the faster way there)."""
+    """Whether :func:`fresh_packer` packs ``numel`` masks on ``device`` by one matrix-vector product (where it pays)."""
     return device.type == "cpu" and masks_per_byte > 1 and numel % masks_per_byte == 0 and numel <= _MATVEC_UP_TO
 
 
-def pack_by_matvec(mask: torch.Tensor, masks_per_byte: int) -> torch.Tensor:
-    """:func:`pack_fresh` in one op, for CPU masks where :func:`packs_by_matvec` says so."""
-    n = mask.numel()
-    rows = mask.view(torch.uint8).as_strided((n // masks_per_byte, masks_per_byte), (masks_per_byte, 1))
-    return torch.mv(rows, _CPU_BIT_WEIGHTS[masks_per_byte])
+def fresh_packer(numel: int, masks_per_byte: int, device: torch.device,
+                 nonzero: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
+    """:func:`pack_fresh` for fresh dense tensors of ``numel`` elements on ``device``, with its choices made once.
+
+    ``nonzero``: the tensor is not a bool mask but any dtype whose nonzero elements are the masks (dropout's noise).
+    Dropout packs every call of a layout the same way: the returned function runs its ops and nothing else.
+    """
+    k = masks_per_byte
+    if packs_by_matvec(numel, k, device):
+        rows, stride, weights = (numel // k, k), (k, 1), _CPU_BIT_WEIGHTS[k]
+        return lambda t: (t.bool() if nonzero else t).view(torch.uint8).as_strided(rows, stride).mv(weights)
+    return lambda t: pack_fresh(t.bool() if nonzero else t, k)
 
 
 def pack_flat(mask_bytes: torch.Tensor, masks_per_byte: int = 8) -> torch.Tensor:

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import pmdrop
-from pmdrop.packing import pack_by_matvec, pack_flat, pack_fresh, packs_by_matvec, unpack_flat
+from pmdrop.packing import fresh_packer, pack_flat, pack_fresh, packs_by_matvec, unpack_flat
 
 
 @settings(max_examples=150, deadline=None)
@@ -47,22 +47,23 @@ def test_dropout_packing_stores_exactly_ceil_n_over_k_bytes(n, masks_per_byte):
     assert torch.equal(packed, pack_flat(mask, masks_per_byte))
 
 
-@settings(max_examples=80, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(
     shape=st.lists(st.integers(1, 24), min_size=1, max_size=3),
-    masks_per_byte=st.sampled_from([8, 4, 2]),
+    masks_per_byte=st.sampled_from(pmdrop.VALID_MASKS_PER_BYTE),
     transpose=st.booleans(),
+    noise=st.sampled_from([None, torch.float32, torch.bfloat16, torch.float64]),
     seed=st.integers(0, 2**16),
 )
-def test_the_cpu_matvec_pack_stores_the_same_bytes_as_the_word_pack(shape, masks_per_byte, transpose, seed):
-    """Small CPU masks pack by one uint8 matrix-vector product; bytes and storage are the word pack's."""
+def test_a_fresh_packer_stores_the_same_bytes_as_the_word_pack(shape, masks_per_byte, transpose, noise, seed):
+    """Small CPU masks pack by one uint8 matrix-vector product; bytes and storage are the word pack's, also when
+    the packer reads dropout's noise (0 or a scale) rather than a bool mask."""
     mask = torch.rand(shape, generator=torch.Generator().manual_seed(seed)) < 0.5
     if transpose and mask.dim() > 1:
         mask = mask.transpose(0, -1).contiguous().transpose(0, -1)  # dense, not contiguous: memory order counts
-    if not packs_by_matvec(mask.numel(), masks_per_byte, mask.device):
-        return
-    packed = pack_by_matvec(mask, masks_per_byte)
-    assert packed.untyped_storage().nbytes() == mask.numel() // masks_per_byte
+    fresh = mask if noise is None else torch.empty_like(mask, dtype=noise).copy_(mask).div_(0.3)
+    packed = fresh_packer(mask.numel(), masks_per_byte, mask.device, nonzero=noise is not None)(fresh)
+    assert packed.untyped_storage().nbytes() == -(-mask.numel() // masks_per_byte)
     assert torch.equal(packed, pack_fresh(mask, masks_per_byte))
 
 
