@@ -6,8 +6,9 @@ puts a mask in every second bit (the paper's "4-bit" ablation), ``k=1`` is a pla
 
 Packing reads the mask as 64-bit words (eight mask bytes each): one integer multiply gathers the
 bits of each word into its top bytes and one strided copy keeps them, so the cost is two passes over
-``n`` bytes, not over ``n`` elements of the activation. Unpacking is a 256-entry table lookup: one
-gather that writes the ``k`` mask bytes of each packed byte at once.
+``n`` bytes, not over ``n`` elements of the activation. Small masks on the CPU pack in one op instead:
+a uint8 matrix-vector product of rows of ``k`` mask bytes with the bits' weights (:func:`fresh_packer`).
+Unpacking is a 256-entry table lookup: one gather that writes the ``k`` mask bytes of each packed byte at once.
 """
 
 from __future__ import annotations
