@@ -295,7 +295,7 @@ class _PackedMask(_MaskStandIn):
 
     __slots__ = ("unpacked",)
 
-    def __init__(self, plan: _CallPlan, x: torch.Tensor) -> None:
+    def __init__(self, plan: _CallPlan) -> None:
         self.plan, self.saved, self.unpacked, self.enclosing = plan, None, None, _enclosing_hooks(False)
 
     def pack(self, t: torch.Tensor) -> _PackedMask | _Passed:
@@ -494,7 +494,7 @@ def _apply_exact(x: torch.Tensor, p: float, inplace: bool, variant: DropoutVaria
     plan = _PLANS.get(key)
     if plan is None:
         plan = _new_plan(key, x, p, inplace, variant)
-    stand_in = _SeededMask(plan, x) if plan.k is None else _PackedMask(plan, x)
+    stand_in = _SeededMask(plan, x) if plan.k is None else _PackedMask(plan)
     if not plan.fused and plan.numel_bytes >= _IN_PLACE_FROM_BYTES:
         return _InPlaceNoiseFn.apply(x, stand_in, inplace)
     # What torch.autograd.graph.saved_tensors_hooks does on enter and exit, without its Python object per call.
