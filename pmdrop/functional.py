@@ -211,10 +211,16 @@ class _CallPlan:
         self.table = None if self.k is None else _noise_table(self.k, None if self.fused else p, self.saved_dtype,
                                                               x.device)
         # The fused route keeps CUDA's pack even where tests run it on CPU tensors: it is CUDA's logic they check.
-        # Noise is 0 or a nonzero scale (inf where fp16 overflows): its nonzeros are the mask.
-        if self.k is not None:
-            self.pack = (functools.partial(pack_fresh, masks_per_byte=self.k) if self.fused
-                         else fresh_packer(x.numel(), self.k, x.device, nonzero=True))
+        # Noise is 0 or the table's one nonzero value (inf where fp16 overflows): its nonzeros are the mask. A byte
+        # view of it needs its last dim's stride 1.
+        if self.k is None:
+            return
+        if self.fused:
+            self.pack = functools.partial(pack_fresh, masks_per_byte=self.k)
+        else:
+            stride = self.layout.mask_stride
+            value = self.table[1, 0] if stride and stride[-1] == 1 else None
+            self.pack = fresh_packer(x.numel(), self.k, x.device, nonzero=True, value=value)
 
 
 _PLANS: dict[tuple, _CallPlan] = {}

@@ -7,7 +7,8 @@ puts a mask in every second bit (the paper's "4-bit" ablation), ``k=1`` is a pla
 Packing reads the mask as 64-bit words (eight mask bytes each): one integer multiply gathers the
 bits of each word into its top bytes and one strided copy keeps them, so the cost is two passes over
 ``n`` bytes, not over ``n`` elements of the activation. Small masks on the CPU pack in one op instead:
-a uint8 matrix-vector product of rows of ``k`` mask bytes with the bits' weights (:func:`fresh_packer`).
+a uint8 matrix-vector product of rows of ``k`` mask bytes with the bits' weights, and dropout's noise in one
+such product read straight from its bytes (:func:`fresh_packer`).
 Unpacking is a 256-entry table lookup: one gather that writes the ``k`` mask bytes of each packed byte at once.
 """
 
@@ -38,6 +39,11 @@ _MATVEC_UP_TO = 8192
 _CPU_BIT_WEIGHTS = {
     k: torch.tensor([1 << (8 // k) * i for i in range(k)], dtype=torch.uint8) for k in VALID_MASKS_PER_BYTE if k > 1
 }
+# Dropout's noise holds 0 or one value v. Where a byte b of v is odd it has an inverse mod 256, so weighting that byte
+# of a row's i-th element by 2**bit_i * b^-1 (and v's other bytes by 0) makes the row's uint8 sum, mod 256, its packed
+# byte: one matrix-vector product over the noise's bytes packs it, with no bool copy first. It reads every byte of the
+# noise: up to this many it beats the bool copy + pack (crossover near 128 KiB for fp32 and fp64 on a 2-core Intel Xeon).
+_BYTE_MATVEC_UP_TO = 64 * 2**10
 if sys.byteorder != "little":
     raise ImportError("pmdrop.packing reads 64-bit words as little-endian bytes; this machine is big-endian")
 
@@ -89,14 +95,40 @@ def packs_by_matvec(numel: int, masks_per_byte: int, device: torch.device) -> bo
     return device.type == "cpu" and masks_per_byte > 1 and numel % masks_per_byte == 0 and numel <= _MATVEC_UP_TO
 
 
-def fresh_packer(numel: int, masks_per_byte: int, device: torch.device,
-                 nonzero: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
+def byte_weights(value: torch.Tensor, masks_per_byte: int) -> torch.Tensor | None:
+    """uint8 weights that pack rows of ``masks_per_byte`` elements, each 0 or ``value``, from their bytes by one
+    matrix-vector product (see ``_BYTE_MATVEC_UP_TO``); None where no byte of ``value`` is odd (fp16's 1 / 0.9, 2.0,
+    inf)."""
+    raw = value.detach().reshape(1).cpu().view(torch.uint8).tolist()
+    odd = next((i for i, b in enumerate(raw) if b % 2), None)
+    if odd is None:
+        return None
+    inverse, spacing = pow(raw[odd], -1, 256), 8 // check_masks_per_byte(masks_per_byte)
+    weights = torch.zeros(masks_per_byte, len(raw), dtype=torch.uint8)
+    weights[:, odd] = torch.tensor([(inverse << spacing * i) % 256 for i in range(masks_per_byte)], dtype=torch.uint8)
+    return weights.view(-1)
+
+
+def packs_from_bytes(numel: int, masks_per_byte: int, device: torch.device, value: torch.Tensor) -> bool:
+    """Whether :func:`fresh_packer` packs ``numel`` elements, each 0 or ``value``, straight from their bytes."""
+    return (device.type == "cpu" and numel % masks_per_byte == 0 and numel * value.element_size() <= _BYTE_MATVEC_UP_TO
+            and byte_weights(value, masks_per_byte) is not None)
+
+
+def fresh_packer(numel: int, masks_per_byte: int, device: torch.device, nonzero: bool = False,
+                 value: torch.Tensor | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
     """:func:`pack_fresh` for fresh dense tensors of ``numel`` elements on ``device``, with its choices made once.
 
     ``nonzero``: the tensor is not a bool mask but any dtype whose nonzero elements are the masks (dropout's noise).
+    ``value``: moreover each element is 0 or this one-element tensor (dropout's ``1 / (1 - p)``), and the tensor's last
+    dim has stride 1 (a byte view needs it): small CPU tensors then pack from their bytes (:func:`byte_weights`).
     Dropout packs every call of a layout the same way: the returned function runs its ops and nothing else.
     """
     k = masks_per_byte
+    if value is not None and packs_from_bytes(numel, k, device, value):
+        weights = byte_weights(value, k)
+        rows, stride = (numel // k, weights.numel()), (weights.numel(), 1)
+        return lambda t: t.view(torch.uint8).as_strided(rows, stride).mv(weights)
     if packs_by_matvec(numel, k, device):
         rows, stride, weights = (numel // k, k), (k, 1), _CPU_BIT_WEIGHTS[k]
         return lambda t: (t.bool() if nonzero else t).view(torch.uint8).as_strided(rows, stride).mv(weights)
