@@ -40,9 +40,10 @@ _CPU_BIT_WEIGHTS = {
     k: torch.tensor([1 << (8 // k) * i for i in range(k)], dtype=torch.uint8) for k in VALID_MASKS_PER_BYTE if k > 1
 }
 # Dropout's noise holds 0 or one value v. Where a byte b of v is odd it has an inverse mod 256, so weighting that byte
-# of a row's i-th element by 2**bit_i * b^-1 (and v's other bytes by 0) makes the row's uint8 sum, mod 256, its packed
-# byte: one matrix-vector product over the noise's bytes packs it, with no bool copy first. It reads every byte of the
-# noise: up to this many it beats the bool copy + pack (crossover near 128 KiB for fp32 and fp64 on a 2-core Intel Xeon).
+# of a row's i-th element by 2**bit_i * b^-1 (and v's other bytes by 0) makes the row's uint8 sum, mod 256, its
+# packed byte: one matrix-vector product over the noise's bytes packs it, with no bool copy first. It reads every
+# byte of the noise: up to this many it beats the bool copy + pack (crossover near 128 KiB for fp32 and fp64 on a
+# 2-core Intel Xeon).
 _BYTE_MATVEC_UP_TO = 64 * 2**10
 if sys.byteorder != "little":
     raise ImportError("pmdrop.packing reads 64-bit words as little-endian bytes; this machine is big-endian")
