@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import platform
 import statistics
@@ -87,6 +88,37 @@ class _DropoutAndRedraw(torch.nn.Dropout):
 
     def _redraw(self, grad: torch.Tensor) -> None:
         torch.empty_like(grad).bernoulli_(1 - self.p).div_(1 - self.p)  # drawn and dropped: only its cost counts
+
+
+class _DropoutUnderHooks(torch.nn.Dropout):
+    """``nn.Dropout`` under saved-tensor hooks pushed as pmdrop pushes them: with ``plan``, hooks that pack its mask and
+    decode it with the plan's ops and nothing else (no stand-in, no checks, no plan lookup); without, hooks that keep
+    it as is. The steps between ``nn.Dropout`` and a packed call."""
+
+    def __init__(self, p: float, plan: functional._CallPlan | None = None) -> None:
+        super().__init__(p)
+        self.hooks = (_as_is, _as_is) if plan is None else (plan.pack, functools.partial(functional._unpack, plan))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        functional._push_hooks(*self.hooks)
+        try:
+            return super().forward(x)
+        finally:
+            functional._pop_hooks()
+
+
+def _as_is(t: torch.Tensor) -> torch.Tensor:
+    return t
+
+
+def per_call_steps(x: torch.Tensor, p: float, pairs: int) -> dict[str, list[float]]:
+    """Per-pair fwd+bwd ratios to nn.Dropout of each step from it to a ``pmdrop`` call: the hooks alone, the hooks with
+    the pack and decode ops, the whole call. Their differences are what the hooks, the ops and the bookkeeping cost."""
+    plan = functional._CallPlan(x, p, False, get_variant("pmdrop"))
+    layers = {"hooks that keep the mask as is": _DropoutUnderHooks(p),
+              "+ the pack and decode ops": _DropoutUnderHooks(p, plan),
+              "pmdrop (+ plan lookup, stand-in, checks)": PackedDropout(p, variant="pmdrop")}
+    return {step: fwd_bwd_ratios(_against_dropout(layer, x, p, pairs))[2] for step, layer in layers.items()}
 
 
 def redraw_floor(x: torch.Tensor, p: float, pairs: int) -> list[float]:
@@ -377,6 +409,13 @@ def launch_bound(variants: list[str], p: float, pairs: int, routing_pairs: int, 
     redraw = redraw_floor(x, p, pairs)
     print(f"floor of a redraw (nn.Dropout + a second draw in backward, seeded's least cost): "
           f"{statistics.median(redraw):.3f}x ({min(redraw):.2f}-{max(redraw):.2f})", flush=True)
+    print("\n# where a pmdrop call's time goes: each step from nn.Dropout to it, fwd+bwd vs nn.Dropout (same tensor)")
+    steps = []
+    for step, ratios in per_call_steps(x, p, pairs).items():
+        steps.append({"step": step, "fwd_bwd_ratio": statistics.median(ratios), "fwd_bwd_ratio_min": min(ratios),
+                      "fwd_bwd_ratio_max": max(ratios)})
+        print(f"{step:<44}{steps[-1]['fwd_bwd_ratio']:>8.3f}x{f'({min(ratios):.2f}-{max(ratios):.2f})':>15}",
+              flush=True)
     print("\n# aten ops dispatched per call (kernels: those a GPU launches, views and allocations left out); "
           "fused = the CUDA route's logic, run on CPU tensors")
     print(f"{'variant':<16}{'route':<7}{'fwd ops':>8}{'bwd ops':>8}{'fwd kern':>9}{'bwd kern':>9}")
@@ -397,7 +436,7 @@ def launch_bound(variants: list[str], p: float, pairs: int, routing_pairs: int, 
         print(f"{r.variant:<16}{r.routing:<9}{r.fwd_bwd_ratio:>7.3f}x"
               f"{f'({r.fwd_bwd_ratio_min:.2f}-{r.fwd_bwd_ratio_max:.2f})':>15}{r.plain_fwd_bwd_ms:>10.2f}"
               f"{r.extra_python_calls:>20}", flush=True)
-    return {"per_call": per_call, "redraw_floor_ratio": statistics.median(redraw),
+    return {"per_call": per_call, "redraw_floor_ratio": statistics.median(redraw), "per_call_steps": steps,
             "op_counts": [asdict(c) for c in ops], "routing": [asdict(r) for r in routing]}
 
 

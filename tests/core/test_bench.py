@@ -1,5 +1,8 @@
 import json
 
+import pytest
+import torch
+
 import pmdrop.bench
 
 
@@ -22,8 +25,6 @@ def test_bench_prints_ratios_and_bytes_for_every_exact_variant(tmp_path, capsys)
 
 
 def test_bench_rejects_an_unknown_variant_before_timing(capsys):
-    import pytest
-
     with pytest.raises(ValueError, match="unknown dropout variant 'nope'"):
         pmdrop.bench.main(["--shape", "8", "--variants", "nope"])
 
@@ -46,6 +47,9 @@ def test_launch_bound_view_reports_per_call_ratios_op_counts_and_routing_cost(tm
     assert [r["variant"] for r in view["per_call"]] == ["baseline", "pmdrop", "seeded"]
     assert all(r["fwd_bwd_ratio"] > 0 and r["baseline_fwd_bwd_us"] > 0 for r in view["per_call"])
     assert view["redraw_floor_ratio"] > 0 and "floor of a redraw" in printed
+    assert [s["step"] for s in view["per_call_steps"]] == [
+        "hooks that keep the mask as is", "+ the pack and decode ops", "pmdrop (+ plan lookup, stand-in, checks)"]
+    assert all(s["fwd_bwd_ratio"] > 0 for s in view["per_call_steps"]) and "where a pmdrop call's time goes" in printed
     ops = {(c["variant"], c["route"]): c for c in view["op_counts"]}
     # torch's own routes, as a reference: CPU draws noise (empty_like, bernoulli_, div_, mul), CUDA one native_dropout
     assert ops["nn.Dropout", "noise"]["fwd_op_names"] == ["empty_like", "bernoulli_", "div_", "mul"]
@@ -63,6 +67,21 @@ def test_launch_bound_view_reports_per_call_ratios_op_counts_and_routing_cost(tm
     assert 0 < routing["baseline", "static"]["extra_python_calls"] <= 8 * 14
     assert routing["baseline", "all"]["extra_python_calls"] > 4 * routing["baseline", "static"]["extra_python_calls"]
     assert "routing cost" in printed and "aten ops dispatched per call" in printed
+
+
+@pytest.mark.parametrize("packs", [False, True])
+def test_the_steps_to_a_packed_call_compute_what_nn_dropout_computes(packs):
+    """The per-call breakdown times the same computation at each step: output, gradient and RNG stream are torch's."""
+    x = torch.randn(64, 64, requires_grad=True)
+    plan = pmdrop.functional._CallPlan(x, 0.1, False, pmdrop.get_variant("pmdrop")) if packs else None
+    results = []
+    for layer in (torch.nn.Dropout(0.1), pmdrop.bench._DropoutUnderHooks(0.1, plan)):
+        torch.manual_seed(7)
+        y = layer(x)
+        (grad,) = torch.autograd.grad(y, x, torch.randn_like(y))
+        results.append((y, grad, torch.rand(1)))
+    for a, b in zip(*results, strict=True):
+        assert torch.equal(a, b)
 
 
 def test_tiny_bert_stand_in_has_berts_dropout_sites():
