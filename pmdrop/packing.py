@@ -110,10 +110,17 @@ def byte_weights(value: torch.Tensor, masks_per_byte: int) -> torch.Tensor | Non
     return weights.view(-1)
 
 
+def _byte_pack_weights(numel: int, masks_per_byte: int, device: torch.device,
+                       value: torch.Tensor) -> torch.Tensor | None:
+    """:func:`byte_weights` where :func:`fresh_packer` packs ``numel`` elements from their bytes, None elsewhere."""
+    if device.type != "cpu" or numel % masks_per_byte or numel * value.element_size() > _BYTE_MATVEC_UP_TO:
+        return None
+    return byte_weights(value, masks_per_byte)
+
+
 def packs_from_bytes(numel: int, masks_per_byte: int, device: torch.device, value: torch.Tensor) -> bool:
     """Whether :func:`fresh_packer` packs ``numel`` elements, each 0 or ``value``, straight from their bytes."""
-    return (device.type == "cpu" and numel % masks_per_byte == 0 and numel * value.element_size() <= _BYTE_MATVEC_UP_TO
-            and byte_weights(value, masks_per_byte) is not None)
+    return _byte_pack_weights(numel, masks_per_byte, device, value) is not None
 
 
 def fresh_packer(numel: int, masks_per_byte: int, device: torch.device, nonzero: bool = False,
@@ -126,8 +133,8 @@ def fresh_packer(numel: int, masks_per_byte: int, device: torch.device, nonzero:
     Dropout packs every call of a layout the same way: the returned function runs its ops and nothing else.
     """
     k = masks_per_byte
-    if value is not None and packs_from_bytes(numel, k, device, value):
-        weights = byte_weights(value, k)
+    weights = None if value is None else _byte_pack_weights(numel, k, device, value)
+    if weights is not None:
         rows, stride = (numel // k, weights.numel()), (weights.numel(), 1)
         return lambda t: t.view(torch.uint8).as_strided(rows, stride).mv(weights)
     if packs_by_matvec(numel, k, device):
