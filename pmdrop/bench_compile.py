@@ -131,15 +131,17 @@ def whole_model_identity(variants: tuple[str, ...] = ("pmdrop", "pmdrop_4bit", "
           f"torch {torch.__version__}: parameters vs compiled nn.Dropout's")
     threads_before = torch.get_num_threads()
     print("| setting | " + " | ".join(variants) + " |\n|---|" + "---|" * len(variants))
-    for setting, (dtype, threads, padded, patch) in IDENTITY_SETTINGS.items():
-        expected = train("baseline", dtype, threads, padded, patch)
-        cells = []
-        for variant in variants:
-            got = train(variant, dtype, threads, padded, patch)
-            same = all(torch.equal(a, b) for a, b in zip(expected, got, strict=True))
-            cells.append("identical" if same else "differs")
-        print(f"| {setting} | " + " | ".join(cells) + " |", flush=True)
-    torch.set_num_threads(threads_before)
+    try:
+        for setting, (dtype, threads, padded, patch) in IDENTITY_SETTINGS.items():
+            expected = train("baseline", dtype, threads, padded, patch)
+            cells = []
+            for variant in variants:
+                got = train(variant, dtype, threads, padded, patch)
+                same = all(torch.equal(a, b) for a, b in zip(expected, got, strict=True))
+                cells.append("identical" if same else "differs")
+            print(f"| {setting} | " + " | ".join(cells) + " |", flush=True)
+    finally:  # also when a compile fails: the caller's thread count, not the last setting's
+        torch.set_num_threads(threads_before)
 
 
 if __name__ == "__main__":
