@@ -14,7 +14,7 @@ from .functional import dropout, packed_variant
 from .modules import PackedDropout, active_variant, convert, dropout_mode
 from .packing import VALID_MASKS_PER_BYTE, pack_mask, packed_numel, unpack_mask
 from .saved_masks import PackedSavedMasks, pack_saved_masks
-from .variants import DropoutVariant, get_variant, register_variant, variant_names
+from .variants import DropoutVariant, check_runs_on, get_variant, register_variant, variant_names
 
 __all__ = [
     "VALID_MASKS_PER_BYTE",
@@ -24,6 +24,7 @@ __all__ = [
     "PackedSavedMasks",
     "SavedBytes",
     "active_variant",
+    "check_runs_on",
     "convert",
     "dropout",
     "dropout_mode",

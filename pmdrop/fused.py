@@ -163,7 +163,7 @@ def fused_packed_variant(masks_per_byte: int) -> DropoutVariant:
         "pmdrop_fused" if masks_per_byte == 8 else f"pmdrop_fused_k{masks_per_byte}", _FusedPackedFn.apply,
         f"Triton, CUDA: mask drawn, applied and packed {masks_per_byte} per byte in one pass; "
         "own Philox stream, not bit-identical to nn.Dropout",
-        masks_per_byte=masks_per_byte, bit_exact=False,
+        masks_per_byte=masks_per_byte, bit_exact=False, device_types=frozenset({"cuda"}),
     )
 
 
@@ -173,6 +173,6 @@ register_variant(
         "seeded_fused", _FusedSeededFn.apply,
         "Triton, CUDA: no mask, saves the Philox seed and counter and redraws it in backward; "
         "own Philox stream, not bit-identical to nn.Dropout",
-        bit_exact=False,
+        bit_exact=False, device_types=frozenset({"cuda"}),
     )
 )
