@@ -110,6 +110,7 @@ docs: $(DOCS_VENV)/.installed
 	NO_MKDOCS_2_WARNING=1 $(DOCS_VENV)/bin/mkdocs build --strict --quiet
 
 $(DOCS_VENV)/.installed: docs/requirements.txt
+	@$(PYTHON3) -c 'import sys; sys.exit(sys.version_info < (3, 11, 5) and f"make docs: the pinned tools need Python >= 3.11.5, $(PYTHON3) is {sys.version.split()[0]}; set PYTHON3=python3.X")'
 	test -x $(DOCS_VENV)/bin/python || $(PYTHON3) -m venv $(DOCS_VENV)
 	$(DOCS_VENV)/bin/python -m pip install --quiet -r docs/requirements.txt
 	touch $@
