@@ -1,5 +1,5 @@
 # make install | lock | demo | test | lint | report | suite1 | suite2 | gpu-campaign | memory-plan | maxfit | maxfit-gpu |
-# composability | robustness | gpu-check
+# composability | robustness | gpu-check | docs
 # Extra Hydra overrides go in ARGS, e.g. `make suite1 ARGS="trainer.device=cuda"`; the campaign's size in SCALE.
 PYTHON3 ?= python3
 VENV := .venv
@@ -25,7 +25,7 @@ UV_SOURCES := $(addprefix --index-url ,$(call pip_setting,index-url)) \
 	$(addprefix --find-links ,$(sort $(call pip_setting,find-links))) --index-strategy unsafe-best-match
 
 .PHONY: install lock demo test lint report suite1 suite2 gpu-campaign memory-plan maxfit maxfit-gpu composability robustness \
-	gpu-check
+	gpu-check docs
 
 install: $(STAMP)
 
@@ -101,3 +101,16 @@ robustness: install
 # training steps at the paper's shapes and their memory plan, side by side. Without CUDA its GPU steps say so and skip.
 gpu-check:
 	OUT=$${OUT:-gpu_check_out} bash scripts/gpu_check.sh
+
+# The documentation site (mkdocs.yml, docs/) into site/, warnings as errors: a broken link, a docstring griffe cannot
+# read, a public name missing from docs/api.md. Its tools live in their own venv, pinned by docs/requirements.txt, so
+# the locked .venv is never touched; the API reference is read from the sources, without importing torch.
+DOCS_VENV := .venv-docs
+docs: $(DOCS_VENV)/.installed
+	NO_MKDOCS_2_WARNING=1 $(DOCS_VENV)/bin/mkdocs build --strict --quiet
+
+$(DOCS_VENV)/.installed: docs/requirements.txt
+	@$(PYTHON3) -c 'import sys; sys.exit(sys.version_info < (3, 11, 5) and f"make docs: the pinned tools need Python >= 3.11.5, $(PYTHON3) is {sys.version.split()[0]}; set PYTHON3=python3.X")'
+	test -x $(DOCS_VENV)/bin/python || $(PYTHON3) -m venv $(DOCS_VENV)
+	$(DOCS_VENV)/bin/python -m pip install --quiet -r docs/requirements.txt
+	touch $@
