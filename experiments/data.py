@@ -10,67 +10,119 @@ and throughput at paper scale) and ``digits`` (scikit-learn's shipped 8x8 digits
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import math
+import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from omegaconf import MISSING, DictConfig, OmegaConf
+from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, SequentialSampler, default_collate
 
+from . import distributed, images
 from .schema import check_choice, check_range, typed
 from .tokenizers import SPECIALS, load_tokenizer
 
 PAD, CLS, SEP, MASK = (SPECIALS.index(s) for s in ("[PAD]", "[CLS]", "[SEP]", "[MASK]"))
 
 
+# A split: equal-length tensors held in memory (the small and synthetic sets), or a dataset read per batch or per
+# sample (images, token blocks of a memory-mapped corpus) whose ``__getitems__`` returns a batch or whose
+# ``__getitem__`` returns a sample (a dict of tensors).
+Split = dict[str, torch.Tensor] | Dataset
+
+
+class _TensorRows(Dataset):
+    """In-memory tensors as a dataset whose batches are taken by indexing every tensor at once."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.tensors = tensors
+
+    def __len__(self) -> int:
+        return len(next(iter(self.tensors.values())))
+
+    def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        index = torch.tensor(indices, dtype=torch.long)
+        return {key: value[index] for key, value in self.tensors.items()}
+
+
+def _dataset(split: Split) -> Dataset:
+    return _TensorRows(split) if isinstance(split, dict) else split
+
+
+def _collate(samples: dict[str, torch.Tensor] | list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """A batch fetched whole (``__getitems__``) as it is; samples stacked."""
+    return samples if isinstance(samples, dict) else default_collate(samples)
+
+
 @dataclass
 class TaskData:
-    """Train and eval tensors (dicts of equal-length tensors) plus what the model builder needs to know."""
+    """Train and eval splits (see ``Split``) plus what the model builder needs to know.
+
+    Batches come from a ``DataLoader``: a ``DistributedSampler`` gives each DDP rank (experiments/distributed.current)
+    its disjoint share of a seeded permutation, reshuffled every epoch; splits read per sample are decoded by
+    ``num_workers`` worker processes."""
 
     task: str
-    train: dict[str, torch.Tensor]
-    eval: dict[str, torch.Tensor]
+    train: Split
+    eval: Split
     num_labels: int
     vocab_size: int | None = None  # text tasks
     seq_len: int | None = None
     image_size: int | None = None  # image tasks
     notes: list[str] = field(default_factory=list)
+    num_workers: int = 0  # loader worker processes; 0: batches are read in the training process
 
     @property
     def train_samples(self) -> int:
-        return len(next(iter(self.train.values())))
+        return len(_dataset(self.train))
 
-    def check_holds_batch(self, batch_size: int, where: str = "") -> None:
-        """The batch iterator yields whole batches only: from a training set smaller than one it would never yield."""
-        if self.train_samples < batch_size:
-            raise ValueError(f"trainer.batch_size={batch_size} is larger than the training set ({self.train_samples} "
-                             f"samples{where}): lower trainer.batch_size or use more training data")
+    def check_holds_batch(self, batch_size: int) -> None:
+        """The batch iterator yields whole batches only: from a rank's share smaller than one it would never yield."""
+        ranks = distributed.current()
+        share = self.train_samples // ranks.world_size
+        if share < batch_size:
+            where = f" on rank {ranks.rank} of {ranks.world_size}" if ranks.world_size > 1 else ""
+            raise ValueError(f"trainer.batch_size={batch_size} is larger than the training set ({share} samples"
+                             f"{where}): lower trainer.batch_size or use more training data")
+
+    def _loader(self, split: Split, batch_sampler: BatchSampler, seed: int) -> DataLoader:
+        """Its own generator seeds the workers (RandAugment's draws), so the global RNG (dropout's) is not used."""
+        workers = 0 if isinstance(split, dict) else self.num_workers
+        return DataLoader(_dataset(split), batch_sampler=batch_sampler, num_workers=workers, collate_fn=_collate,
+                          persistent_workers=workers > 0, pin_memory=workers > 0 and torch.cuda.is_available(),
+                          generator=torch.Generator().manual_seed(seed))
 
     def batches(self, batch_size: int, generator: torch.Generator) -> Iterator[dict[str, torch.Tensor]]:
-        """Endless shuffled training batches; reshuffles each epoch from ``generator``."""
+        """Endless shuffled training batches of this rank; the permutation is seeded from ``generator`` (the same on
+        every rank) and redrawn each epoch."""
         self.check_holds_batch(batch_size)
-        n = self.train_samples
-        while True:
-            order = torch.randperm(n, generator=generator)
-            for start in range(0, n - batch_size + 1, batch_size):
-                index = order[start : start + batch_size]
-                yield {key: value[index] for key, value in self.train.items()}
+        ranks, seed = distributed.current(), int(torch.randint(0, 2**62, (), generator=generator))
+        sampler = DistributedSampler(_dataset(self.train), num_replicas=ranks.world_size, rank=ranks.rank,
+                                     shuffle=True, seed=seed, drop_last=True)
+        loader = self._loader(self.train, BatchSampler(sampler, batch_size, drop_last=True), seed + ranks.rank)
+        for epoch in itertools.count():
+            sampler.set_epoch(epoch)
+            yield from loader
 
     def repeated_batch(self, batch_size: int) -> dict[str, torch.Tensor]:
         """``batch_size`` training samples in order, repeating them when the set is smaller than the batch: for a
         size probe or a memory plan, which need a batch's shapes, not an epoch."""
-        index = torch.arange(batch_size) % self.train_samples
-        return {key: value[index] for key, value in self.train.items()}
+        dataset = _dataset(self.train)
+        indices = [i % len(dataset) for i in range(batch_size)]
+        if hasattr(dataset, "__getitems__"):
+            return dataset.__getitems__(indices)
+        return default_collate([dataset[i] for i in indices])
 
     def eval_batches(self, batch_size: int, max_batches: int | None) -> Iterator[dict[str, torch.Tensor]]:
-        n = len(next(iter(self.eval.values())))
-        count = math.ceil(n / batch_size) if max_batches is None else min(max_batches, math.ceil(n / batch_size))
-        for i in range(count):
-            yield {key: value[i * batch_size : (i + 1) * batch_size] for key, value in self.eval.items()}
+        """The eval split in order, in batches (the last one may be short), the first ``max_batches`` of them."""
+        order = SequentialSampler(range(len(_dataset(self.eval))))
+        return itertools.islice(self._loader(self.eval, BatchSampler(order, batch_size, drop_last=False), 0),
+                                max_batches)
 
 
 @dataclass
@@ -139,8 +191,8 @@ class ImageFolderSchema(DatasetSchema):
     num_labels: int = MISSING
     image_size: int = MISSING
     path: str | None = None
-    mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
-    std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    train_augment: str | None = None  # timm's auto_augment string (RandAugment: rand-m9-mstd0.5-inc1); None: none
+    num_workers: int = MISSING  # DataLoader worker processes decoding images (per rank)
 
 
 Builder = Callable[[DictConfig, DictConfig, int], TaskData]
@@ -189,9 +241,9 @@ def check_dataset_config(dataset: DictConfig) -> None:
             check_range(f"dataset.{key}", dataset[key], low)
     if dataset.kind == "digits":
         check_range("dataset.num_labels", dataset.num_labels, 1, 10)
-    if "std" in dataset and (len(dataset.std) != 3 or len(dataset.mean) != 3 or min(dataset.std) <= 0):
-        raise ValueError(f"dataset.mean={list(dataset.mean)} and dataset.std={list(dataset.std)} must be 3 values "
-                         "each (R, G, B), every std > 0")
+    if dataset.kind == "imagefolder":
+        check_range("dataset.num_workers", dataset.num_workers, 1)  # workers seed the augmentation draws
+        images.check_augment(dataset.train_augment)
     check_data_files(dataset)
 
 
@@ -200,7 +252,8 @@ def build_data(dataset: DictConfig, model: DictConfig, seed: int) -> TaskData:
     data = DATASETS[dataset.kind].build(dataset, model, seed)
     if model.get("type_vocab_size") == 1:  # one segment embedding (Longformer): pairs are told apart by [SEP] alone
         for split in (data.train, data.eval):
-            split.pop("token_type_ids", None)
+            if isinstance(split, dict):
+                split.pop("token_type_ids", None)
     return data
 
 
@@ -409,40 +462,19 @@ def listops(dataset: DictConfig, model: DictConfig, seed: int) -> TaskData:
 
 @register("imagefolder", ImageFolderSchema, ("image_classification",))
 def imagefolder(dataset: DictConfig, model: DictConfig, seed: int) -> TaskData:
-    """ImageNet-1k (or any class-per-folder tree) from a local directory with ``train/`` and ``val/``.
-
-    Each image is resized (shorter side to ``image_size / 0.875``), centre-cropped to ``image_size`` and
-    normalised with ``mean``/``std`` (0.5: the augreg ViT checkpoints'), once, into memory: fine for a subset,
-    not for all of ImageNet-1k (1.28 M images are ~770 GB as fp32 tensors at 224 px).
-    """
-    import datasets
-
+    """ImageNet-1k (or any class-per-folder tree) from a local directory with ``train/`` and ``val/``, read per
+    sample by ``num_workers`` loader workers with timm's transforms of ``model.arch`` (experiments/images.py)."""
     if not dataset.get("path"):
         raise RuntimeError("ImageNet-1k needs a local copy: set dataset.path=DIR (with train/ and val/ class folders)")
-    tables = datasets.load_dataset("imagefolder", data_dir=str(dataset.path))
-    classes = tables["train"].features["label"].num_classes
-    if classes != dataset.num_labels:
-        raise ValueError(f"dataset.num_labels={dataset.num_labels} but {dataset.path}/train has {classes} class "
-                         f"folders; set dataset.num_labels={classes}")
-    size = dataset.image_size
-    mean, std = (torch.tensor(list(values)).view(3, 1, 1) for values in (dataset.mean, dataset.std))
-
-    def pixels(image) -> torch.Tensor:
-        image = image.convert("RGB")
-        scale = size / 0.875 / min(image.size)
-        width, height = round(image.width * scale), round(image.height * scale)
-        left, top = (width - size) // 2, (height - size) // 2
-        image = image.resize((width, height)).crop((left, top, left + size, top + size))
-        array = torch.from_numpy(np.asarray(image, dtype=np.float32)).permute(2, 0, 1)
-        return (array / 255.0 - mean) / std
-
-    def encode(table) -> dict[str, torch.Tensor]:
-        return {"pixel_values": torch.stack([pixels(image) for image in table["image"]]),
-                "labels": torch.tensor(table["label"])}
-
-    eval_split = "validation" if "validation" in tables else "test"
-    return TaskData("image_classification", encode(tables["train"]), encode(tables[eval_split]), classes,
-                    image_size=size)
+    root = Path(str(dataset.path))
+    classes = images.class_folders(root)
+    config = images.data_config(model.arch, dataset.image_size)
+    train_transform, eval_transform = images.transforms(config, dataset.train_augment)
+    train = images.ImageFolderSplit(root / "train", classes, train_transform)
+    held_out = images.ImageFolderSplit(images.eval_folder(root), classes, eval_transform)
+    return TaskData("image_classification", train, held_out, len(classes), image_size=dataset.image_size,
+                    notes=[images.describe(config, dataset.train_augment, model.arch)],
+                    num_workers=dataset.num_workers)
 
 
 # ----------------------------------------------------------------------------- local files, checked before any run
@@ -580,8 +612,17 @@ def _check_image_folder(dataset: DictConfig) -> None:
     root = Path(str(dataset.path))
     if not (root / "train").is_dir():
         raise ValueError(f"{root}: no train/ folder (dataset.path); expected train/ and val/ with a folder per class")
-    if not any((root / name).is_dir() for name in ("val", "validation", "test")):
+    eval_folder = images.eval_folder(root)
+    if eval_folder is None:
         raise ValueError(f"{root}: no val/ folder (dataset.path); expected train/ and val/ with a folder per class")
+    classes = images.class_folders(root)
+    if len(classes) != dataset.num_labels:
+        raise ValueError(f"dataset.num_labels={dataset.num_labels} but {root}/train has {len(classes)} class folders; "
+                         f"set dataset.num_labels={len(classes)}")
+    unknown = sorted({entry.name for entry in os.scandir(eval_folder) if entry.is_dir()} - set(classes))
+    if unknown:
+        raise ValueError(f"{eval_folder}/{unknown[0]}: a class folder that {root}/train lacks; expected the training "
+                         "classes only")
 
 
 # Per dataset kind: the check of its local files, and the config key that names them (unset: the hub, or an error

@@ -126,24 +126,6 @@ def test_local_wikitext_blocks_with_a_pretrained_tokenizer(tmp_path):
     assert f"tokenizer: {tmp_path}/checkpoint" in data.notes
 
 
-def test_local_image_folder(tmp_path):
-    from PIL import Image
-
-    for split in ("train", "val"):
-        for label, red in (("cat", 200), ("dog", 10)):
-            folder = tmp_path / split / label
-            folder.mkdir(parents=True)
-            Image.new("RGB", (40, 30), (red, 90, 30)).save(folder / "a.png")
-    data = build("model=vit_b16", "dataset=imagenet1k", f"dataset.path={tmp_path}", "dataset.image_size=16",
-                 "dataset.num_labels=2")
-    pixels = data.train["pixel_values"]
-    assert pixels.shape == (2, 3, 16, 16) and data.num_labels == 2
-    cat = data.train["labels"].tolist().index(0)
-    assert pixels[cat, 0].allclose(torch.tensor(200 / 255 / 0.5 - 1.0))  # normalised with mean = std = 0.5
-    with pytest.raises(ValueError, match=r"dataset.num_labels=1000 but .* has 2 class folders; set dataset.num_lab"):
-        build("model=vit_b16", "dataset=imagenet1k", f"dataset.path={tmp_path}", "dataset.image_size=16")
-
-
 def test_imagenet_without_a_folder_names_the_override():
     with pytest.raises(RuntimeError, match=r"set dataset\.path=DIR"):
         build("model=vit_b16", "dataset=imagenet1k")
