@@ -167,3 +167,123 @@ def test_ranks_train_on_disjoint_shares_of_each_epoch(monkeypatch):
     with pytest.raises(ValueError, match=r"^trainer.batch_size=11 is larger than the training set \(10 samples on "
                                          r"rank 0 of 10\)"):
         data.check_holds_batch(11)
+
+
+WIKI_ARTICLE = [  # WikiText-103 raw as released: a space before each line, ' = Heading = ' lines, blank lines between
+    " \n", " = Valkyria Chronicles III = \n", " \n",
+    " The history of the game is long and varied , and its story is told in 3 parts . \n", " \n",
+    " = = Gameplay = = \n", " \n", " The game is played in turns ; each turn the player moves 1 unit . \n",
+]
+
+
+def write_wikitext(folder: Path, articles: int) -> list[str]:
+    """wiki.train.raw (``articles`` copies of an article, each with its own number), wiki.valid.raw and wiki.test.raw;
+    the dataset overrides pointing at them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, count in (("train", articles), ("valid", 4), ("test", 4)):
+        text = "".join(line.replace("3", str(i)) for i in range(count) for line in WIKI_ARTICLE)
+        (folder / f"wiki.{split}.raw").write_text(text)
+    return ["dataset=wikitext103", "dataset.seq_len=16",
+            f"dataset.data_files={{train: {folder}/wiki.train.raw, validation: {folder}/wiki.valid.raw}}"]
+
+
+@pytest.fixture
+def bert_tokenizer(tmp_path) -> list[str]:
+    """A local BERT tokenizer (save_pretrained) and the model overrides that use it."""
+    from transformers import BertTokenizerFast
+
+    words = sorted({w for line in WIKI_ARTICLE for w in line.lower().split()} | set(map(str, range(100))))
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]
+    BertTokenizerFast(vocab={word: i for i, word in enumerate(vocab)}).save_pretrained(tmp_path / "checkpoint")
+    return ["model=bert_large", "model.pretrained=true", f"model.checkpoint={tmp_path}/checkpoint"]
+
+
+@pytest.fixture
+def tokenizer_calls(monkeypatch) -> list[int]:
+    """The number of lines of each tokenizer call that makes token ids."""
+    from experiments.tokenizers import TextTokenizer
+
+    calls, real = [], TextTokenizer.token_ids
+    monkeypatch.setattr(TextTokenizer, "token_ids", lambda self, texts: calls.append(len(texts)) or real(self, texts))
+    return calls
+
+
+def test_wikitext_is_tokenized_once_into_the_cache_and_read_from_it(tmp_path, data_cache, bert_tokenizer,
+                                                                      tokenizer_calls):
+    files = write_wikitext(tmp_path / "wikitext", 30)
+    first = build_data(compose_run(*bert_tokenizer, *files).dataset, compose_run(*bert_tokenizer).model, 0)
+    assert sum(tokenizer_calls) == 30 * 4 + 4 * 4  # the non-blank lines of wiki.train.raw and wiki.valid.raw, once
+    (entry,) = [path for path in (data_cache / "text").iterdir() if path.is_dir()]
+    assert f"token cache: {entry}" in first.notes and (entry / "meta.json").is_file()
+    train_bin = entry / "train.bin"
+    assert train_bin.stat().st_size == first.train_samples * 16 * 2 + train_bin.stat().st_size % 32  # uint16 ids
+    written = train_bin.stat().st_mtime_ns
+
+    tokenizer_calls.clear()  # another run, or another rank: the entry is read, nothing is tokenized
+    again = build_data(compose_run(*bert_tokenizer, *files).dataset, compose_run(*bert_tokenizer).model, 0)
+    assert tokenizer_calls == [] and train_bin.stat().st_mtime_ns == written
+    assert isinstance(again.train.stream, np.memmap)  # read from the file, not loaded
+    for one, two in zip(first.eval_batches(4, None), again.eval_batches(4, None), strict=True):
+        assert all(torch.equal(one[key], two[key]) for key in one)  # masks too: drawn per block from data_seed
+    longer = build_data(compose_run(*bert_tokenizer, *files, "dataset.seq_len=32").dataset,
+                        compose_run(*bert_tokenizer).model, 0)
+    assert tokenizer_calls == [] and longer.train_samples == first.train_samples // 2  # blocks are cut when read
+
+    (tmp_path / "wikitext" / "wiki.train.raw").open("a").write(" One more line . \n")  # a new version of the file
+    build_data(compose_run(*bert_tokenizer, *files).dataset, compose_run(*bert_tokenizer).model, 0)
+    assert sum(tokenizer_calls) == 30 * 4 + 1 + 4 * 4
+    assert len([path for path in (data_cache / "text").iterdir() if path.is_dir()]) == 2
+
+
+def test_the_offline_wordpiece_is_trained_once_and_kept_with_the_ids(tmp_path, monkeypatch, tokenizer_calls):
+    from experiments import tokenizers
+
+    trained, real = [], tokenizers.train_wordpiece
+    monkeypatch.setattr(tokenizers, "train_wordpiece", lambda corpus, size: trained.append(size) or real(corpus, size))
+    files = write_wikitext(tmp_path / "wikitext", 10)
+    cfg = compose_run("model=tinybert", "dataset.vocab_size=200", *files)
+    first = build_data(cfg.dataset, cfg.model, 0)
+    again = build_data(cfg.dataset, cfg.model, 0)
+    assert trained == [200] and sum(tokenizer_calls) == 10 * 4 + 4 * 4  # trained and tokenized by the first only
+    assert again.vocab_size == first.vocab_size and "offline WordPiece" in again.notes[0]
+    assert torch.equal(first.repeated_batch(3)["input_ids"], again.repeated_batch(3)["input_ids"])
+
+
+def test_ranks_that_start_together_tokenize_once(tmp_path, bert_tokenizer, tokenizer_calls):
+    """Two builders at once (ranks of one run, or two runs): the entry's lock lets one tokenize, the other reads."""
+    import threading
+
+    files = write_wikitext(tmp_path / "wikitext", 30)
+    cfg = compose_run(*bert_tokenizer, *files)
+    built = []
+    threads = [threading.Thread(target=lambda: built.append(build_data(cfg.dataset, cfg.model, 0)))
+               for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(built) == 2 and sum(tokenizer_calls) == 30 * 4 + 4 * 4
+    assert torch.equal(built[0].repeated_batch(8)["labels"], built[1].repeated_batch(8)["labels"])
+
+
+def test_wikitext_memory_is_flat_in_the_corpus_size(tmp_path, bert_tokenizer, monkeypatch):
+    """Python-heap peak (tracemalloc: strings, lists, numpy and torch CPU buffers alike) of tokenizing a corpus and
+    reading an epoch of its blocks, for N and 10 N articles: the lines are read and tokenized a chunk at a time and the
+    ids read back memory-mapped, so it does not grow. Tokenizing the whole corpus in one chunk (holding its lines and
+    ids at once, as before) makes the 10 N peak megabytes larger here."""
+    import tracemalloc
+
+    from experiments import text_cache
+
+    monkeypatch.setattr(text_cache, "_CHUNK", 50)
+    peaks = {}
+    for articles in (6, 60, 600):  # the first builds what is built once per process (imports, caches): not measured
+        files = write_wikitext(tmp_path / f"wikitext{articles}", articles)
+        cfg = compose_run(*bert_tokenizer, *files)
+        tracemalloc.start()
+        data = build_data(cfg.dataset, cfg.model, 0)
+        batches = data.batches(4, torch.Generator().manual_seed(0))
+        assert sum(len(b["input_ids"]) for b in itertools.islice(batches, data.train_samples // 4)) > 0
+        peaks[articles] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert peaks[600] - peaks[60] < 64 * 1024, peaks

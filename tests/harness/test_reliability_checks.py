@@ -92,7 +92,7 @@ def test_good_files_pass_and_build_and_are_read_once_per_version(tmp_path, monke
     check(*overrides)
     assert len(reads) == 4
     cfg = compose_run(*overrides)
-    assert build_data(cfg.dataset, cfg.model, 0).train["labels"].tolist() == [1] * 4
+    assert build_data(cfg.dataset, cfg.model, 0).repeated_batch(4)["labels"].tolist() == [1] * 4
 
 
 @pytest.mark.parametrize(("overrides", "message"), [
