@@ -699,6 +699,7 @@ def _check_image_folder(dataset: DictConfig) -> None:
     if unknown:
         raise ValueError(f"{eval_folder}/{unknown[0]}: a class folder that {root}/train lacks; expected the training "
                          "classes only")
+    images.check_classes_hold_images(root / "train", classes)
 
 
 # Per dataset kind: the check of its local files, and the config key that names them (unset: the hub, or an error

@@ -1,10 +1,11 @@
 """An ImageFolder read per sample: file paths in memory, pixels decoded by the ``DataLoader``'s workers.
 
-A split is ``<root>/<split>/<class>/<image>`` (ImageNet's ``train/<wnid>/*.JPEG``, ``val/<wnid>/*.JPEG``). Only the
-paths are held, as one numpy byte array per split (~40 bytes an ImageNet image, and no per-path Python objects, whose
-reference counts would make every worker copy the pages it reads); each image is opened, converted to RGB (ImageNet
-holds grayscale and CMYK JPEGs too) and transformed when the loader asks for it. So a run's memory does not grow with
-the number of images.
+A split is ``<root>/<split>/<class>/<image>`` (ImageNet's ``train/<wnid>/*.JPEG``, ``val/<wnid>/*.JPEG``); the
+folders are checked before a run, each image's content when it is read (reading 1.28 M files first would take long).
+Only the paths are held, as one numpy byte array per split (~40 bytes an ImageNet image, and no per-path Python
+objects, whose reference counts would make every worker copy the pages it reads); each image is opened, converted to
+RGB (ImageNet holds grayscale and CMYK JPEGs too) and transformed when the loader asks for it. So a run's memory does
+not grow with the number of images.
 
 Transforms are timm's, from the model's ``pretrained_cfg`` (mean, std, interpolation, crop_pct): training images get
 RandomResizedCrop, a horizontal flip and RandAugment (``dataset.train_augment``, timm's string, e.g.
@@ -33,6 +34,18 @@ def class_folders(root: Path) -> list[str]:
 
 def eval_folder(root: Path) -> Path | None:
     return next((root / name for name in EVAL_FOLDERS if (root / name).is_dir()), None)
+
+
+def is_image(name: str) -> bool:
+    return name.lower().endswith(EXTENSIONS)
+
+
+def check_classes_hold_images(folder: Path, classes: list[str]) -> None:
+    """One-line ValueError naming the first class folder without an image (stops at each folder's first image)."""
+    for name in classes:
+        if not any(entry.is_file() and is_image(entry.name) for entry in os.scandir(folder / name)):
+            raise ValueError(f"{folder / name}: a class folder without images; expected files ending in "
+                             f"{', '.join(EXTENSIONS)} (any case)")
 
 
 def data_config(arch: str, image_size: int) -> dict[str, Any]:
@@ -89,7 +102,7 @@ class ImageFolderSplit(Dataset):
             if not (folder / name).is_dir():
                 continue  # an evaluation split may hold a subset of the classes
             names = sorted(entry.name for entry in os.scandir(folder / name)
-                           if entry.is_file() and entry.name.lower().endswith(EXTENSIONS))
+                           if entry.is_file() and is_image(entry.name))
             paths.append(np.array([f"{name}/{file}".encode() for file in names], dtype=np.bytes_))
             labels.append(np.full(len(names), label, dtype=np.int32))
         self.paths = np.concatenate(paths) if paths else np.array([], dtype=np.bytes_)
@@ -102,6 +115,11 @@ class ImageFolderSplit(Dataset):
         from PIL import Image
 
         path = self.folder / self.paths[index].decode()
-        with Image.open(path) as image:
-            pixels = self.transform(image.convert("RGB"))
+        try:
+            with Image.open(path) as image:
+                image = image.convert("RGB")
+        except OSError as error:  # a file whose content PIL cannot read: the run stops, naming it
+            raise ValueError(f"{path}: cannot be read as an image ({type(error).__name__}); expected a JPEG, PNG or "
+                             "another format PIL reads") from None
+        pixels = self.transform(image)
         return {"pixel_values": pixels, "labels": torch.tensor(int(self.labels[index]))}
