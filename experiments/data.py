@@ -1,10 +1,13 @@
-"""Datasets as in-memory tensors, one builder per ``dataset.kind`` (a registry).
+"""Datasets, one builder per ``dataset.kind`` (a registry), read through ``TaskData``'s ``DataLoader``.
 
-Real loaders go through ``datasets`` (GLUE MRPC/SST-2, WikiText-103, LRA ListOps, an ImageNet folder) and
-take local ``data_files`` / ``path`` overrides so they run from a local copy; offline without one they stop
-with a sentence naming the override. The offline defaults need no download: ``synthetic_pairs`` (a sentence-pair
-task a small BERT learns in a few dozen steps), ``synthetic_lm`` (token sequences of any length, for memory
-and throughput at paper scale) and ``digits`` (scikit-learn's shipped 8x8 digits, upsampled, for a small ViT).
+Real data come from local files in the formats the releases ship (``data_files`` / ``path``; the layouts are in
+conf/dataset/*.yaml), or from the hub through ``datasets``; offline without files a builder stops with a sentence
+naming the override. Their memory does not grow with the data set where it could: images are decoded per sample by
+loader workers (experiments/images.py), WikiText is tokenized once into an on-disk cache read memory-mapped
+(experiments/text_cache.py), and GLUE and ListOps keep their token ids end to end, padded per batch (``TokenRows``).
+The offline defaults need no download: ``synthetic_pairs`` (a sentence-pair task a small BERT learns in a few dozen
+steps), ``synthetic_lm`` (token sequences of any length, for memory and throughput at paper scale) and ``digits``
+(scikit-learn's shipped 8x8 digits, upsampled, for a small ViT), held in memory as tensors.
 """
 
 from __future__ import annotations
