@@ -1,17 +1,22 @@
-"""Datasets as in-memory tensors, one builder per ``dataset.kind`` (a registry).
+"""Datasets, one builder per ``dataset.kind`` (a registry), read through ``TaskData``'s ``DataLoader``.
 
-Real loaders go through ``datasets`` (GLUE MRPC/SST-2, WikiText-103, LRA ListOps, an ImageNet folder) and
-take local ``data_files`` / ``path`` overrides so they run from a local copy; offline without one they stop
-with a sentence naming the override. The offline defaults need no download: ``synthetic_pairs`` (a sentence-pair
-task a small BERT learns in a few dozen steps), ``synthetic_lm`` (token sequences of any length, for memory
-and throughput at paper scale) and ``digits`` (scikit-learn's shipped 8x8 digits, upsampled, for a small ViT).
+Real data come from local files in the formats the releases ship (``data_files`` / ``path``; the layouts are in
+conf/dataset/*.yaml), or from the hub through ``datasets``; offline without files a builder stops with a sentence
+naming the override. Their memory does not grow with the data set where it could: images are decoded per sample by
+loader workers (experiments/images.py), WikiText is tokenized once into an on-disk cache read memory-mapped
+(experiments/text_cache.py), and GLUE and ListOps keep their token ids end to end, padded per batch (``TokenRows``).
+The offline defaults need no download: ``synthetic_pairs`` (a sentence-pair task a small BERT learns in a few dozen
+steps), ``synthetic_lm`` (token sequences of any length, for memory and throughput at paper scale) and ``digits``
+(scikit-learn's shipped 8x8 digits, upsampled, for a small ViT), held in memory as tensors.
 """
 
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import math
+import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,57 +25,108 @@ from typing import Any
 import numpy as np
 import torch
 from omegaconf import MISSING, DictConfig, OmegaConf
+from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, SequentialSampler, default_collate
 
+from . import distributed, images, text_cache
 from .schema import check_choice, check_range, typed
-from .tokenizers import SPECIALS, load_tokenizer
+from .tokenizers import SPECIALS, TextTokenizer, load_tokenizer
 
 PAD, CLS, SEP, MASK = (SPECIALS.index(s) for s in ("[PAD]", "[CLS]", "[SEP]", "[MASK]"))
 
 
+# A split: equal-length tensors held in memory (the small and synthetic sets), or a dataset read per batch or per
+# sample (images, token blocks of a memory-mapped corpus) whose ``__getitems__`` returns a batch or whose
+# ``__getitem__`` returns a sample (a dict of tensors).
+Split = dict[str, torch.Tensor] | Dataset
+
+
+class _TensorRows(Dataset):
+    """In-memory tensors as a dataset whose batches are taken by indexing every tensor at once."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.tensors = tensors
+
+    def __len__(self) -> int:
+        return len(next(iter(self.tensors.values())))
+
+    def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        index = torch.tensor(indices, dtype=torch.long)
+        return {key: value[index] for key, value in self.tensors.items()}
+
+
+def _dataset(split: Split) -> Dataset:
+    return _TensorRows(split) if isinstance(split, dict) else split
+
+
+def _collate(samples: dict[str, torch.Tensor] | list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """A batch fetched whole (``__getitems__``) as it is; samples stacked."""
+    return samples if isinstance(samples, dict) else default_collate(samples)
+
+
 @dataclass
 class TaskData:
-    """Train and eval tensors (dicts of equal-length tensors) plus what the model builder needs to know."""
+    """Train and eval splits (see ``Split``) plus what the model builder needs to know.
+
+    Batches come from a ``DataLoader``: a ``DistributedSampler`` gives each DDP rank (experiments/distributed.current)
+    its disjoint share of a seeded permutation, reshuffled every epoch; splits read per sample are decoded by
+    ``num_workers`` worker processes."""
 
     task: str
-    train: dict[str, torch.Tensor]
-    eval: dict[str, torch.Tensor]
+    train: Split
+    eval: Split
     num_labels: int
     vocab_size: int | None = None  # text tasks
     seq_len: int | None = None
     image_size: int | None = None  # image tasks
     notes: list[str] = field(default_factory=list)
+    num_workers: int = 0  # loader worker processes; 0: batches are read in the training process
 
     @property
     def train_samples(self) -> int:
-        return len(next(iter(self.train.values())))
+        return len(_dataset(self.train))
 
-    def check_holds_batch(self, batch_size: int, where: str = "") -> None:
-        """The batch iterator yields whole batches only: from a training set smaller than one it would never yield."""
-        if self.train_samples < batch_size:
-            raise ValueError(f"trainer.batch_size={batch_size} is larger than the training set ({self.train_samples} "
-                             f"samples{where}): lower trainer.batch_size or use more training data")
+    def check_holds_batch(self, batch_size: int) -> None:
+        """The batch iterator yields whole batches only: from a rank's share smaller than one it would never yield."""
+        ranks = distributed.current()
+        share = self.train_samples // ranks.world_size
+        if share < batch_size:
+            where = f" on rank {ranks.rank} of {ranks.world_size}" if ranks.world_size > 1 else ""
+            raise ValueError(f"trainer.batch_size={batch_size} is larger than the training set ({share} samples"
+                             f"{where}): lower trainer.batch_size or use more training data")
+
+    def _loader(self, split: Split, batch_sampler: BatchSampler, seed: int) -> DataLoader:
+        """Its own generator seeds the workers (RandAugment's draws), so the global RNG (dropout's) is not used."""
+        workers = 0 if isinstance(split, dict) else self.num_workers
+        return DataLoader(_dataset(split), batch_sampler=batch_sampler, num_workers=workers, collate_fn=_collate,
+                          persistent_workers=workers > 0, pin_memory=workers > 0 and torch.cuda.is_available(),
+                          generator=torch.Generator().manual_seed(seed))
 
     def batches(self, batch_size: int, generator: torch.Generator) -> Iterator[dict[str, torch.Tensor]]:
-        """Endless shuffled training batches; reshuffles each epoch from ``generator``."""
+        """Endless shuffled training batches of this rank; the permutation is seeded from ``generator`` (the same on
+        every rank) and redrawn each epoch."""
         self.check_holds_batch(batch_size)
-        n = self.train_samples
-        while True:
-            order = torch.randperm(n, generator=generator)
-            for start in range(0, n - batch_size + 1, batch_size):
-                index = order[start : start + batch_size]
-                yield {key: value[index] for key, value in self.train.items()}
+        ranks, seed = distributed.current(), int(torch.randint(0, 2**62, (), generator=generator))
+        sampler = DistributedSampler(_dataset(self.train), num_replicas=ranks.world_size, rank=ranks.rank,
+                                     shuffle=True, seed=seed, drop_last=True)
+        loader = self._loader(self.train, BatchSampler(sampler, batch_size, drop_last=True), seed + ranks.rank)
+        for epoch in itertools.count():
+            sampler.set_epoch(epoch)
+            yield from loader
 
     def repeated_batch(self, batch_size: int) -> dict[str, torch.Tensor]:
         """``batch_size`` training samples in order, repeating them when the set is smaller than the batch: for a
         size probe or a memory plan, which need a batch's shapes, not an epoch."""
-        index = torch.arange(batch_size) % self.train_samples
-        return {key: value[index] for key, value in self.train.items()}
+        dataset = _dataset(self.train)
+        indices = [i % len(dataset) for i in range(batch_size)]
+        if hasattr(dataset, "__getitems__"):
+            return dataset.__getitems__(indices)
+        return default_collate([dataset[i] for i in indices])
 
     def eval_batches(self, batch_size: int, max_batches: int | None) -> Iterator[dict[str, torch.Tensor]]:
-        n = len(next(iter(self.eval.values())))
-        count = math.ceil(n / batch_size) if max_batches is None else min(max_batches, math.ceil(n / batch_size))
-        for i in range(count):
-            yield {key: value[i * batch_size : (i + 1) * batch_size] for key, value in self.eval.items()}
+        """The eval split in order, in batches (the last one may be short), the first ``max_batches`` of them."""
+        order = SequentialSampler(range(len(_dataset(self.eval))))
+        return itertools.islice(self._loader(self.eval, BatchSampler(order, batch_size, drop_last=False), 0),
+                                max_batches)
 
 
 @dataclass
@@ -132,6 +188,7 @@ class GlueSchema(LocalFilesSchema):
 class WikitextSchema(LocalFilesSchema):
     vocab_size: int = 30522
     data_seed: int = MISSING
+    cache_dir: str | None = None  # where token ids are cached; None: $PMDROP_DATA_CACHE, else ~/.cache/pmdrop
 
 
 @dataclass
@@ -139,8 +196,8 @@ class ImageFolderSchema(DatasetSchema):
     num_labels: int = MISSING
     image_size: int = MISSING
     path: str | None = None
-    mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
-    std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    train_augment: str | None = None  # timm's auto_augment string (RandAugment: rand-m9-mstd0.5-inc1); None: none
+    num_workers: int = MISSING  # DataLoader worker processes decoding images (per rank)
 
 
 Builder = Callable[[DictConfig, DictConfig, int], TaskData]
@@ -189,9 +246,9 @@ def check_dataset_config(dataset: DictConfig) -> None:
             check_range(f"dataset.{key}", dataset[key], low)
     if dataset.kind == "digits":
         check_range("dataset.num_labels", dataset.num_labels, 1, 10)
-    if "std" in dataset and (len(dataset.std) != 3 or len(dataset.mean) != 3 or min(dataset.std) <= 0):
-        raise ValueError(f"dataset.mean={list(dataset.mean)} and dataset.std={list(dataset.std)} must be 3 values "
-                         "each (R, G, B), every std > 0")
+    if dataset.kind == "imagefolder":
+        check_range("dataset.num_workers", dataset.num_workers, 1)  # workers seed the augmentation draws
+        images.check_augment(dataset.train_augment)
     check_data_files(dataset)
 
 
@@ -200,7 +257,10 @@ def build_data(dataset: DictConfig, model: DictConfig, seed: int) -> TaskData:
     data = DATASETS[dataset.kind].build(dataset, model, seed)
     if model.get("type_vocab_size") == 1:  # one segment embedding (Longformer): pairs are told apart by [SEP] alone
         for split in (data.train, data.eval):
-            split.pop("token_type_ids", None)
+            if isinstance(split, dict):
+                split.pop("token_type_ids", None)
+            elif isinstance(split, TokenRows):
+                split.segments = None
     return data
 
 
@@ -301,84 +361,146 @@ def digits(dataset: DictConfig, model: DictConfig, seed: int) -> TaskData:
 # ----------------------------------------------------------------------------- real datasets
 
 
-def _load_split_table(dataset: DictConfig, hub_args: tuple[str, ...]):
-    """A DatasetDict with train/validation splits: local ``data_files`` (csv/tsv/parquet/json) or the hub."""
+class TokenRows(Dataset):
+    """Token sequences of varying length held end to end (one flat array and offsets: memory in proportion to the
+    tokens, not to rows x ``seq_len``), padded to ``seq_len`` per batch; segment ids too when the rows are pairs."""
+
+    def __init__(self, rows: Sequence[Sequence[int]], labels: Sequence[int], seq_len: int, pad_id: int,
+                 segments: Sequence[Sequence[int]] | None = None) -> None:
+        lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+        self.offsets = np.concatenate([[0], np.cumsum(lengths)])
+        self.tokens = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int32, count=int(self.offsets[-1]))
+        self.segments = None if segments is None else np.fromiter(
+            itertools.chain.from_iterable(segments), dtype=np.uint8, count=int(self.offsets[-1]))
+        self.labels = torch.tensor(list(labels), dtype=torch.long)
+        self.seq_len, self.pad_id = seq_len, pad_id
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        ids = torch.full((len(indices), self.seq_len), self.pad_id, dtype=torch.long)
+        mask, segments = torch.zeros_like(ids), torch.zeros_like(ids)
+        for row, index in enumerate(indices):
+            start, end = self.offsets[index], self.offsets[index + 1]
+            ids[row, : end - start] = torch.from_numpy(self.tokens[start:end].astype(np.int64))
+            mask[row, : end - start] = 1
+            if self.segments is not None:
+                segments[row, : end - start] = torch.from_numpy(self.segments[start:end].astype(np.int64))
+        batch = {"input_ids": ids, "attention_mask": mask, "labels": self.labels[indices]}
+        return batch if self.segments is None else {**batch, "token_type_ids": segments}
+
+
+def _local_columns(path: Path) -> dict[str, list]:
+    """A local table's columns: text tables read as the checks read them (``_table_rows``); parquet or JSON lines
+    with ``datasets``."""
+    if path.suffix in (".tsv", ".txt", ".csv"):
+        header, rows = _table_rows(path)
+        columns: dict[str, list] = {name: [] for name in header}
+        for _, fields in rows:
+            for name, value in zip(header, fields, strict=True):
+                columns[name].append(value)
+        return columns
     import datasets
 
+    table = datasets.load_dataset("parquet" if path.suffix == ".parquet" else "json", data_files=str(path))["train"]
+    return {name: table[name] for name in table.column_names}
+
+
+def _split_columns(dataset: DictConfig, hub_args: tuple[str, ...]) -> dict[str, dict[str, list]]:
+    """The train and eval splits' columns: local ``data_files`` (tsv/txt/csv/parquet/json) or the hub."""
     if dataset.get("data_files"):
-        files = {split: str(path) for split, path in dataset.data_files.items()}
-        suffix = next(iter(files.values())).rsplit(".", 1)[-1]
-        if suffix in ("tsv", "txt", "csv"):
-            # GLUE's TSVs contain unbalanced quotes: read them verbatim (csv.QUOTE_NONE).
-            return datasets.load_dataset("csv", data_files=files, delimiter="\t" if suffix != "csv" else ",",
-                                         quoting=3)
-        return datasets.load_dataset("parquet" if suffix == "parquet" else "json", data_files=files)
+        return {split: _local_columns(path) for split, path in _split_paths(dataset).items()}
+    import datasets
+
     try:
-        return datasets.load_dataset(*hub_args)
+        tables = datasets.load_dataset(*hub_args)
     except Exception as error:  # offline: ConnectionError, HFValidationError, DatasetNotFoundError...
         raise _offline_hint(dataset, error, "dataset.data_files={train: PATH, validation: PATH}") from error
+    return {split: {name: tables[split][name] for name in tables[split].column_names}
+            for split in ("train", dataset.eval_split)}
 
 
-def _column(table, names: list[str]) -> list:
+def _column(table: dict[str, list], names: list[str]) -> list:
     for name in names:
-        if name in table.column_names:
+        if name in table:
             return table[name]
-    raise ValueError(f"none of the columns {names} is in the data (columns: {table.column_names})")
+    raise ValueError(f"none of the columns {names} is in the data (columns: {list(table)})")
 
 
-def _encode_text_pairs(dataset: DictConfig, model: DictConfig, tables, text_columns: list[list[str]]) -> TaskData:
-    """Tokenise one or two text columns and the label column of the train and validation splits."""
+def _encode_text_pairs(dataset: DictConfig, model: DictConfig, tables: dict[str, dict[str, list]],
+                       text_columns: list[list[str]]) -> TaskData:
+    """Tokenise one or two text columns and the label column of the train and eval splits."""
     train_texts = [_column(tables["train"], names) for names in text_columns]
     tokenizer = load_tokenizer(model, dataset, corpus=[t for column in train_texts for t in column])
 
-    def encode(table, texts) -> dict[str, torch.Tensor]:
-        encoded = tokenizer.encode(texts[0], texts[1] if len(texts) > 1 else None, max_length=dataset.seq_len)
-        labels = torch.tensor([int(v) for v in _column(table, dataset.label_columns)])
-        return {**encoded, "labels": labels}
+    def encode(table: dict[str, list]) -> TokenRows:
+        texts = [_column(table, names) for names in text_columns]
+        ids, types = tokenizer.encode(texts[0], texts[1] if len(texts) > 1 else None, max_length=dataset.seq_len)
+        labels = [int(float(v)) for v in _column(table, dataset.label_columns)]
+        return TokenRows(ids, labels, dataset.seq_len, tokenizer.pad_id, types)
 
-    evaluation = tables[dataset.eval_split]
-    return TaskData(
-        dataset.task, encode(tables["train"], train_texts),
-        encode(evaluation, [_column(evaluation, names) for names in text_columns]),
-        dataset.num_labels, vocab_size=tokenizer.vocab_size, seq_len=dataset.seq_len, notes=[tokenizer.source],
-    )
+    return TaskData(dataset.task, encode(tables["train"]), encode(tables[dataset.eval_split]), dataset.num_labels,
+                    vocab_size=tokenizer.vocab_size, seq_len=dataset.seq_len, notes=[tokenizer.source])
 
 
 @register("glue", GlueSchema, ("pair_classification", "classification"))
 def glue(dataset: DictConfig, model: DictConfig, seed: int) -> TaskData:
     """GLUE MRPC / SST-2: hub ``nyu-mll/glue`` or local files in GLUE's or the original TSV column names."""
-    tables = _load_split_table(dataset, ("nyu-mll/glue", dataset.glue_task))
+    tables = _split_columns(dataset, ("nyu-mll/glue", dataset.glue_task))
     return _encode_text_pairs(dataset, model, tables, [list(names) for names in dataset.text_columns])
+
+
+class MaskedBlocks(Dataset):
+    """``seq_len``-token blocks of a token stream (a memory map: read per batch, never held), with BERT's masked-LM
+    targets drawn per block from ``(data_seed, split, block)``: the same for every run, order and rank."""
+
+    def __init__(self, stream: np.ndarray, seq_len: int, data_seed: int, split: int, tokenizer: TextTokenizer) -> None:
+        self.stream, self.seq_len, self.seeds = stream, seq_len, (data_seed, split)
+        self.mask_id, self.special_ids, self.vocab_size = tokenizer.mask_id, tokenizer.special_ids, tokenizer.vocab_size
+
+    def __len__(self) -> int:
+        return len(self.stream) // self.seq_len
+
+    def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        rows = []
+        for index in indices:
+            block = self.stream[index * self.seq_len : (index + 1) * self.seq_len]
+            seed = int(np.random.SeedSequence([*self.seeds, index]).generate_state(1, np.uint64)[0] >> 1)
+            rows.append(_mask_tokens(torch.from_numpy(block.astype(np.int64))[None], torch.Generator().manual_seed(
+                seed), self.mask_id, self.special_ids, self.vocab_size))
+        masked = {key: torch.cat([row[key] for row in rows]) for key in ("input_ids", "labels")}
+        return {"attention_mask": torch.ones_like(masked["input_ids"]), **masked}
+
+
+def _wikitext_sources(dataset: DictConfig) -> dict[str, text_cache.TextSource]:
+    """The train and eval splits' text: local files (``data_files``), else the hub's raw WikiText-103."""
+    if dataset.get("data_files"):
+        return {split: text_cache.file_source(path) for split, path in _split_paths(dataset).items()}
+    import datasets
+
+    try:
+        tables = datasets.load_dataset("Salesforce/wikitext", "wikitext-103-raw-v1")
+    except Exception as error:  # offline: ConnectionError, HFValidationError, DatasetNotFoundError...
+        raise _offline_hint(dataset, error, "dataset.data_files={train: wiki.train.raw, validation: "
+                                            "wiki.valid.raw}") from error
+    return {split: text_cache.table_source(tables[split], f"Salesforce/wikitext-103-raw-v1 {split}")
+            for split in ("train", dataset.eval_split)}
 
 
 @register("wikitext", WikitextSchema, ("mlm",))
 def wikitext(dataset: DictConfig, model: DictConfig, seed: int) -> TaskData:
-    """WikiText-103 for masked-LM perplexity: lines tokenised, concatenated and cut into ``seq_len`` blocks."""
-    import datasets
-
-    if dataset.get("data_files"):
-        files = {split: str(path) for split, path in dataset.data_files.items()}
-        tables = datasets.load_dataset("text", data_files=files)
-    else:
-        try:
-            tables = datasets.load_dataset("Salesforce/wikitext", "wikitext-103-raw-v1")
-        except Exception as error:
-            raise _offline_hint(dataset, error, "dataset.data_files={train: PATH.txt, validation: PATH.txt}") from error
-    lines = [line for line in tables["train"]["text"] if line.strip()]
-    tokenizer = load_tokenizer(model, dataset, corpus=lines)
-    generator = torch.Generator().manual_seed(dataset.data_seed)
-
-    def blocks(texts: list[str]) -> dict[str, torch.Tensor]:
-        stream = tokenizer.stream([text for text in texts if text.strip()])
-        width = dataset.seq_len
-        ids = stream[: len(stream) // width * width].view(-1, width)
-        if len(ids) == 0:
-            raise ValueError(f"the text has {len(stream)} tokens, fewer than dataset.seq_len={width}")
-        masked = _mask_tokens(ids, generator, tokenizer.mask_id, tokenizer.special_ids, tokenizer.vocab_size)
-        return {"attention_mask": torch.ones_like(ids), **masked}
-
-    return TaskData("mlm", blocks(lines), blocks(tables[dataset.eval_split]["text"]), 0,
-                    vocab_size=tokenizer.vocab_size, seq_len=dataset.seq_len, notes=[tokenizer.source])
+    """WikiText-103 for masked-LM perplexity: non-blank lines tokenised once into the on-disk cache
+    (experiments/text_cache.py), concatenated and cut into ``seq_len`` blocks read from the memory map."""
+    root = Path(str(dataset.cache_dir)) if dataset.get("cache_dir") else text_cache.default_root()
+    tokenizer, streams, entry = text_cache.token_streams(_wikitext_sources(dataset), model, dataset, root / "text")
+    splits = {}
+    for number, (split, stream) in enumerate(streams.items()):
+        splits[split] = MaskedBlocks(stream, dataset.seq_len, dataset.data_seed, number, tokenizer)
+        if not len(splits[split]):
+            raise ValueError(f"the {split} text has {len(stream)} tokens, fewer than dataset.seq_len={dataset.seq_len}")
+    return TaskData("mlm", splits["train"], splits[dataset.eval_split], 0, vocab_size=tokenizer.vocab_size,
+                    seq_len=dataset.seq_len, notes=[tokenizer.source, f"token cache: {entry}"])
 
 
 LISTOPS_VOCAB = [*SPECIALS, *[str(d) for d in range(10)], "[MIN", "[MAX", "[MED", "[SM", "]", "(", ")"]
@@ -392,97 +514,85 @@ def listops(dataset: DictConfig, model: DictConfig, seed: int) -> TaskData:
             "LRA ListOps is not on the hub: download the LRA release and set "
             "dataset.data_files={train: basic_train.tsv, validation: basic_val.tsv}"
         )
-    tables = _load_split_table(dataset, ())
     index = {symbol: i for i, symbol in enumerate(LISTOPS_VOCAB)}
 
-    def encode(table) -> dict[str, torch.Tensor]:
-        ids = torch.full((len(table), dataset.seq_len), PAD)
-        for row, source in enumerate(table["Source"]):
-            tokens = [CLS] + [index[s] for s in source.replace("(", " ( ").replace(")", " ) ").split()]
-            tokens = tokens[: dataset.seq_len]
-            ids[row, : len(tokens)] = torch.tensor(tokens)
-        return {"input_ids": ids, "attention_mask": (ids != PAD).long(), "labels": torch.tensor(table["Target"])}
+    def encode(path: Path) -> TokenRows:
+        header, rows = _table_rows(path)
+        source, target = header.index("Source"), header.index("Target")  # check_data_files: both are there
+        ids, labels = [], []
+        for _, fields in rows:
+            ids.append([CLS, *(index[s] for s in _listops_symbols(fields[source]))][: dataset.seq_len])
+            labels.append(int(float(fields[target])))
+        return TokenRows(ids, labels, dataset.seq_len, PAD)
 
-    return TaskData("classification", encode(tables["train"]), encode(tables[dataset.eval_split]), 10,
+    paths = _split_paths(dataset)
+    return TaskData("classification", encode(paths["train"]), encode(paths[dataset.eval_split]), 10,
                     vocab_size=len(LISTOPS_VOCAB), seq_len=dataset.seq_len)
+
+
+def _listops_symbols(source: str) -> list[str]:
+    return source.replace("(", " ( ").replace(")", " ) ").split()
 
 
 @register("imagefolder", ImageFolderSchema, ("image_classification",))
 def imagefolder(dataset: DictConfig, model: DictConfig, seed: int) -> TaskData:
-    """ImageNet-1k (or any class-per-folder tree) from a local directory with ``train/`` and ``val/``.
-
-    Each image is resized (shorter side to ``image_size / 0.875``), centre-cropped to ``image_size`` and
-    normalised with ``mean``/``std`` (0.5: the augreg ViT checkpoints'), once, into memory: fine for a subset,
-    not for all of ImageNet-1k (1.28 M images are ~770 GB as fp32 tensors at 224 px).
-    """
-    import datasets
-
+    """ImageNet-1k (or any class-per-folder tree) from a local directory with ``train/`` and ``val/``, read per
+    sample by ``num_workers`` loader workers with timm's transforms of ``model.arch`` (experiments/images.py)."""
     if not dataset.get("path"):
         raise RuntimeError("ImageNet-1k needs a local copy: set dataset.path=DIR (with train/ and val/ class folders)")
-    tables = datasets.load_dataset("imagefolder", data_dir=str(dataset.path))
-    classes = tables["train"].features["label"].num_classes
-    if classes != dataset.num_labels:
-        raise ValueError(f"dataset.num_labels={dataset.num_labels} but {dataset.path}/train has {classes} class "
-                         f"folders; set dataset.num_labels={classes}")
-    size = dataset.image_size
-    mean, std = (torch.tensor(list(values)).view(3, 1, 1) for values in (dataset.mean, dataset.std))
-
-    def pixels(image) -> torch.Tensor:
-        image = image.convert("RGB")
-        scale = size / 0.875 / min(image.size)
-        width, height = round(image.width * scale), round(image.height * scale)
-        left, top = (width - size) // 2, (height - size) // 2
-        image = image.resize((width, height)).crop((left, top, left + size, top + size))
-        array = torch.from_numpy(np.asarray(image, dtype=np.float32)).permute(2, 0, 1)
-        return (array / 255.0 - mean) / std
-
-    def encode(table) -> dict[str, torch.Tensor]:
-        return {"pixel_values": torch.stack([pixels(image) for image in table["image"]]),
-                "labels": torch.tensor(table["label"])}
-
-    eval_split = "validation" if "validation" in tables else "test"
-    return TaskData("image_classification", encode(tables["train"]), encode(tables[eval_split]), classes,
-                    image_size=size)
+    root = Path(str(dataset.path))
+    classes = images.class_folders(root)
+    config = images.data_config(model.arch, dataset.image_size)
+    train_transform, eval_transform = images.transforms(config, dataset.train_augment)
+    train = images.ImageFolderSplit(root / "train", classes, train_transform)
+    held_out = images.ImageFolderSplit(images.eval_folder(root), classes, eval_transform)
+    return TaskData("image_classification", train, held_out, len(classes), image_size=dataset.image_size,
+                    notes=[images.describe(config, dataset.train_augment, model.arch)],
+                    num_workers=dataset.num_workers)
 
 
 # ----------------------------------------------------------------------------- local files, checked before any run
 
 
-def _check_text(path: Path, split: str) -> str:
-    """The file's text: it exists, is not empty and is UTF-8."""
+def _check_text(path: Path, split: str) -> None:
+    """The file exists, is not empty and is UTF-8 (read line by line: a corpus is not held)."""
     try:
-        data = path.read_bytes()
+        file = path.open("rb")
     except FileNotFoundError:
         raise ValueError(f"{path}: no such file (dataset.data_files.{split})") from None
     except OSError as error:
         raise ValueError(f"{path}: cannot be read ({error.strerror}; dataset.data_files.{split})") from None
-    if not data.strip():
+    empty = True
+    with file:
+        for number, line in enumerate(file, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise ValueError(f"{path}:{number}: byte 0x{line[error.start]:02x} at column {error.start + 1} is not "
+                                 "UTF-8; expected UTF-8 text") from None
+            empty = empty and not line.strip()
+    if empty:
         raise ValueError(f"{path}: empty file (dataset.data_files.{split}); expected the {split} split's rows")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        line = data.count(b"\n", 0, error.start) + 1
-        column = error.start - (data.rfind(b"\n", 0, error.start) + 1) + 1
-        raise ValueError(f"{path}:{line}: byte 0x{data[error.start]:02x} at column {column} is not UTF-8; expected "
-                         "UTF-8 text") from None
 
 
-def _table_rows(path: Path, text: str) -> tuple[list[str], Iterator[tuple[int, list[str]]]]:
-    """The header and ``(line number, fields)`` of each row, read as the builders read them (tabs for .tsv/.txt,
-    commas for .csv, quotes kept verbatim); a row with another field count than the header is refused."""
+def _table_rows(path: Path) -> tuple[list[str], Iterator[tuple[int, list[str]]]]:
+    """The header and ``(line number, fields)`` of each row, read from the file as it goes (tabs for .tsv/.txt,
+    commas for .csv; quotes kept verbatim, as GLUE's TSVs hold unbalanced ones; a UTF-8 byte order mark, which the
+    original MRPC files start with, dropped); a row with another field count than the header is refused."""
     delimiter = "," if path.suffix == ".csv" else "\t"
-    lines = text.splitlines()
-    header = next(csv.reader(lines[:1], delimiter=delimiter, quoting=csv.QUOTE_NONE))
+    file = path.open(encoding="utf-8-sig", newline="")
+    reader = csv.reader(file, delimiter=delimiter, quoting=csv.QUOTE_NONE)
+    header = next(reader, [])
 
     def rows() -> Iterator[tuple[int, list[str]]]:
-        reader = csv.reader(lines[1:], delimiter=delimiter, quoting=csv.QUOTE_NONE)
-        for number, fields in enumerate(reader, start=2):
-            if not fields:
-                continue
-            if len(fields) != len(header):
-                raise ValueError(f"{path}:{number}: {len(fields)} fields, expected {len(header)} (the header's: "
-                                 f"{', '.join(header)})")
-            yield number, fields
+        with file:
+            for fields in reader:
+                if not fields:
+                    continue
+                if len(fields) != len(header):
+                    raise ValueError(f"{path}:{reader.line_num}: {len(fields)} fields, expected {len(header)} (the "
+                                     f"header's: {', '.join(header)})")
+                yield reader.line_num, fields
 
     return header, rows()
 
@@ -523,7 +633,8 @@ def _check_tables(dataset: DictConfig, check_row: Callable[[Path, list[str]], Ro
         if path.suffix not in (".tsv", ".txt", ".csv"):
             _check_size(path, split)
             continue
-        header, rows = _table_rows(path, _check_text(path, split))
+        _check_text(path, split)
+        header, rows = _table_rows(path)
         check = check_row(path, header)
         count = 0
         for number, fields in rows:
@@ -560,7 +671,7 @@ def _check_listops_files(dataset: DictConfig) -> None:
         source, target = _find_column(path, header, ["Source"]), _find_column(path, header, ["Target"])
 
         def check(number: int, fields: list[str]) -> None:
-            for token in fields[source].replace("(", " ( ").replace(")", " ) ").split():
+            for token in _listops_symbols(fields[source]):
                 if token not in symbols:
                     raise ValueError(f"{path}:{number}: token {token!r} is not a ListOps symbol; expected one of "
                                      f"{' '.join(LISTOPS_VOCAB[len(SPECIALS):])}")
@@ -580,8 +691,18 @@ def _check_image_folder(dataset: DictConfig) -> None:
     root = Path(str(dataset.path))
     if not (root / "train").is_dir():
         raise ValueError(f"{root}: no train/ folder (dataset.path); expected train/ and val/ with a folder per class")
-    if not any((root / name).is_dir() for name in ("val", "validation", "test")):
+    eval_folder = images.eval_folder(root)
+    if eval_folder is None:
         raise ValueError(f"{root}: no val/ folder (dataset.path); expected train/ and val/ with a folder per class")
+    classes = images.class_folders(root)
+    if len(classes) != dataset.num_labels:
+        raise ValueError(f"dataset.num_labels={dataset.num_labels} but {root}/train has {len(classes)} class folders; "
+                         f"set dataset.num_labels={len(classes)}")
+    unknown = sorted({entry.name for entry in os.scandir(eval_folder) if entry.is_dir()} - set(classes))
+    if unknown:
+        raise ValueError(f"{eval_folder}/{unknown[0]}: a class folder that {root}/train lacks; expected the training "
+                         "classes only")
+    images.check_classes_hold_images(root / "train", classes)
 
 
 # Per dataset kind: the check of its local files, and the config key that names them (unset: the hub, or an error

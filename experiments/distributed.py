@@ -8,8 +8,9 @@ from submitit's environment (:func:`current`). The process group is created on f
 a sweep (``-m``) runs its jobs one after another in the same processes, until a run fails (below). Backends: gloo for
 CPU tensors, nccl for CUDA ones.
 
-In a run every rank trains a replica on its own shard of the training data (every ``world_size``-th sample, starting
-at its rank), with its own dropout seed (``seed + rank``), and DDP averages the gradients, so the replicas stay equal.
+In a run every rank trains a replica on its own share of the training data (a ``DistributedSampler``'s, in
+experiments/data.py), with its own dropout seed (``seed + rank``), and DDP averages the gradients, so the replicas stay
+equal.
 ``trainer.batch_size`` is per rank. Rank 0 evaluates and writes the run's files; every collective below is called by
 all ranks in the same order.
 
@@ -179,11 +180,6 @@ def gather(value: Any) -> list[Any]:
     values: list[Any] = [None] * ranks.world_size
     dist.all_gather_object(values, value)
     return values
-
-
-def shard(tensors: dict[str, torch.Tensor], ranks: Ranks) -> dict[str, torch.Tensor]:
-    """This rank's samples: every ``world_size``-th one, starting at its rank (disjoint across ranks)."""
-    return {key: value[ranks.rank :: ranks.world_size] for key, value in tensors.items()}
 
 
 def wrap(model: torch.nn.Module, device: torch.device, ranks: Ranks) -> torch.nn.Module:

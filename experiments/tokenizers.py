@@ -10,19 +10,17 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from omegaconf import DictConfig
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 SPECIALS = ("[PAD]", "[CLS]", "[SEP]", "[MASK]", "[UNK]")  # ids 0-4 of every offline vocabulary
-_CHUNK = 10_000  # texts per tokenizer call when streaming a corpus (bounds the Python lists alive at once)
 
 log = logging.getLogger(__name__)
 
@@ -46,23 +44,27 @@ class TextTokenizer:
     def special_ids(self) -> list[int]:
         return self.tokenizer.all_special_ids
 
-    def encode(self, first: Sequence[str], second: Sequence[str] | None, max_length: int) -> dict[str, torch.Tensor]:
-        """Single texts or pairs, truncated and padded to ``max_length``, with segment ids."""
+    @property
+    def pad_id(self) -> int:
+        return self.tokenizer.pad_token_id
+
+    def encode(self, first: Sequence[str], second: Sequence[str] | None,
+               max_length: int) -> tuple[list[list[int]], list[list[int]]]:
+        """Single texts or pairs with their special tokens, truncated to ``max_length`` (not padded): token ids and
+        segment ids per text."""
         encoded = self.tokenizer(list(first), None if second is None else list(second), truncation=True,
-                                 max_length=max_length, padding="max_length", return_token_type_ids=True,
-                                 return_tensors="pt")
-        return {key: encoded[key] for key in ("input_ids", "token_type_ids", "attention_mask")}
+                                 max_length=max_length, return_token_type_ids=True, verbose=False)
+        return encoded["input_ids"], encoded["token_type_ids"]
 
-    def stream(self, texts: Sequence[str]) -> torch.Tensor:
-        """All texts' token ids, concatenated, without special tokens (for language-model blocks)."""
-        chunks = []
-        for start in range(0, len(texts), _CHUNK):
-            ids = self.tokenizer(list(texts[start : start + _CHUNK]), add_special_tokens=False, verbose=False)
-            chunks.append(np.fromiter(itertools.chain.from_iterable(ids["input_ids"]), dtype=np.int64))
-        return torch.from_numpy(np.concatenate(chunks)) if chunks else torch.zeros(0, dtype=torch.long)
+    def token_ids(self, texts: Sequence[str]) -> np.ndarray:
+        """The texts' token ids, concatenated, without special tokens (a chunk of a language-model stream)."""
+        if not texts:
+            return np.zeros(0, dtype=np.int64)
+        ids = self.tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"]
+        return np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64)
 
 
-def train_wordpiece(corpus: Sequence[str], vocab_size: int) -> PreTrainedTokenizerBase:
+def train_wordpiece(corpus: Iterable[str], vocab_size: int) -> PreTrainedTokenizerBase:
     """A BERT-style (lower-cased WordPiece) fast tokenizer trained on ``corpus``; ``SPECIALS`` get ids 0-4."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
@@ -81,8 +83,9 @@ def train_wordpiece(corpus: Sequence[str], vocab_size: int) -> PreTrainedTokeniz
                                    mask_token="[MASK]", unk_token="[UNK]")
 
 
-def load_tokenizer(model: DictConfig, dataset: DictConfig, corpus: Sequence[str]) -> TextTokenizer:
-    """The checkpoint's tokenizer for a pretrained model; else WordPiece trained on the training text."""
+def load_tokenizer(model: DictConfig, dataset: DictConfig, corpus: Iterable[str]) -> TextTokenizer:
+    """The checkpoint's tokenizer for a pretrained model; else WordPiece trained on the training text (``corpus``, read
+    once: a generator of lines will do)."""
     if model.pretrained:
         from transformers import AutoTokenizer
 

@@ -31,7 +31,6 @@ runner chooses (experiments/jobs.py).
 from __future__ import annotations
 
 import copy
-import dataclasses
 import hashlib
 import math
 import time
@@ -190,13 +189,6 @@ def parameter_digest(model: torch.nn.Module) -> str:
     for parameter in model.parameters():
         digest.update(parameter.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
-
-
-def _rank_data(data: TaskData, batch_size: int, ranks: Ranks) -> TaskData:
-    """This rank's shard of the training data; it must hold a whole batch (the batch iterator yields only full ones)."""
-    data = dataclasses.replace(data, train=distributed.shard(data.train, ranks))
-    data.check_holds_batch(batch_size, f" on rank {ranks.rank} of {ranks.world_size}" if ranks.world_size > 1 else "")
-    return data
 
 
 def _learners(model: torch.nn.Module, cfg: DictConfig, device: torch.device,
@@ -380,7 +372,8 @@ def run_training(cfg: DictConfig, log_step: Callable[[int, dict], None]) -> Meas
         torch.set_num_threads(trainer.threads)
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     memory_at_start = reset_peak_memory(device)
-    data = _rank_data(build_data(cfg.dataset, cfg.model, cfg.seed), trainer.batch_size, ranks)
+    data = build_data(cfg.dataset, cfg.model, cfg.seed)
+    data.check_holds_batch(trainer.batch_size)  # this rank's share holds a batch (its sampler yields full ones)
     model = build_model(cfg.model, data).to(device)
     torch.manual_seed(cfg.seed + ranks.rank)  # each rank its own dropout masks, reproducibly
     learner, reference = _learners(model, cfg, device, ranks)

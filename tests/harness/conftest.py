@@ -136,3 +136,11 @@ def launch(runs_root: Path, monkeypatch: pytest.MonkeyPatch):
         return 0
 
     return run
+
+
+@pytest.fixture(autouse=True)
+def data_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test's own data cache (token ids of tokenized corpora), also for the runs it starts in subprocesses."""
+    root = tmp_path_factory.mktemp("data_cache")
+    monkeypatch.setenv("PMDROP_DATA_CACHE", str(root))
+    return root

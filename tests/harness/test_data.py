@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from experiments.data import TaskData, build_data, check_dataset_config
+from experiments.data import LISTOPS_VOCAB, TaskData, build_data, check_dataset_config
 
 from .cfg import CONF, compose_run
 
@@ -70,17 +70,19 @@ def write_mrpc(folder: Path) -> str:
 def test_local_mrpc_tsv_goes_through_dataset_mrpc(tmp_path, caplog):
     with caplog.at_level("INFO"):
         data = build("dataset=mrpc", "dataset.seq_len=16", write_mrpc(tmp_path))
-    assert data.task == "pair_classification" and data.train["input_ids"].shape == (3, 16)
-    assert data.train["labels"].tolist() == [1, 0, 1] and data.eval["labels"].tolist() == [1, 0, 1]
-    first = data.train["input_ids"][0]
+    train = data.repeated_batch(3)
+    assert data.task == "pair_classification" and train["input_ids"].shape == (3, 16)
+    assert train["labels"].tolist() == [1, 0, 1] and next(data.eval_batches(8, None))["labels"].tolist() == [1, 0, 1]
+    first = train["input_ids"][0]
     assert first[0] == 1 and (first == 2).sum() == 2  # [CLS] a [SEP] b [SEP]
-    assert data.train["token_type_ids"][0].max() == 1  # the second sentence is segment 1
+    assert train["token_type_ids"][0].max() == 1  # the second sentence is segment 1
+    assert train["attention_mask"][0].sum() == (first != 0).sum()  # padded to seq_len in the batch
     assert "offline WordPiece" in data.notes[0] and "offline WordPiece" in caplog.text  # said in the log
 
 
 def test_longformer_gets_no_segment_ids(tmp_path):
     data = build("model=longformer_base", "dataset=mrpc", "dataset.seq_len=16", write_mrpc(tmp_path))
-    assert "token_type_ids" not in data.train and "token_type_ids" not in data.eval
+    assert "token_type_ids" not in data.repeated_batch(2) and "token_type_ids" not in next(data.eval_batches(2, 1))
 
 
 def test_glue_offline_without_files_names_the_override():
@@ -93,8 +95,11 @@ def test_local_listops_tsv(tmp_path):
     (tmp_path / "train.tsv").write_text("Source\tTarget\n( ( [MAX 2 9 ] 1 )\t9\n( [MIN 4 3 ] )\t3\n")
     data = build("model=longformer_base", "dataset=listops", "dataset.seq_len=12",
                  f"dataset.data_files={{train: {tmp_path}/train.tsv, validation: {tmp_path}/train.tsv}}")
-    assert data.train["labels"].tolist() == [9, 3] and data.num_labels == 10
-    assert data.train["attention_mask"][1].tolist() == [1] * 7 + [0] * 5  # [CLS] ( [MIN 4 3 ] ) then padding
+    train = data.repeated_batch(2)
+    assert train["labels"].tolist() == [9, 3] and data.num_labels == 10
+    assert train["attention_mask"][1].tolist() == [1] * 7 + [0] * 5  # [CLS] ( [MIN 4 3 ] ) then padding
+    symbols = ["(", "[MIN", "4", "3", "]", ")"]
+    assert train["input_ids"][1, :7].tolist() == [1, *map(LISTOPS_VOCAB.index, symbols)]
 
 
 def test_listops_without_files_says_where_to_get_them():
@@ -115,33 +120,16 @@ def test_local_wikitext_blocks_with_a_pretrained_tokenizer(tmp_path):
     files = f"dataset.data_files={{train: {tmp_path}/wiki.txt, validation: {tmp_path}/wiki.txt}}"
     data = build("model=bert_large", "model.pretrained=true", f"model.checkpoint={tmp_path}/checkpoint",
                  "dataset=wikitext103", "dataset.seq_len=16", files)
-    inputs, labels = data.train["input_ids"], data.train["labels"]
+    assert data.train_samples == len(stream := [i for line in lines for i in tokenizer(line, add_special_tokens=False)
+                                                ["input_ids"]]) // 16  # the lines' tokens, cut into whole blocks
+    batch = data.repeated_batch(data.train_samples)
+    inputs, labels = batch["input_ids"], batch["labels"]
     assert data.task == "mlm" and inputs.shape[1] == 16 and data.vocab_size == len(tokenizer)
-    stream = [i for line in lines for i in tokenizer(line, add_special_tokens=False)["input_ids"]]
-    assert len(inputs) == len(stream) // 16  # the lines' tokens, concatenated and cut into whole blocks
     assert torch.equal(torch.where(labels != -100, labels, inputs).flatten(), torch.tensor(stream[: inputs.numel()]))
     mask_id = tokenizer.mask_token_id
     assert mask_id != 3 and (inputs == mask_id).any() and ((inputs == mask_id) <= (labels != -100)).all()
     assert not torch.isin(labels, torch.tensor(tokenizer.all_special_ids)).any()
     assert f"tokenizer: {tmp_path}/checkpoint" in data.notes
-
-
-def test_local_image_folder(tmp_path):
-    from PIL import Image
-
-    for split in ("train", "val"):
-        for label, red in (("cat", 200), ("dog", 10)):
-            folder = tmp_path / split / label
-            folder.mkdir(parents=True)
-            Image.new("RGB", (40, 30), (red, 90, 30)).save(folder / "a.png")
-    data = build("model=vit_b16", "dataset=imagenet1k", f"dataset.path={tmp_path}", "dataset.image_size=16",
-                 "dataset.num_labels=2")
-    pixels = data.train["pixel_values"]
-    assert pixels.shape == (2, 3, 16, 16) and data.num_labels == 2
-    cat = data.train["labels"].tolist().index(0)
-    assert pixels[cat, 0].allclose(torch.tensor(200 / 255 / 0.5 - 1.0))  # normalised with mean = std = 0.5
-    with pytest.raises(ValueError, match=r"dataset.num_labels=1000 but .* has 2 class folders; set dataset.num_lab"):
-        build("model=vit_b16", "dataset=imagenet1k", f"dataset.path={tmp_path}", "dataset.image_size=16")
 
 
 def test_imagenet_without_a_folder_names_the_override():

@@ -100,13 +100,6 @@ def test_ranks_come_from_torchrun_variables(monkeypatch):
     assert distributed.current() == distributed.Ranks(3, 1, 4) and not distributed.is_main_process()
 
 
-def test_data_shards_are_disjoint_and_cover_the_data():
-    data = {"x": torch.arange(10)}
-    shards = [distributed.shard(data, distributed.Ranks(rank, rank, 3))["x"] for rank in range(3)]
-    assert sorted(torch.cat(shards).tolist()) == list(range(10))
-    assert shards[1].tolist() == [1, 4, 7]
-
-
 def test_a_torchrun_sweep_writes_one_results_file_and_one_wandb_run_per_job_and_resumes(runs_root):
     # --standalone: torchrun's store on a free port, not 29500, which another torchrun on this machine may hold
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "run.py", "-m",

@@ -92,7 +92,7 @@ def test_good_files_pass_and_build_and_are_read_once_per_version(tmp_path, monke
     check(*overrides)
     assert len(reads) == 4
     cfg = compose_run(*overrides)
-    assert build_data(cfg.dataset, cfg.model, 0).train["labels"].tolist() == [1] * 4
+    assert build_data(cfg.dataset, cfg.model, 0).repeated_batch(4)["labels"].tolist() == [1] * 4
 
 
 @pytest.mark.parametrize(("overrides", "message"), [
@@ -104,7 +104,7 @@ def test_good_files_pass_and_build_and_are_read_once_per_version(tmp_path, monke
     (["dataset=synthetic_lm", "dataset.num_labels=0"], r"^dataset.num_labels=0 must be >= 1$"),
     (["dataset=digits", "dataset.num_labels=11"], r"^dataset.num_labels=11 must be between 1 and 10$"),
     (["dataset=digits", "dataset.image_size=0"], r"^dataset.image_size=0 must be >= 1$"),
-    (["dataset=imagenet1k", "dataset.std=[0.5,0,0.5]"], r"dataset.std=\[0.5, 0.0, 0.5\] must be 3 values each"),
+    (["dataset=imagenet1k", "dataset.num_workers=0"], r"^dataset.num_workers=0 must be >= 1$"),
 ])
 def test_dataset_sizes_that_would_fail_later_are_refused_first(overrides, message):
     with pytest.raises(ValueError, match=message):
