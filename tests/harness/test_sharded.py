@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 import torch.multiprocessing as mp
 from omegaconf import OmegaConf
@@ -14,6 +15,7 @@ from omegaconf import OmegaConf
 from experiments.step import check_sharding
 from scripts.composability import composability_table
 from scripts.load import load_runs
+from scripts.report import main as report
 
 from .cfg import compose_run
 from .conftest import REPO_ROOT, TINY_RUN, harness_env
@@ -56,6 +58,14 @@ def test_zero1_and_fsdp2_keep_exact_variants_bit_identical_and_flag_a_run_that_d
     for setting in ("zero1", "fsdp2"):
         assert rows.loc[(setting, "pmdrop"), "identical_to_baseline"] is False
         assert rows.loc[(setting, "seeded"), "identical_to_baseline"] is True
+    # and the report's claims row on the paper's "compatible with ... ZeRO" says so, naming each sharding
+    assert report([str(runs_root), "--out", str(tmp_path / "report")]) == 0
+    claims = pd.read_csv(tmp_path / "report" / "claims.csv", comment="#").set_index("id")
+    assert claims.loc["portability", "status"] == "contradicted"
+    assert claims.loc["portability", "ours"] == (
+        "runs ending bit-identical to the baseline: fsdp2 (ZeRO-2: FSDP2 fully_shard, 2 ranks): 1/2, "
+        "zero1 (ZeRO-1: ZeroRedundancyOptimizer under DDP, 2 ranks): 1/2")
+    assert (tmp_path / "report" / "composability.md").read_text().count("**no**") == 2
 
 
 def _fsdp2_worker(rank: int, world: int, port: int, out_dir: str) -> None:
