@@ -14,6 +14,10 @@ equal.
 ``trainer.batch_size`` is per rank. Rank 0 evaluates and writes the run's files; every collective below is called by
 all ranks in the same order.
 
+``trainer.sharding`` splits the training state instead of replicating it (experiments/step.py): ``zero1`` keeps DDP
+and shards AdamW's state (ZeroRedundancyOptimizer), ``fsdp2`` shards gradients and AdamW's state with FSDP2's
+``fully_shard`` as ZeRO-2 does (:func:`shard_fully`). Both need several ranks; a single process refuses them.
+
 A run that fails on some ranks only (an out-of-memory error on rank 1, an exception in rank 0's evaluation) must not
 leave the others blocked in a collective of that run, nor let the ranks' collectives go out of step for the next job.
 So after every run each rank calls :func:`settle` with its own error (or None): a failing rank first leaves the
@@ -182,15 +186,59 @@ def gather(value: Any) -> list[Any]:
     return values
 
 
-def wrap(model: torch.nn.Module, device: torch.device, ranks: Ranks) -> torch.nn.Module:
-    """``model`` in DistributedDataParallel when there are several ranks (DDP broadcasts rank 0's weights)."""
+def wrap(model: torch.nn.Module, device: torch.device, ranks: Ranks, sharding: str = "none") -> torch.nn.Module:
+    """``model`` in DistributedDataParallel when there are several ranks (DDP broadcasts rank 0's weights), or with
+    ``sharding="fsdp2"`` sharded by :func:`shard_fully`."""
     if ranks.world_size == 1:
         return model
     init_process_group(ranks)
+    if sharding == "fsdp2":
+        return shard_fully(model, device, ranks)
     device_ids = [device.index] if device.type == "cuda" else None
     return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 
 
+def transformer_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The model's stack of layers: the children of its first ModuleList or Sequential (in ``modules()`` order) whose
+    children are all of one class (BERT's and Longformer's ``encoder.layer``, timm ViT's ``blocks``)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.ModuleList | torch.nn.Sequential) and len(module) > 0 \
+                and len({type(child) for child in module}) == 1:
+            return list(module)
+    raise ValueError(f"no stack of layers (a ModuleList or Sequential of one class) in {type(model).__name__} to "
+                     "shard with fully_shard")
+
+
+def shard_fully(model: torch.nn.Module, device: torch.device, ranks: Ranks) -> torch.nn.Module:
+    """``model`` sharded in place with FSDP2 as ZeRO-2 does: ``fully_shard`` on each transformer layer, then the root.
+
+    Every rank holds a shard of each parameter, its gradient (reduce-scattered, averaged over ranks as DDP does) and
+    its AdamW state: the optimizer must be built on the parameters as returned, the shards (experiments/step.py's
+    Learner). Then the learner gathers the parameters whole before the first step and again after each optimizer step
+    (:func:`gather_parameters`, as ZeRO-2 all-gathers the updated parameters), and the forward and backward keep them
+    whole (``reshard_after_forward=False``). So between steps ``model.parameters()`` are the full parameters: rank 0
+    evaluates alone, and the final digest reads every full parameter, gathered the same way for every variant. The
+    ranks start from the same weights (the same seed on every rank), which fully_shard does not broadcast."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh(device.type, (ranks.world_size,))
+    for layer in transformer_layers(model):
+        fully_shard(layer, mesh=mesh, reshard_after_forward=False)
+    fully_shard(model, mesh=mesh, reshard_after_forward=False)
+    return model
+
+
+def gather_parameters(model: torch.nn.Module) -> None:
+    """Gather every FSDP2-sharded parameter of ``model`` whole on every rank (a collective: every rank calls it)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.unshard()
+
+
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The module inside DDP: evaluation runs on rank 0 alone, and DDP's forward would broadcast buffers."""
+    """The module inside DDP: evaluation runs on rank 0 alone, and DDP's forward would broadcast buffers (an FSDP2
+    model is its own module, whole between steps: see :func:`shard_fully`)."""
     return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model

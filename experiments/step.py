@@ -13,12 +13,18 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
+from torch.distributed.optim import ZeroRedundancyOptimizer
 
 from . import distributed
 from .distributed import Ranks
+from .schema import check_choice
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 DEVICES = ("auto", "cpu", "cuda")
+# How the training state is split across DDP ranks (experiments/distributed.py): "none" keeps a whole replica on each
+# (DDP), "zero1" shards AdamW's state (ZeroRedundancyOptimizer, under DDP), "fsdp2" shards the gradients and AdamW's
+# state as ZeRO-2 does (fully_shard).
+SHARDINGS = ("none", "zero1", "fsdp2")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -45,12 +51,32 @@ def set_rng_state(state: tuple, device: torch.device) -> None:
         torch.cuda.set_rng_state(state[1], device)
 
 
+def check_sharding(trainer: DictConfig, world_size: int) -> None:
+    """One-line ValueError for a ``trainer.sharding`` this job cannot run, before any work: sharding needs several
+    ranks, and fsdp2 is run eagerly, unpaired, without an attack after training."""
+    check_choice("trainer.sharding", trainer.sharding, SHARDINGS)
+    if trainer.sharding != "none" and world_size < 2:
+        raise ValueError(f"trainer.sharding={trainer.sharding} shards across DDP ranks and this job has "
+                         f"{world_size}: launch it with torchrun --nproc_per_node=2 (or more), or use "
+                         "trainer.sharding=none")
+    if trainer.sharding == "fsdp2" and (trainer.compile or trainer.paired or trainer.fgsm_epsilon is not None):
+        raise ValueError("trainer.sharding=fsdp2 runs without trainer.compile, trainer.paired (its gradients are "
+                         "sharded) and trainer.fgsm_epsilon (rank 0 attacks alone); valid with those: none, zero1")
+
+
 class Learner:
     """A model with its optimizer, schedule and mixed-precision settings: one ``step`` = forward + backward."""
 
     def __init__(self, model: torch.nn.Module, trainer: DictConfig, device: torch.device) -> None:
         self.model = model
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=trainer.lr, weight_decay=trainer.weight_decay)
+        self.sharding = trainer.sharding
+        if self.sharding == "zero1":  # each rank keeps AdamW's state for its share of the parameters
+            self.optimizer = ZeroRedundancyOptimizer(model.parameters(), optimizer_class=torch.optim.AdamW,
+                                                     lr=trainer.lr, weight_decay=trainer.weight_decay)
+        else:
+            self.optimizer = torch.optim.AdamW(model.parameters(), lr=trainer.lr, weight_decay=trainer.weight_decay)
+        if self.sharding == "fsdp2":  # the optimizer holds the shards; the model is whole between steps
+            distributed.gather_parameters(model)
         warmup, total = trainer.warmup_steps, trainer.steps
 
         def schedule(step: int) -> float:  # linear warm-up, then linear decay to 0
@@ -76,13 +102,16 @@ class Learner:
         self.scaler.update()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.sharding == "fsdp2":
+            distributed.gather_parameters(self.model)
 
 
 def prepare(model: torch.nn.Module, trainer: DictConfig, device: torch.device, ranks: Ranks) -> torch.nn.Module:
-    """Activation checkpointing, torch.compile, then DDP around it when there are several ranks."""
+    """Activation checkpointing, torch.compile, then DDP (or FSDP2, ``trainer.sharding=fsdp2``) around it when there
+    are several ranks."""
     if trainer.grad_checkpointing:  # every family has transformers' method (models.VisionClassifier for timm)
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    return distributed.wrap(torch.compile(model) if trainer.compile else model, device, ranks)
+    return distributed.wrap(torch.compile(model) if trainer.compile else model, device, ranks, trainer.sharding)
 
 
 def compile_settings(trainer: DictConfig) -> AbstractContextManager:

@@ -56,6 +56,7 @@ from .step import (
     DEVICES,
     PRECISIONS,
     Learner,
+    check_sharding,
     compile_settings,
     device_name,
     peak_memory,
@@ -81,6 +82,7 @@ class TrainerSchema:
     precision: str = "fp32"
     grad_checkpointing: bool = False
     compile: bool = False
+    sharding: str = "none"
     device: str = "auto"
     log_every: int = 10
     throughput_window: int = 20
@@ -104,6 +106,7 @@ def check_config(cfg: DictConfig) -> None:
     check_model_config(cfg.model, cfg.dataset.task)
     check_choice("trainer.precision", trainer.precision, PRECISIONS)
     check_choice("trainer.device", trainer.device, DEVICES)
+    check_sharding(trainer, distributed.current().world_size)
     for key in ("batch_size", "eval_batch_size", "steps", "log_every", "throughput_window", "measure_step",
                 "grad_cosine_every", "profile_steps"):
         if trainer[key] < 1:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .composability import composability_table
+from .composability import SHARDED, composability_table, setting_name
 from .load import CONFIG_KEY
 from .robustness import bitflip_pairs, fgsm_drop
 
@@ -372,14 +372,18 @@ def portability(evidence: Evidence) -> Finding:
         return Finding("—", NOT_RUN, "no composability runs (python run.py -m experiment=composability)")
     parts, differ = [], []
     for (setting, ranks), group in table.groupby(["setting", "ranks"], sort=True):
-        name = setting if ranks == 1 else f"{setting} (DDP, {ranks} ranks)"
+        name = setting_name(setting, ranks)
         same = int((group["identical_to_baseline"] == True).sum())  # noqa: E712 (None: not compared)
         parts.append(f"{name}: {same}/{len(group)}")
         if same < len(group):
             differ.append(name)
     figure = "runs ending bit-identical to the baseline: " + ", ".join(parts)
-    note = ("not identical under " + ", ".join(differ) + " (see composability.md)" if differ else
-            "ZeRO and DeepSpeed not installable here, not run")
+    sharded = sorted(set(table["setting"]) & set(SHARDED))
+    notes = ["not identical under " + ", ".join(differ) + " (see composability.md)"] if differ else []
+    notes.append(f"ZeRO run with torch's own sharding ({', '.join(sharded)}), not DeepSpeed (not installable here)"
+                 if sharded else "ZeRO not run (torchrun --nproc_per_node=2 run.py -m experiment=composability "
+                 "composability=zero1,fsdp2)")
+    note = "; ".join(notes)
     used = evidence.ok[evidence.ok["experiment"].str.startswith("composability-")]
     return Finding(figure, CONTRADICTED if differ else REPRODUCED, note, used)
 
@@ -446,7 +450,7 @@ CLAIMS: list[Claim] = [
           "every configuration identical or TOST-equivalent", indistinguishable),
     Claim("tempo", "Composability", "with Tempo + FlashAttention-2: Longformer 51 GB (−35 %), 2× context",
           "—", not_run("Tempo has no installable package (the composability experiment covers checkpointing, AMP, "
-                       "compile, sdpa and DDP instead)")),
+                       "compile, sdpa, DDP, ZeRO-1 and FSDP2 instead)")),
     Claim("portability", "Method", "compatible with AMP, torch.compile, DDP and ZeRO, with the baseline's "
           "optimisation trajectory", "every exact variant under every setting run ends with the baseline's "
           "parameters, bit for bit", portability),

@@ -1,7 +1,8 @@
 """The composability table: each variant against the baseline under one technique at a time.
 
 Reads the runs of ``experiment=composability``: those whose record has the ``composability`` axis (the
-``conf/composability/`` setting) and the ``ranks`` axis (the DDP world size). A row per setting, ranks, model,
+``conf/composability/`` setting, among them the sharded ``zero1`` and ``fsdp2``) and the ``ranks`` axis (the DDP world
+size). A row per setting, ranks, model,
 variant and seed: whether the run ended with parameters bit-identical to the baseline's (``param_sha256``), its
 final loss, the bytes saved for backward (masks, and masks plus activations) and their change from the baseline. A
 failed run is listed with its error. Under torch.compile the mask/activation split is not seen (Inductor's own
@@ -14,6 +15,9 @@ import pandas as pd
 
 from .analysis import METRICS
 from .tables import markdown_table
+
+# How each setting spreads training over its ranks when it runs on several (any other setting: DDP, whole replicas).
+SHARDED = {"zero1": "ZeRO-1: ZeroRedundancyOptimizer under DDP", "fsdp2": "ZeRO-2: FSDP2 fully_shard"}
 
 COLUMNS = ("setting", "ranks", "model", "dataset", "variant", "seed", "status", "identical_to_baseline", "final_loss",
            "saved_mask_bytes", "saved_bytes", "saved_bytes_change")
@@ -40,6 +44,11 @@ def composability_table(runs: pd.DataFrame, baseline: str = "baseline") -> pd.Da
         drop=True)
 
 
+def setting_name(setting: str, ranks: int) -> str:
+    """A setting as the claims table names it: ``eager``, ``eager (DDP, 2 ranks)``, ``fsdp2 (ZeRO-2: ..., 2 ranks)``."""
+    return setting if ranks == 1 else f"{setting} ({SHARDED.get(setting, 'DDP')}, {ranks} ranks)"
+
+
 def _bytes(value: object, signed: bool = False) -> str:
     return "—" if pd.isna(value) else METRICS["saved_mask_bytes"].with_unit(float(value), signed)
 
@@ -55,7 +64,10 @@ def composability_markdown(table: pd.DataFrame) -> str:
         "Each run trained from the same initial weights and data as the baseline of its setting and seed; "
         "\"identical\" compares the SHA-256 of all final parameters. Saved bytes: what one training forward keeps "
         "for backward (parameters excluded), measured with `pmdrop.track_saved_tensors`; under compile "
-        "Inductor's own dropout is not seen as a dropout call, so compare the totals. Settings: "
+        "Inductor's own dropout is not seen as a dropout call, so compare the totals. Ranks > 1: DDP under "
+        "torchrun, each rank on its own shard of the data with its own dropout seed; `zero1` shards AdamW's state "
+        "(`ZeroRedundancyOptimizer`), `fsdp2` shards gradients and AdamW's state as ZeRO-2 does (`fully_shard` on "
+        "each layer and the root) and its digest is of the full parameters, gathered on every rank. Settings: "
         "`conf/composability/`.\n\n"
     )
     header = ["setting", "ranks", "model/dataset", "variant", "seed", "status", "identical to baseline",

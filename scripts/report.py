@@ -63,7 +63,7 @@ EXPERIMENT_TABLES = (
                     lambda runs, s: composability.composability_table(runs, s.baseline),
                     lambda t, s: composability.composability_markdown(t),
                     "composability: bit-identical to the baseline? saved bytes under checkpointing, bf16, compile, "
-                    "sdpa, DDP"),
+                    "sdpa, DDP, ZeRO-1, FSDP2"),
     ExperimentTable("robustness_bitflip", "Bit flips in packed masks during training", robustness.bitflip_table,
                     lambda t, s: robustness.bitflip_markdown(t),
                     "bit-flip robustness: task metric with flips vs the same run without, paired by seed"),
