@@ -15,6 +15,7 @@ length needs.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import socket
@@ -27,7 +28,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import torch
-from omegaconf import MISSING, DictConfig
+from omegaconf import MISSING, DictConfig, open_dict
 from torch import nn
 
 from .data import TaskData
@@ -218,6 +219,36 @@ def checkpoint_config(checkpoint: str) -> tuple[dict[str, Any], Path] | None:
         if path.is_file():
             return json.loads(path.read_text()), path
     return None
+
+
+# config.json keys of a transformers checkpoint that are model.* keys of the harness (the architecture it builds).
+_ARCHITECTURE_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                      "max_position_embeddings", "type_vocab_size", "vocab_size", "hidden_dropout_prob",
+                      "attention_probs_dropout_prob", "attention_window")
+
+
+def checkpoint_architecture(model: DictConfig) -> DictConfig:
+    """The model config that builds, from config, what ``model`` loads from its checkpoint: the checkpoint's
+    architecture (``checkpoint_config``; for timm, its ``architecture`` must be ``model.arch``) with
+    ``pretrained: false``, so a pretrained model can be built at its real shape without its weights (on the meta
+    device, for a memory plan). ValueError (one line) when the checkpoint's config is not at hand."""
+    found = checkpoint_config(str(model.checkpoint))
+    if found is None:
+        raise ValueError(f"model.checkpoint={model.checkpoint!r}: no config.json at hand (neither a local checkpoint "
+                         f"nor kept in {KEPT_CHECKPOINTS}/<hub id>/): keep a copy of its config.json there")
+    config, path = found
+    architecture = copy.deepcopy(model)
+    with open_dict(architecture):
+        architecture.pretrained = False
+        if "architecture" in config:  # a timm checkpoint
+            if config["architecture"] != model.arch:
+                raise ValueError(f"model.arch={model.arch!r} but {path} is a {config['architecture']!r} checkpoint")
+            return architecture
+        for key in _ARCHITECTURE_KEYS:
+            if key in config and key in architecture:
+                value = config[key]
+                architecture[key] = max(value) if isinstance(value, list) else value  # per-layer windows
+    return architecture
 
 
 def _check_positions(model: DictConfig, available: int, needed: int) -> None:
