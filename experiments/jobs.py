@@ -115,18 +115,18 @@ def check_job_config(cfg: DictConfig, device: torch.device | str | None = None) 
 
 
 def check_output_path(cfg: DictConfig) -> None:
-    """The run's directory can be made and written: the nearest folder of it that exists takes a file (a probe,
-    removed at once; a read-only disk, a path through a file, a folder without permission fail here, in one line)."""
-    run_dir = run_dir_for(cfg)
-    existing = next(path for path in (run_dir, *run_dir.parents) if path.exists())
+    """``runs_root`` can be made and written: the nearest folder of it that exists takes a file (a probe, removed at
+    once). A read-only disk, a path through a file or a folder without permission fail here, in one line; a run
+    directory inside it that cannot be made fails that run alone, and the sweep goes on."""
+    root = Path(cfg.runs_root)
+    existing = next(path for path in (root, *root.parents) if path.exists())
     try:
         if not existing.is_dir():
             raise NotADirectoryError(f"{existing} is a file, not a folder")
         tempfile.TemporaryFile(dir=existing).close()
     except OSError as error:
-        raise ValueError(f"runs_root={cfg.runs_root!r}: the run directory {run_dir} cannot be written "
-                         f"({type(error).__name__}: {error.strerror or error}); point runs_root at a writable folder"
-                         ) from None
+        raise ValueError(f"runs_root={cfg.runs_root!r} cannot be written ({type(error).__name__}: cannot write in "
+                         f"{existing}: {error.strerror or error}); point runs_root at a writable folder") from None
 
 
 def check_resources(cfg: DictConfig) -> None:

@@ -284,23 +284,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         rows = [row for suite in SUITES for row in suite_rows(suite, args.overrides)]
         rows += unswept_rows({row.workload for row in rows}, args.overrides)
-    for row in tqdm(rows, desc="suites-check", unit="job", file=sys.stderr):
-        check_row(row, device, args.require_data)
-
-    cannot = [row for row in rows if row.problem is not None]
-    over = [row for row in rows if row.problem is None and row.planned_bytes > device_memory]
-    runs = sum(len(row.configs) for row in rows)
-    summary = (f"{runs} jobs ({len(rows)} workload x variant rows, {len(SUITES)} suites + the workloads no suite "
-               f"sweeps): {len(cannot)} cannot run, {len(over)} planned over {_gb(device_memory)}")
-    lines = ["# suites-check", "", *_provenance(argv, device, device_memory), "", *table(rows, device_memory), "",
-             summary]
-    text = "\n".join(lines) + "\n"
-    print(text)
+    text, code = check(rows, device, device_memory, args.require_data, argv)
+    print(text, end="")
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text)
-    return 1 if cannot else 0
+    return code
 
+
+def check(rows: list[Row], device: torch.device, device_memory: int, require_data: bool,
+          argv: Sequence[str]) -> tuple[str, int]:
+    """Check and plan every row; the report (Markdown) and the exit status (1 when a job cannot run)."""
+    for row in tqdm(rows, desc="suites-check", unit="job", file=sys.stderr):
+        check_row(row, device, require_data)
+    cannot = [row for row in rows if row.problem is not None]
+    over = [row for row in rows if row.problem is None and row.planned_bytes > device_memory]
+    runs = sum(len(row.configs) for row in rows)
+    summary = (f"{runs} jobs in {len(rows)} rows (workload x variant; a workload no suite sweeps: baseline, seed 0): "
+               f"{len(cannot)} cannot run, {len(over)} planned over {_gb(device_memory)}")
+    lines = ["# suites-check", "", *_provenance(argv, device, device_memory), "", *table(rows, device_memory), "",
+             summary]
+    return "\n".join(lines) + "\n", 1 if cannot else 0
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -200,13 +200,17 @@ class RunOutcomes(Callback):
             job_configs = sweep_job_configs(config)
             for job_config in job_configs:
                 check_job_config(job_config)
-            for job_config in job_configs:  # once every value is known good; each checkpoint once (cached)
-                check_resources(job_config)
         except CompactHydraException as error:
             # Hydra turns an exception raised in a callback into a warning and carries on: exit instead.
             print(error, file=sys.stderr)
             sys.exit(1)
-        _start_sweep(config, len(job_configs))
+        _start_sweep(config, len(job_configs))  # the sweep's own directory first: its journal holds the outcomes
+        try:
+            for job_config in job_configs:  # once every value is known good; each checkpoint once (cached)
+                check_resources(job_config)
+        except CompactHydraException as error:
+            print(error, file=sys.stderr)
+            sys.exit(1)
 
     def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
         self._exit_on_failure(config)
