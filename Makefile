@@ -1,5 +1,5 @@
-# make install | lock | demo | test | lint | report | suite1 | suite2 | gpu-campaign | memory-plan | maxfit | maxfit-gpu |
-# composability | robustness | gpu-check | docs
+# make install | lock | demo | test | lint | report | suite1 | suite2 | suites-check | gpu-campaign | memory-plan | maxfit |
+# maxfit-gpu | composability | robustness | gpu-check | docs
 # Extra Hydra overrides go in ARGS, e.g. `make suite1 ARGS="trainer.device=cuda"`; the campaign's size in SCALE.
 PYTHON3 ?= python3
 VENV := .venv
@@ -24,8 +24,8 @@ UV_SOURCES := $(addprefix --index-url ,$(call pip_setting,index-url)) \
 	$(addprefix --extra-index-url ,$(call pip_setting,extra-index-url)) \
 	$(addprefix --find-links ,$(sort $(call pip_setting,find-links))) --index-strategy unsafe-best-match
 
-.PHONY: install lock demo test lint report suite1 suite2 gpu-campaign memory-plan maxfit maxfit-gpu composability robustness \
-	gpu-check docs
+.PHONY: install lock demo test lint report suite1 suite2 suites-check gpu-campaign memory-plan maxfit maxfit-gpu composability \
+	robustness gpu-check docs
 
 install: $(STAMP)
 
@@ -66,6 +66,13 @@ suite1: install
 
 suite2: install
 	$(PYTHON) run.py -m experiment=suite2 runs_root=$(RUNS) $(ARGS)
+
+# Every job of suite1 and suite2 checked as configured, offline, on a CPU, in minutes: the sweep's own checks for the
+# target device, the checkpoint's architecture (conf/checkpoints/), the data source, the peak memory planned at the
+# real shape against the device memory; the table also goes to $(REPORT)/suites_check.md. Exit 1 if a job cannot run.
+# ARGS takes its options and overrides, e.g. ARGS="--device-memory-gb 141 --require-data dataset.data_files=...".
+suites-check: install
+	$(PYTHON) -m experiments.suites_check --out $(REPORT)/suites_check.md runs_root=$(RUNS) $(ARGS)
 
 # Memory and step time at the paper's shapes on synthetic data. SCALE=full: for a GPU; SCALE=smoke: minutes on a CPU.
 gpu-campaign: install

@@ -49,7 +49,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 import pmdrop
 import pmdrop.functional as pmdrop_functional
 
-from .data import build_data
+from .data import TaskData, build_data
 from .distributed import Ranks
 from .maxfit import largest_fitting
 from .memory import CUDA_BLOCK_BYTES, PeakMemory, StepMemory, tensors_in
@@ -370,15 +370,17 @@ def _make_optimizer_state(learner: Learner) -> None:
     learner.optimizer.zero_grad(set_to_none=True)
 
 
-def step_memory(cfg: DictConfig, device: torch.device | str, semantics: str = "cuda") -> tuple[PeakMemory, dict]:
+def step_memory(cfg: DictConfig, device: torch.device | str, semantics: str = "cuda",
+                data: TaskData | None = None) -> tuple[PeakMemory, dict]:
     """The live-tensor peak of one steady training step of ``cfg``'s model, variant and batch on ``device``.
 
-    On ``meta`` that is a plan with ``semantics`` ("cuda" or "cpu"); on a real device, a measurement. Returns the
-    peak and facts about the step (parameters, batch size, sequence length)."""
+    On ``meta`` that is a plan with ``semantics`` ("cuda" or "cpu"); on a real device, a measurement. ``data``: the
+    samples to take the batch from (default: ``cfg.dataset``'s, built). Returns the peak and facts about the step
+    (parameters, batch size, sequence length)."""
     device = torch.device(device)
     trainer = cfg.trainer
     torch.manual_seed(cfg.seed)
-    data = build_data(cfg.dataset, cfg.model, cfg.seed)
+    data = build_data(cfg.dataset, cfg.model, cfg.seed) if data is None else data
     with torch.device(device):
         model = build_model(cfg.model, data)
     cuda_on_meta = device.type == "meta" and semantics == "cuda"

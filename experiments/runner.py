@@ -32,14 +32,10 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from experiments import distributed, jobs, locking, profiling, record, stops, tracking
+from experiments.jobs import run_dir_for
 from experiments.jsonfiles import DamagedFile
 from experiments.record import RunRecord, Status
 from experiments.sweep import record_outcome
-
-
-def run_dir_for(cfg: DictConfig) -> Path:
-    names = (cfg.experiment_name, cfg.model.name, cfg.dataset.name, cfg.variant.name, f"seed{cfg.seed}")
-    return Path(cfg.runs_root).joinpath(*names)
 
 
 def read_previous(run_dir: Path) -> tuple[RunRecord | None, str | None]:

@@ -161,22 +161,28 @@ def report_interrupted(interrupt: KeyboardInterrupt) -> int:
     return interrupt.exit_code if isinstance(interrupt, stops.Interrupted) else 130
 
 
-def sweep_job_configs(config: DictConfig) -> list[DictConfig]:
-    """Every job config of a basic-sweeper multirun, composed as the sweeper will compose it (without ``hydra``)."""
+def sweep_jobs(config: DictConfig) -> list[tuple[list[str], DictConfig]]:
+    """Every job of a basic-sweeper multirun: its overrides and its config, composed as the sweeper will compose it
+    (without ``hydra``)."""
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     loader = GlobalHydra.instance().config_loader()
     params = [f"{key}={value}" for key, value in (config.hydra.sweeper.get("params") or {}).items()]
     overrides = OverridesParser.create(config_loader=loader).parse_overrides(params + list(config.hydra.overrides.task))
-    job_configs = []
+    jobs = []
     for batch in BasicSweeper.split_arguments(overrides, None):
         for job in batch:
             job_config = loader.load_sweep_config(config, list(job))
             with read_write(job_config), open_dict(job_config):
                 del job_config["hydra"]
-            job_configs.append(job_config)
-    return job_configs
+            jobs.append((list(job), job_config))
+    return jobs
+
+
+def sweep_job_configs(config: DictConfig) -> list[DictConfig]:
+    """Every job config of a basic-sweeper multirun (``sweep_jobs`` without the overrides)."""
+    return [job_config for _, job_config in sweep_jobs(config)]
 
 
 class RunOutcomes(Callback):
@@ -194,13 +200,17 @@ class RunOutcomes(Callback):
             job_configs = sweep_job_configs(config)
             for job_config in job_configs:
                 check_job_config(job_config)
-            for job_config in job_configs:  # once every value is known good; each checkpoint once (cached)
-                check_resources(job_config)
         except CompactHydraException as error:
             # Hydra turns an exception raised in a callback into a warning and carries on: exit instead.
             print(error, file=sys.stderr)
             sys.exit(1)
-        _start_sweep(config, len(job_configs))
+        _start_sweep(config, len(job_configs))  # the sweep's own directory first: its journal holds the outcomes
+        try:
+            for job_config in job_configs:  # once every value is known good; each checkpoint once (cached)
+                check_resources(job_config)
+        except CompactHydraException as error:
+            print(error, file=sys.stderr)
+            sys.exit(1)
 
     def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
         self._exit_on_failure(config)

@@ -48,7 +48,7 @@ from . import distributed, robustness, stops
 from .data import TaskData, build_data, check_dataset_config
 from .distributed import Ranks
 from .memory import CUDA_BLOCK_BYTES, NoStepMemory, PeakMemory, StepMemory
-from .models import build_model, check_model_config
+from .models import build_model, check_checkpoint_positions, check_model_config
 from .profiling import step_profiler
 from .record import Measurement
 from .schema import check_choice, typed
@@ -104,6 +104,7 @@ def check_config(cfg: DictConfig) -> None:
     trainer = typed(TrainerSchema, cfg.trainer, "trainer")
     check_dataset_config(cfg.dataset)
     check_model_config(cfg.model, cfg.dataset.task)
+    check_checkpoint_positions(cfg.model, cfg.dataset.seq_len)
     check_choice("trainer.precision", trainer.precision, PRECISIONS)
     check_choice("trainer.device", trainer.device, DEVICES)
     check_sharding(trainer, distributed.current().world_size)

@@ -45,7 +45,13 @@ def hydra_conf():
 
 def runnable(cfg) -> bool:
     """Whether this machine can run the config: the fused variants and ``trainer.device=cuda`` need CUDA."""
-    return cfg.variant.name in pmdrop.variant_names() and (cfg.trainer.device != "cuda" or torch.cuda.is_available())
+    if cfg.trainer.device == "cuda" and not torch.cuda.is_available():
+        return False
+    try:
+        pmdrop.check_runs_on(cfg.variant.name, jobs.job_device(cfg))
+    except ValueError:
+        return False
+    return True
 
 
 def check_composed(cfg) -> None:
