@@ -81,7 +81,7 @@ class Learner:
 def prepare(model: torch.nn.Module, trainer: DictConfig, device: torch.device, ranks: Ranks) -> torch.nn.Module:
     """Activation checkpointing, torch.compile, then DDP around it when there are several ranks."""
     if trainer.grad_checkpointing:  # every family has transformers' method (models.VisionClassifier for timm)
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return distributed.wrap(torch.compile(model) if trainer.compile else model, device, ranks)
 
 

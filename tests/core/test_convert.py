@@ -98,7 +98,7 @@ def test_dropout_mode_routes_functional_code_outside_modules():
 
 def train(model, steps: int, checkpointing: bool = False, reentrant: bool = False) -> torch.nn.Module:
     if checkpointing:
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": reentrant})
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     torch.manual_seed(1234)
@@ -143,7 +143,7 @@ def test_training_with_hf_gradient_checkpointing_is_bit_identical(variant, reent
 def test_layers_recomputed_by_checkpointing_route_their_dropout(reentrant):
     layers = 2
     model = pmdrop.convert(tinybert_classifier(layers=layers), "pmdrop")
-    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": reentrant})
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
     model.train()
     with pmdrop.track_saved_tensors() as saved:
         model(**token_batch()).loss.backward()
