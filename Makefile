@@ -1,5 +1,5 @@
-# make install | lock | demo | test | lint | report | suite1 | suite2 | suites-check | gpu-campaign | memory-plan | maxfit |
-# maxfit-gpu | composability | robustness | gpu-check | docs
+# make install | lock | demo | test | test-gpu-stack | lint | report | suite1 | suite2 | suites-check | gpu-campaign |
+# memory-plan | maxfit | maxfit-gpu | composability | robustness | gpu-check | gpu-check-wheels | docs
 # Extra Hydra overrides go in ARGS, e.g. `make suite1 ARGS="trainer.device=cuda"`; the campaign's size in SCALE.
 PYTHON3 ?= python3
 VENV := .venv
@@ -8,6 +8,12 @@ UV := $(VENV)/bin/uv
 UV_VERSION := 0.13.9
 LOCK := requirements.lock
 STAMP := $(VENV)/.installed
+# The second tested stack, the GPU machine's (requirements-gpu-stack.in): its own environment, on Python 3.12.
+GPU_STACK_VENV := .venv-gpu-stack
+GPU_STACK_PYTHON := $(GPU_STACK_VENV)/bin/python
+GPU_STACK_LOCK := requirements-gpu-stack.lock
+GPU_STACK_STAMP := $(GPU_STACK_VENV)/.installed
+PYTHON312 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3.12) $(shell command -v python3.12))
 RUNS ?= runs
 # Reports go next to the runs they describe; the committed results/ is redrawn only on purpose (make report REPORT=results).
 REPORT ?= $(RUNS)/report
@@ -24,8 +30,8 @@ UV_SOURCES := $(addprefix --index-url ,$(call pip_setting,index-url)) \
 	$(addprefix --extra-index-url ,$(call pip_setting,extra-index-url)) \
 	$(addprefix --find-links ,$(sort $(call pip_setting,find-links))) --index-strategy unsafe-best-match
 
-.PHONY: install lock demo test lint report suite1 suite2 suites-check gpu-campaign memory-plan maxfit maxfit-gpu composability \
-	robustness gpu-check docs
+.PHONY: install lock demo test test-gpu-stack lint report suite1 suite2 suites-check gpu-campaign memory-plan maxfit \
+	maxfit-gpu composability robustness gpu-check gpu-check-wheels docs
 
 install: $(STAMP)
 
@@ -38,17 +44,50 @@ $(STAMP): $(LOCK) pyproject.toml
 	$(UV) pip install --quiet --python $(PYTHON) --no-deps --editable .
 	touch $@
 
-# The lock from pyproject.toml's ranges (harness and dev extras), for every platform and Python >= 3.10, with torch at
-# the build the project is tested with; versions already in the lock are kept unless a range excludes them. PyPI is
-# asked first: uv reads a version from the first index that has it, and a local mirror may hold one platform's wheels
-# only (torch 2.14.1 for cp311 x86_64), which would lock no torch for the other Pythons.
+# The GPU machine's stack, as `make install` builds the lock's, from $(GPU_STACK_LOCK) on Python 3.12.
+$(GPU_STACK_STAMP): $(GPU_STACK_LOCK) pyproject.toml
+	@test -n "$(PYTHON312)" || { echo "no python3.12 found: make $@ PYTHON312=/path/to/python3.12"; exit 1; }
+	test -x $(GPU_STACK_PYTHON) || $(PYTHON312) -m venv $(GPU_STACK_VENV)
+	$(GPU_STACK_PYTHON) -m pip install --quiet uv==$(UV_VERSION)
+	$(GPU_STACK_VENV)/bin/uv pip sync --quiet --python $(GPU_STACK_PYTHON) $(UV_SOURCES) $(GPU_STACK_LOCK)
+	$(GPU_STACK_VENV)/bin/uv pip install --quiet --python $(GPU_STACK_PYTHON) --no-deps --editable .
+	touch $@
+
+# The locks: requirements.lock from pyproject.toml's ranges (harness, dev and fused extras), for every platform and
+# Python >= 3.11, with torch at the build the project is tested with; versions already in the lock are kept unless a
+# range excludes them. PyPI is asked first: uv reads a version from the first index that has it, and a local mirror
+# may hold one platform's wheels only (torch 2.14.1 for cp311 x86_64), which would lock no torch for the other
+# Pythons. Then $(GPU_STACK_LOCK), the GPU machine's stack, for its Python and platform only.
 lock:
 	test -x $(UV) || { test -x $(PYTHON) || $(PYTHON3) -m venv $(VENV); $(PYTHON) -m pip install --quiet uv==$(UV_VERSION); }
 	printf 'torch==2.14.1\ntorchvision==0.29.1\n' | $(UV) pip compile --extra-index-url https://pypi.org/simple $(UV_SOURCES) pyproject.toml - --extra harness --extra dev \
-		--universal --python-version 3.10 --generate-hashes --output-file $(LOCK)
+		--extra fused --universal --python-version 3.11 --generate-hashes --output-file $(LOCK)
+	$(UV) pip compile --extra-index-url https://pypi.org/simple $(UV_SOURCES) requirements-gpu-stack.in \
+		--python-version 3.12 --python-platform x86_64-manylinux_2_28 --generate-hashes --output-file $(GPU_STACK_LOCK)
 
 test: install
 	$(PYTHON) -m pytest -n 2
+
+# tests/core and the harness's tests on the GPU machine's stack (torch 2.11, Triton 3.6, transformers 5.17), less
+# those that need a package that stack lacks (wandb, datasets, hydra's joblib and submitit launchers) and those that
+# fail on torch 2.11 for reasons not yet handled: the memory plan's autocast op lists are torch 2.14's (2.11 has no
+# rms_norm among them), its CPU route cannot plan Longformer there (a data-dependent .item()), and the composability
+# compile run stops on a config error.
+GPU_STACK_LEFT_OUT := --ignore=tests/harness/test_wandb.py --ignore=tests/harness/test_launchers.py \
+	--ignore=tests/harness/test_runner_e2e.py $(addprefix --deselect=tests/harness/,test_configs.py::test_launchers \
+	test_data.py::test_local_mrpc_tsv_goes_through_dataset_mrpc test_data.py::test_longformer_gets_no_segment_ids \
+	test_data.py::test_glue_offline_without_files_names_the_override test_data.py::test_local_listops_tsv \
+	test_data.py::test_local_wikitext_blocks_with_a_pretrained_tokenizer test_data.py::test_local_image_folder \
+	test_data.py::test_imagenet_without_a_folder_names_the_override \
+	test_ddp.py::test_a_torchrun_sweep_writes_one_results_file_and_one_wandb_run_per_job_and_resumes \
+	test_reliability_checks.py::test_good_files_pass_and_build_and_are_read_once_per_version \
+	test_memory_plan.py::test_autocast_lists_are_the_installed_torch_header \
+	test_memory_plan.py::test_cpu_route_plan_equals_the_step_measured_on_cpu[longformer-baseline] \
+	test_memory_plan.py::test_cpu_route_plan_equals_the_step_measured_on_cpu[longformer-pmdrop] \
+	test_composability.py::test_compile_keeps_every_exact_variant_bit_identical)
+
+test-gpu-stack: $(GPU_STACK_STAMP)
+	$(GPU_STACK_PYTHON) -m pytest -n 2 tests/core tests/harness $(GPU_STACK_LEFT_OUT)
 
 lint: install
 	$(PYTHON) -m ruff check .
@@ -108,6 +147,15 @@ robustness: install
 # training steps at the paper's shapes and their memory plan, side by side. Without CUDA its GPU steps say so and skip.
 gpu-check:
 	OUT=$${OUT:-gpu_check_out} bash scripts/gpu_check.sh
+
+# What the GPU machine lacks for the harness, as the wheels gpu_check.sh installs from .whl/ there: hydra-core,
+# omegaconf and antlr4 at the GPU stack lock's versions (pure Python, about 0.4 MB of the device tool's 64 MiB).
+GPU_CHECK_WHEELS := hydra-core omegaconf antlr4-python3-runtime
+gpu-check-wheels: $(GPU_STACK_STAMP)
+	rm -rf .whl
+	$(GPU_STACK_PYTHON) -m pip wheel --quiet --no-deps --wheel-dir .whl \
+		$(foreach name,$(GPU_CHECK_WHEELS),$(name)==$(shell sed -n 's/^$(name)==\([^ ]*\) .*/\1/p' $(GPU_STACK_LOCK)))
+	du -ch .whl/*.whl | tail -1
 
 # The documentation site (mkdocs.yml, docs/) into site/, warnings as errors: a broken link, a docstring griffe cannot
 # read, a public name missing from docs/api.md. Its tools live in their own venv, pinned by docs/requirements.txt, so

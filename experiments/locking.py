@@ -22,7 +22,7 @@ import time
 import uuid
 from contextlib import suppress
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -148,7 +148,7 @@ class RunLock:
         except FileExistsError:
             return False
         fields = {"host": socket.gethostname(), "pid": os.getpid(), "process_start": _process_start(os.getpid()),
-                  "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "token": self.token}
+                  "started_at": datetime.now(UTC).isoformat(timespec="seconds"), "token": self.token}
         try:
             os.write(fd, json.dumps(fields).encode())
             os.fsync(fd)

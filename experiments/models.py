@@ -380,7 +380,7 @@ class VisionClassifier(nn.Module):
                                                                       label_smoothing=self.label_smoothing)
         return SimpleNamespace(loss=loss, logits=logits)
 
-    def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict | None = None) -> None:
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
         """transformers' name for it, so the trainer treats every family alike (timm checkpoints non-reentrantly)."""
         self.net.set_grad_checkpointing(True)
 

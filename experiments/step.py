@@ -110,7 +110,7 @@ def prepare(model: torch.nn.Module, trainer: DictConfig, device: torch.device, r
     """Activation checkpointing, torch.compile, then DDP (or FSDP2, ``trainer.sharding=fsdp2``) around it when there
     are several ranks."""
     if trainer.grad_checkpointing:  # every family has transformers' method (models.VisionClassifier for timm)
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return distributed.wrap(torch.compile(model) if trainer.compile else model, device, ranks, trainer.sharding)
 
 

@@ -99,14 +99,15 @@ def dropout_kernel(x_ptr, y_ptr, mask_ptr, scale_ptr, n, seed, counter_base, thr
     chunk = tl.program_id(0).to(tl.int64)
     rows = tl.arange(0, COUNTERS // K)
     cols = tl.arange(0, K)
-    counter = tl.to_tensor(counter_base).to(tl.int64) + rows[:, None] * K + cols[None, :]
+    counter = tl.cast(counter_base, tl.int64) + rows[:, None] * K + cols[None, :]
     subsequence = chunk + counter * 0
-    seed = tl.to_tensor(seed).to(tl.uint64)
+    seed = tl.cast(seed, tl.uint64)
     bits0, bits1, bits2, bits3 = philox4x32(
         counter.to(tl.uint32), (counter >> 32).to(tl.uint32), subsequence.to(tl.uint32),
         (subsequence >> 32).to(tl.uint32), seed.to(tl.uint32), (seed >> 32).to(tl.uint32),
     )
-    threshold = tl.to_tensor(threshold).to(tl.uint32)  # a launch value of 1 arrives as a constexpr
+    # tl.cast, not .to(): a launch value of 1 arrives as a constexpr, which tl.cast makes a tensor first
+    threshold = tl.cast(threshold, tl.uint32)
     scale = tl.load(scale_ptr)
     start = chunk * 4 * COUNTERS
     _dropout_sub_tile(x_ptr, y_ptr, mask_ptr, start, n, bits0, threshold, scale, K, STORE_MASK)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import shlex
 import sys
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pandas as pd
 
@@ -47,7 +47,7 @@ class Provenance:
         """Provenance of a file made from ``runs`` (the rows it was computed from)."""
         return cls(
             command=command,
-            generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
             report_commit=(git_commit() or "unknown") if report_commit is None else report_commit,
             devices=_listed(runs["device"]) if len(runs) else (),
             run_commits=_listed(runs["git_commit"]) if len(runs) else (),

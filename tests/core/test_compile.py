@@ -19,6 +19,10 @@ from .models import tiny_longformer, tiny_vit, token_batch
 PACKED = ("pmdrop", "pmdrop_nocache", "pmdrop_4bit")
 EXACT = (*PACKED, "seeded")
 P = 0.1
+# Under Inductor's RNG, from torch 2.14 (the lock's 2.14.1) Inductor draws the packed variants' compiled masks with its
+# own random kernels, as for compiled nn.Dropout; torch 2.11 (the GPU machine's) leaves their draw to aten's
+# generator, so they match eager nn.Dropout instead. 2.12 and 2.13 are not tested.
+INDUCTOR_DRAWS_PACKED_MASKS = torch.__version__ >= "2.14"
 
 
 def _dropout_call(variant):
@@ -61,7 +65,10 @@ def test_each_call_compiles_fullgraph_saves_its_packed_mask_and_matches_compiled
             if variant in PACKED:
                 per_byte = pmdrop.get_variant(variant).masks_per_byte
                 assert got[3] == {torch.uint8: x.numel() // per_byte}
-                _assert_same(got, compiled_torch)  # same Inductor kernels' random numbers, either RNG
+                if fallback_random or INDUCTOR_DRAWS_PACKED_MASKS:
+                    _assert_same(got, compiled_torch)  # same Inductor kernels' random numbers, either RNG
+                else:
+                    _assert_same(got, eager_torch)
             else:  # seeded: aten's generator state only, the mask is drawn again in backward
                 assert got[3] == {torch.uint8: torch.default_generator.get_state().numel()}
                 _assert_same(got, compiled_torch if fallback_random else eager_torch)
@@ -198,6 +205,8 @@ def _compiled_attention_step(variant, pattern_matcher):
     return (y.detach(), x.grad, *(p.grad for p in model.parameters())), counters["inductor"]["fuse_attention"]
 
 
+@pytest.mark.skipif(not INDUCTOR_DRAWS_PACKED_MASKS, reason="torch < 2.14: the packed variants do not draw with "
+                    "Inductor's RNG, and torch 2.11's Inductor does not rewrite this attention (no fuse_attention)")
 @pytest.mark.parametrize("variant", PACKED)
 def test_with_inductors_rng_whole_model_identity_fails_only_where_inductor_rewrites_torchs_attention(variant):
     """Why a compiled model differs from compiled nn.Dropout under Inductor's RNG although every call matches: Inductor

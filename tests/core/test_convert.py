@@ -98,7 +98,7 @@ def test_dropout_mode_routes_functional_code_outside_modules():
 
 def train(model, steps: int, checkpointing: bool = False, reentrant: bool = False) -> torch.nn.Module:
     if checkpointing:
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": reentrant})
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     torch.manual_seed(1234)
@@ -143,7 +143,7 @@ def test_training_with_hf_gradient_checkpointing_is_bit_identical(variant, reent
 def test_layers_recomputed_by_checkpointing_route_their_dropout(reentrant):
     layers = 2
     model = pmdrop.convert(tinybert_classifier(layers=layers), "pmdrop")
-    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": reentrant})
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
     model.train()
     with pmdrop.track_saved_tensors() as saved:
         model(**token_batch()).loss.backward()
@@ -310,17 +310,26 @@ def test_routing_traces_under_torch_compile_without_graph_breaks(name, build, in
 
 
 def test_routing_adds_no_graph_break_to_longformer():
-    """Longformer breaks the graph itself (``.item()`` on its global-attention test): routing adds none."""
+    """Longformer breaks the graph itself (``.item()`` on its global-attention test): routing adds none.
+
+    On torch < 2.14 (2.11 seen) Dynamo runs a stretch of Longformer's global attention eagerly, and the routed dropout
+    module called from there, a frame of pmdrop's and not one of torch.nn's that Dynamo skips, is compiled on its own:
+    one more graph holding that dropout alone, with no break reason. From torch 2.14 Dynamo traces that stretch."""
     batch = {"input_ids": torch.randint(2, 500, (2, 64)), "attention_mask": torch.ones(2, 64, dtype=torch.long)}
-    counts = {}
+    counts, lone_dropouts = {}, {}
     for variant in (None, "baseline"):
         torch._dynamo.reset()
         torch.manual_seed(0)
         model = tiny_longformer().train()
         explained = torch._dynamo.explain(pmdrop.convert(model, variant) if variant else model)(**batch)
         counts[variant] = explained.graph_break_count
+        lone_dropouts[variant] = sum([node.target for node in graph.graph.nodes if node.op == "call_function"]
+                                     == [torch.dropout] for graph in explained.graphs)
         assert not [r for r in explained.break_reasons if "pmdrop" in str(r)]
-    assert counts["baseline"] == counts[None]
+    if torch.__version__ >= "2.14":
+        assert counts["baseline"] == counts[None]
+    else:
+        assert lone_dropouts[None] == 0 and counts["baseline"] == counts[None] + lone_dropouts["baseline"]
 
 
 class ScaledDropout(nn.Dropout):

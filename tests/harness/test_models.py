@@ -128,7 +128,7 @@ def test_pretrained_vit_loads_a_local_timm_checkpoint(tmp_path):
 def test_vit_activation_checkpointing_is_the_transformers_call():
     cfg, data = tiny_run("vit_tiny")
     net = build_model(cfg.model, data)
-    net.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    net.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     assert net.net.grad_checkpointing
 
 
