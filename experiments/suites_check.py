@@ -35,7 +35,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -241,7 +241,7 @@ def _provenance(argv: Sequence[str], device: torch.device, device_memory: int) -
     return [
         f"- command: `python -m experiments.suites_check {shlex.join(argv)}`",
         f"- checked on: {cpu or platform.machine()} ({platform.system()}), "
-        f"{datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
+        f"{datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}",
         f"- versions: Python {platform.python_version()}, torch {torch.__version__}, transformers "
         f"{version('transformers')}, timm {version('timm')}, hydra-core {version('hydra-core')}",
         f"- commit: {commit}{' (with uncommitted changes)' if dirty else ''}",
