@@ -403,7 +403,7 @@ def test_kernels_compile_to_gpu_code_without_a_gpu():
 
 
 def test_bench_gpu_smoke_runs_and_cpu_timing_is_refused():
-    from pmdrop import bench_gpu
+    from benchmarks import bench_gpu
 
     checked = bench_gpu.smoke(DEVICE)
     assert len(checked) == 6
@@ -416,7 +416,7 @@ def test_bench_gpu_exact_route_pieces_check_and_time_both_routes():
     """Checks both routes agree, then times them with any timer: here wall-clock on the interpreter."""
     import time
 
-    from pmdrop import bench_gpu
+    from benchmarks import bench_gpu
 
     calls = []
 

@@ -135,7 +135,7 @@ def test_bad_arguments_are_named():
 )
 def test_kernels_per_call(variant, route, fwd_kernels, bwd_kernels):
     """Every aten op that computes is a kernel launch on a GPU; the fused route's logic runs here on CPU."""
-    from pmdrop.bench import count_ops
+    from benchmarks.bench import count_ops
 
     counted = count_ops(variant, route)
     assert counted.error is None

@@ -1,9 +1,9 @@
 """Benchmark: each variant's fwd+bwd time as a ratio to ``torch.nn.Dropout``, its saved bytes, and the
 launch-bound view (what a step pays per call where kernels are short: host work and dispatched ops).
 
-    python -m pmdrop.bench                         # fp32 (32, 512, 768) on the CPU, every variant, then the launch view
-    python -m pmdrop.bench --dtype fp32 bf16 --shape 8,12,512,512 --pairs 15 --json out.json
-    python -m pmdrop.bench --views launch --threads 1          # per call, op counts, routing cost only
+    python -m benchmarks.bench                     # fp32 (32, 512, 768) on the CPU, every variant, then the launch view
+    python -m benchmarks.bench --dtype fp32 bf16 --shape 8,12,512,512 --pairs 15 --json out.json
+    python -m benchmarks.bench --views launch --threads 1      # per call, op counts, routing cost only
 
 Ratios, not absolute times, because shared machines are noisy: every repetition times the
 baseline and the variant back to back (alternating which goes first) in this one process, and
@@ -36,10 +36,7 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from . import functional
-from .accounting import track_saved_tensors
-from .modules import PackedDropout, convert
-from .variants import get_variant, variant_names
+from pmdrop import PackedDropout, convert, functional, get_variant, track_saved_tensors, variant_names
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp64": torch.float64}
 
@@ -481,7 +478,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     shape = tuple(int(s) for s in args.shape.split(","))
     provenance = {
-        "command": "python -m pmdrop.bench " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python -m benchmarks.bench " + " ".join(argv if argv is not None else sys.argv[1:]),
         "device": device_name(torch.device(args.device)),
         "torch": torch.__version__,
         "commit": git_commit(),
