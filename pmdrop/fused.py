@@ -1,11 +1,11 @@
 """Fused CUDA variants: Triton kernels that draw the mask, apply it and write it packed in one pass.
 
-Registers two variants on import (``pmdrop.variant_names()`` lists them afterwards):
+The ``apply`` of two variants (registered in :mod:`pmdrop.variants`):
 
-* ``pmdrop_fused``: the forward kernel reads x, writes y and the mask at 1 bit per element (no byte
-  mask is ever materialised); the backward kernel reads the packed mask and the gradient and writes
-  the input gradient. :func:`fused_packed_variant` builds the same at 4, 2 or 1 masks per byte.
-* ``seeded_fused``: the same forward without the mask store; saves only the Philox seed and
+* ``pmdrop_fused`` (:func:`apply_packed`): the forward kernel reads x, writes y and the mask at 1 bit per element
+  (no byte mask is ever materialised); the backward kernel reads the packed mask and the gradient and writes
+  the input gradient. :func:`pmdrop.variants.fused_packed_variant` builds the same at 4, 2 or 1 masks per byte.
+* ``seeded_fused`` (:func:`apply_seeded`): the same forward without the mask store; saves only the Philox seed and
   counter (0 bytes of mask) and redraws the mask in the backward kernel.
 
 **Not bit-identical to torch.nn.Dropout** (``bit_exact=False``): the random bits come from Triton's
@@ -31,12 +31,16 @@ import os
 import sys
 from collections.abc import Callable
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 import torch
 
+from . import routes
 from .faults import corrupt
-from .packing import check_masks_per_byte, packed_numel
-from .variants import DropoutVariant, register_variant
+from .packing import packed_numel
+
+if TYPE_CHECKING:
+    from .variants import DropoutVariant
 
 _KERNELS = "pmdrop.triton_kernels"
 
@@ -84,7 +88,7 @@ def philox_position(device: torch.device, kernels: ModuleType) -> tuple[int, int
 def _scale(p: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """``1 / (1 - p)`` in the dtype torch's native_dropout multiplies in (float64 for float64, else float32)."""
     accumulate = torch.float64 if dtype == torch.float64 else torch.float32
-    return torch.full((1,), 1.0 / (1.0 - p), dtype=accumulate, device=device)
+    return torch.full((1,), routes.scale(p), dtype=accumulate, device=device)
 
 
 def _check_dtype(x: torch.Tensor, variant: str) -> None:
@@ -152,27 +156,5 @@ class _FusedSeededFn(torch.autograd.Function):
         return _fused_backward(ctx, grad, redraw), None, None, None
 
 
-def fused_packed_variant(masks_per_byte: int) -> DropoutVariant:
-    """The fused packed variant at ``masks_per_byte`` in {8, 4, 2, 1}; 8 is ``pmdrop_fused``.
-
-    Pass it to :func:`pmdrop.dropout` as is, or register it (:func:`pmdrop.register_variant`) to use it by
-    name in :func:`pmdrop.convert`.
-    """
-    check_masks_per_byte(masks_per_byte)
-    return DropoutVariant(
-        "pmdrop_fused" if masks_per_byte == 8 else f"pmdrop_fused_k{masks_per_byte}", _FusedPackedFn.apply,
-        f"Triton, CUDA: mask drawn, applied and packed {masks_per_byte} per byte in one pass; "
-        "own Philox stream, not bit-identical to nn.Dropout",
-        masks_per_byte=masks_per_byte, bit_exact=False, device_types=frozenset({"cuda"}),
-    )
-
-
-register_variant(fused_packed_variant(8))
-register_variant(
-    DropoutVariant(
-        "seeded_fused", _FusedSeededFn.apply,
-        "Triton, CUDA: no mask, saves the Philox seed and counter and redraws it in backward; "
-        "own Philox stream, not bit-identical to nn.Dropout",
-        bit_exact=False, device_types=frozenset({"cuda"}),
-    )
-)
+apply_packed = _FusedPackedFn.apply
+apply_seeded = _FusedSeededFn.apply

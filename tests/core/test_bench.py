@@ -54,12 +54,12 @@ def test_launch_bound_view_reports_per_call_ratios_op_counts_and_routing_cost(tm
     ops = {(c["variant"], c["route"]): c for c in view["op_counts"]}
     # torch's own routes, as a reference: CPU draws noise (empty_like, bernoulli_, div_, mul), CUDA one native_dropout
     assert ops["nn.Dropout", "noise"]["fwd_op_names"] == ["empty_like", "bernoulli_", "div_", "mul"]
-    assert ops["nn.Dropout", "fused"]["fwd_op_names"] == ["native_dropout"]
-    assert ops["nn.Dropout", "noise"]["fwd_kernels"] == 3 and ops["nn.Dropout", "fused"]["fwd_kernels"] == 1
+    assert ops["nn.Dropout", "native"]["fwd_op_names"] == ["native_dropout"]
+    assert ops["nn.Dropout", "noise"]["fwd_kernels"] == 3 and ops["nn.Dropout", "native"]["fwd_kernels"] == 1
     assert ops["baseline", "noise"]["fwd_op_names"] == ops["nn.Dropout", "noise"]["fwd_op_names"]
-    assert "native_dropout" in ops["pmdrop", "fused"]["fwd_op_names"]  # the CUDA route's logic did run
+    assert "native_dropout" in ops["pmdrop", "native"]["fwd_op_names"]  # the CUDA route's logic did run
     assert "native_dropout" not in ops["pmdrop", "noise"]["fwd_op_names"]
-    assert "native_dropout_backward" in ops["pmdrop", "fused"]["bwd_op_names"]
+    assert "native_dropout_backward" in ops["pmdrop", "native"]["bwd_op_names"]
     assert ops["pmdrop", "noise"]["fwd_kernels"] > 0 and ops["pmdrop", "noise"]["bwd_kernels"] > 0
     routing = {(r["variant"], r["routing"]): r for r in view["routing"]}
     assert set(routing) == {(v, r) for v in ("baseline", "pmdrop") for r in ("static", "all")}

@@ -43,9 +43,9 @@ def _import_kernels():
 
 
 kernels = _import_kernels()
-from pmdrop import fused  # noqa: E402 - after the kernels are decorated in the mode chosen above
+from pmdrop import fused, variants  # noqa: E402 - after the kernels are decorated in the mode chosen above
 
-K4 = fused.fused_packed_variant(4)  # not registered: the registry stays what the harness's configs list
+K4 = variants.fused_packed_variant(4)  # not registered: the registry stays what the harness's configs list
 VARIANTS = ["pmdrop_fused", K4, "seeded_fused"]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 SHAPES = [(7,), (3, 5, 143), (2, 2049)]  # below one byte; one chunk + a ragged tail; two chunks + a tail
@@ -91,12 +91,12 @@ def forward(variant: str, x: torch.Tensor, p: float = 0.3, seed: int = 0):
 def test_registered_as_not_bit_exact():
     pmdrop_fused, seeded_fused = pmdrop.get_variant("pmdrop_fused"), pmdrop.get_variant("seeded_fused")
     assert {"pmdrop_fused", "seeded_fused"} <= set(pmdrop.variant_names())
-    assert fused.fused_packed_variant(8) == pmdrop_fused and K4.masks_per_byte == 4 and K4.name == "pmdrop_fused_k4"
+    assert variants.fused_packed_variant(8) == pmdrop_fused and K4.masks_per_byte == 4 and K4.name == "pmdrop_fused_k4"
     assert not pmdrop_fused.bit_exact and not seeded_fused.bit_exact
     assert (pmdrop_fused.masks_per_byte, seeded_fused.masks_per_byte) == (8, None)
     assert "not bit-identical" in pmdrop_fused.summary
     with pytest.raises(ValueError, match=r"masks_per_byte=3 is not supported; valid: \(8, 4, 2, 1\)"):
-        fused.fused_packed_variant(3)
+        variants.fused_packed_variant(3)
 
 
 @pytest.mark.parametrize("shape", SHAPES[:2], ids=str)
