@@ -146,7 +146,9 @@ def whole_model_identity(variants: tuple[str, ...] = ("pmdrop", "pmdrop_4bit", "
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--identity", action="store_true", help="whole-model bit-identity per Inductor setting")
-    if parser.parse_args().identity:
+    parser.add_argument("--pairs", type=int, default=15, help="interleaved pairs per variant of the step time")
+    args = parser.parse_args()
+    if args.identity:
         whole_model_identity()
     else:
-        compiled_step_ratios()
+        compiled_step_ratios(args.pairs)
