@@ -103,9 +103,15 @@ def _storage_key(t: torch.Tensor) -> tuple[str, int]:
 class track_saved_tensors:
     """Context manager: ``with track_saved_tensors(model.parameters()) as saved: loss = model(x)``.
 
-    ``saved`` is a :class:`SavedBytes` filled in as the forward runs. Tensors are left untouched.
-    ``on_save(t, inside_dropout)``, when given, is called for every tensor saved (repeats and meta tensors
-    included, which are not counted here: meta storages share one address), e.g. by a live-memory tracker.
+    ``saved`` is a :class:`SavedBytes` filled in as the forward runs: ``mask_bytes`` (what dropout calls saved: torch's
+    float or bool mask, pmdrop's packed mask or seeded's generator state), ``parameter_bytes`` (storages of the given
+    parameters), ``activation_bytes`` (the rest), ``dropout_calls`` by origin ("pmdrop", or "torch" for dropout that
+    bypasses pmdrop, e.g. an unconverted model). Each storage counts once. Works for eager, ``torch.func``, compiled
+    (``torch.compile``: the graph's packed masks are marked by its pack op) and exported models. Tensors are left
+    untouched. Like any ``saved_tensors_hooks``, an inner pair hides the tensors from it: inside
+    :func:`pmdrop.pack_saved_masks`, nothing is counted. ``on_save(t, inside_dropout)``, when given, is called for
+    every tensor saved (repeats and meta tensors included, which are not counted here: meta storages share one
+    address), e.g. by a live-memory tracker.
     """
 
     def __init__(self, parameters: Iterable[torch.Tensor] = (),

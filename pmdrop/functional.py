@@ -186,20 +186,24 @@ class _MaskStandIn:
     __slots__ = ("enclosing", "plan", "saved")
 
     def pack(self, t: torch.Tensor) -> _MaskStandIn | _Passed:
-        if self.saved is not None or t.dtype is not self.plan.saved_dtype or t.shape != self.plan.shape:
+        plan = self.plan
+        if self.saved is not None or t.dtype is not plan.saved_dtype or t.shape != plan.shape:
             return _Passed(t, self.enclosing)
-        kept = self.keep(t)
+        # The usual packed case inline (one Python frame fewer on every call); a subclass's keep() otherwise.
+        kept = plan.pack(t) if plan.k is not None and not (_profiling() or injections_open[0]) else self.keep(t)
         self.saved = kept if self.enclosing is None else self.enclosing[0](kept)
         return self
 
     def restore(self) -> torch.Tensor:
         return self.decode(self.saved if self.enclosing is None else self.enclosing[1](self.saved))
 
-    def keep(self, mask: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
 
-    def decode(self, kept: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+def _labelled(label: str, fn, *args):
+    """``fn(*args)``, labelled ``label`` in a profiler's trace while one runs."""
+    if _profiling():
+        with torch.autograd.profiler.record_function(label):
+            return fn(*args)
+    return fn(*args)
 
 
 # The unpack hook: saved.restore(), called from C without a Python frame of its own.
@@ -222,32 +226,15 @@ class _PackedMask(_MaskStandIn):
     def __init__(self, plan: _CallPlan) -> None:
         self.plan, self.saved, self.unpacked, self.enclosing = plan, None, None, _enclosing_hooks(False)
 
-    def pack(self, t: torch.Tensor) -> _PackedMask | _Passed:
-        # _MaskStandIn.pack with keep's usual case inline: one Python frame fewer on every call.
-        plan = self.plan
-        if self.saved is not None or t.dtype is not plan.saved_dtype or t.shape != plan.shape:
-            return _Passed(t, self.enclosing)
-        packed = self.keep(t) if _profiling() or injections_open[0] else plan.pack(t)
-        self.saved = packed if self.enclosing is None else self.enclosing[0](packed)
-        return self
-
     def keep(self, mask: torch.Tensor) -> torch.Tensor:
-        if _profiling():
-            with torch.autograd.profiler.record_function("pmdrop.pack"):
-                packed = self.plan.pack(mask)
-        else:
-            packed = self.plan.pack(mask)
+        packed = _labelled("pmdrop.pack", self.plan.pack, mask)
         return corrupt(packed) if injections_open[0] else packed
 
     def decode(self, packed: torch.Tensor) -> torch.Tensor:
         if self.unpacked is not None:
             return self.unpacked
         plan = self.plan
-        if _profiling():
-            with torch.autograd.profiler.record_function("pmdrop.unpack"):
-                unpacked = _unpack(plan, packed)
-        else:
-            unpacked = _unpack(plan, packed)
+        unpacked = _labelled("pmdrop.unpack", _unpack, plan, packed)
         # Cached only for a later pass through this node, which needs a retained graph; the cache is freed with
         # the graph's saved tensors, i.e. with this object.
         if plan.cache and _graph_is_retained():
@@ -272,15 +259,10 @@ class _SeededMask(_MaskStandIn):
         return self.state
 
     def decode(self, state: torch.Tensor) -> torch.Tensor:
-        if _profiling():
-            with torch.autograd.profiler.record_function("pmdrop.redraw"):
-                return self._redraw(state)
-        return self._redraw(state)
-
-    def _redraw(self, state: torch.Tensor) -> torch.Tensor:
         plan = self.plan
         stride = plan.layout.stride if plan.route.native else plan.layout.mask_stride
-        return plan.route.redraw(state, plan.shape, stride, plan.dtype, plan.device, plan.p, self.alignment)
+        return _labelled("pmdrop.redraw", plan.route.redraw, state, plan.shape, stride, plan.dtype, plan.device, plan.p,
+                         self.alignment)
 
 
 def _draw_noise(plan: _CallPlan) -> torch.Tensor:
@@ -412,8 +394,7 @@ def _apply_exact(x: torch.Tensor, p: float, inplace: bool, variant: DropoutVaria
     _push_hooks(stand_in.pack, _restore)
     try:
         if _profiling():  # the draw with its pack inside, as a trace shows them
-            with torch.autograd.profiler.record_function("pmdrop.draw"):
-                return plan.draw(x, p, True)
+            return _labelled("pmdrop.draw", plan.draw, x, p, True)
         return plan.draw(x, p, True)
     finally:
         _pop_hooks()

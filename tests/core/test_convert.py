@@ -346,8 +346,9 @@ def test_convert_refuses_torchscript_and_a_variant_the_models_device_cannot_run(
     with pytest.raises(TypeError, match=r"^convert takes an eager nn.Module, got a TorchScript"):
         pmdrop.convert(torch.jit.script(nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.1))))
     model = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.1))
-    with pytest.raises(ValueError, match=r"'pmdrop_fused' runs on cuda only, not on cpu; valid on cpu: baseline"):
-        pmdrop.convert(model, "pmdrop_fused")
+    cuda_only = pmdrop.DropoutVariant("cuda_only", "packed", "", masks_per_byte=8, device_types=frozenset({"cuda"}))
+    with pytest.raises(ValueError, match=r"'cuda_only' runs on cuda only, not on cpu; valid on cpu: baseline"):
+        pmdrop.convert(model, cuda_only)
     assert type(model[1]) is nn.Dropout  # refused before any change
 
 
