@@ -47,7 +47,6 @@ from torch.utils._pytree import tree_leaves, tree_map
 from torch.utils.weak import WeakIdKeyDictionary
 
 import pmdrop
-import pmdrop.functional as pmdrop_functional
 
 from .data import TaskData, build_data
 from .distributed import Ranks
@@ -182,12 +181,8 @@ def pmdrop_route_on_meta(semantics: str) -> Iterator[None]:
     if semantics == "cuda":
         yield
         return
-    fused = pmdrop_functional._FUSED_DEVICE_TYPES
-    pmdrop_functional._FUSED_DEVICE_TYPES = fused - {"meta"}
-    try:
+    with pmdrop.use_route("noise", device_type="meta"):
         yield
-    finally:
-        pmdrop_functional._FUSED_DEVICE_TYPES = fused
 
 
 # ------------------------------------------------------------------ values computed from the batch

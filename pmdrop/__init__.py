@@ -2,19 +2,28 @@
 
     import pmdrop
     model = pmdrop.convert(model, "pmdrop")      # every nn.Dropout and F.dropout of the model
-    y = pmdrop.dropout(x, p=0.1, variant="seeded")
+    y = pmdrop.dropout(x, p=0.1, variant="pmdrop")
 
 Variants (``pmdrop.variant_names()``): baseline, pmdrop, pmdrop_nocache, pmdrop_4bit, seeded (bit-exact),
-and pmdrop_fused, seeded_fused (Triton, CUDA; their own random stream, so not bit-exact).
+and pmdrop_fused, seeded_fused (Triton, CUDA; their own random stream, so not bit-exact). ``help(pmdrop.dropout)``
+says which to pick.
 """
 
 from .accounting import SavedBytes, track_saved_tensors
 from .faults import BitflipLog, inject_bitflips
-from .functional import dropout, packed_variant
+from .functional import dropout
 from .modules import PackedDropout, active_variant, convert, dropout_mode
 from .packing import VALID_MASKS_PER_BYTE, pack_mask, packed_numel, unpack_mask
+from .routes import use_route
 from .saved_masks import PackedSavedMasks, pack_saved_masks
-from .variants import DropoutVariant, check_runs_on, get_variant, register_variant, variant_names
+from .variants import (
+    DropoutVariant,
+    check_runs_on,
+    get_variant,
+    packed_variant,
+    register_variant,
+    variant_names,
+)
 
 __all__ = [
     "VALID_MASKS_PER_BYTE",
@@ -37,9 +46,7 @@ __all__ = [
     "register_variant",
     "track_saved_tensors",
     "unpack_mask",
+    "use_route",
     "variant_names",
 ]
 __version__ = "0.1.0"
-
-# Last, so the registry lists the exact variants first; Triton itself is imported on first CUDA use only.
-from . import fused as _fused  # noqa: F401 - registers pmdrop_fused, seeded_fused

@@ -2,8 +2,10 @@
 
 Every tensor autograd saves goes through ``saved_tensors_hooks``; :class:`track_saved_tensors`
 sees each one once per storage and sorts it by *origin*, not dtype: anything saved while a
-dropout call is running is a dropout mask (on CPU torch's own mask is a float tensor), storages
-shared with the given parameters are weights kept by layers, the rest are activations.
+dropout call is running is a dropout mask (on CPU torch's own mask is a float tensor), and so is what
+pmdrop's compiled and exported ops mark as one (:func:`note_mask`: a compiled graph saves its tensors
+after it ran, outside any call); storages shared with the given parameters are weights kept by layers,
+the rest are activations.
 """
 
 from __future__ import annotations
@@ -52,6 +54,15 @@ class dropout_site:
             _local.depth -= 1
 
 
+def note_mask(t: torch.Tensor) -> torch.Tensor:
+    """Mark ``t``, made by a dropout call of a compiled or exported graph, as its saved mask for the open trackers."""
+    if trackers_open[0]:
+        for ledger in _active_ledgers():
+            ledger.dropout_calls["pmdrop"] = ledger.dropout_calls.get("pmdrop", 0) + 1
+        _local.__dict__.setdefault("noted", set()).add(_storage_key(t))
+    return t
+
+
 def inside_dropout_site() -> bool:
     """Whether this thread is inside a :class:`dropout_site` (where a nested call is not counted again)."""
     return getattr(_local, "depth", 0) > 0
@@ -92,9 +103,15 @@ def _storage_key(t: torch.Tensor) -> tuple[str, int]:
 class track_saved_tensors:
     """Context manager: ``with track_saved_tensors(model.parameters()) as saved: loss = model(x)``.
 
-    ``saved`` is a :class:`SavedBytes` filled in as the forward runs. Tensors are left untouched.
-    ``on_save(t, inside_dropout)``, when given, is called for every tensor saved (repeats and meta tensors
-    included, which are not counted here: meta storages share one address), e.g. by a live-memory tracker.
+    ``saved`` is a :class:`SavedBytes` filled in as the forward runs: ``mask_bytes`` (what dropout calls saved: torch's
+    float or bool mask, pmdrop's packed mask or seeded's generator state), ``parameter_bytes`` (storages of the given
+    parameters), ``activation_bytes`` (the rest), ``dropout_calls`` by origin ("pmdrop", or "torch" for dropout that
+    bypasses pmdrop, e.g. an unconverted model). Each storage counts once. Works for eager, ``torch.func``, compiled
+    (``torch.compile``: the graph's packed masks are marked by its pack op) and exported models. Tensors are left
+    untouched. Like any ``saved_tensors_hooks``, an inner pair hides the tensors from it: inside
+    :func:`pmdrop.pack_saved_masks`, nothing is counted. ``on_save(t, inside_dropout)``, when given, is called for
+    every tensor saved (repeats and meta tensors included, which are not counted here: meta storages share one
+    address), e.g. by a live-memory tracker.
     """
 
     def __init__(self, parameters: Iterable[torch.Tensor] = (),
@@ -107,14 +124,16 @@ class track_saved_tensors:
         self._mode = _SeeTorchDropout()
 
     def _pack(self, t: torch.Tensor) -> torch.Tensor:
-        if self._on_save is not None:
-            self._on_save(t, getattr(_local, "depth", 0) > 0)
         key = _storage_key(t)
+        noted = _local.__dict__.get("noted", ())
+        mask = getattr(_local, "depth", 0) > 0 or key in noted
+        if self._on_save is not None:
+            self._on_save(t, mask)
         if key in self._seen or t.device.type == "meta":
             return t
         self._seen.add(key)
         nbytes = t.untyped_storage().nbytes()
-        if getattr(_local, "depth", 0) > 0:
+        if mask:
             self.saved.mask_bytes += nbytes
             self.saved.mask_tensors += 1
         elif key in self._parameter_keys or isinstance(t, torch.nn.Parameter):
@@ -135,3 +154,5 @@ class track_saved_tensors:
         self._hooks.__exit__(*exc)
         _active_ledgers().remove(self.saved)
         trackers_open[0] -= 1
+        if not _active_ledgers():
+            _local.__dict__.pop("noted", None)

@@ -1,11 +1,10 @@
 """Dropout that saves its mask for backward bit-packed, or not at all, bit-identical to torch's.
 
 The eager path runs torch's own dropout, unchanged, under ``saved_tensors_hooks`` that take the one
-tensor it saves for backward: on the **noise route** (CPU, and ``inplace=True`` everywhere) the
-``noise = empty_like(x).bernoulli_(1-p).div_(1-p)`` that ``x * noise`` saves, in x's dtype (4 B/element
-for fp32); on the **fused route** (CUDA/XPU out of place, and ``meta``, which plans memory with CUDA's
-semantics) ``native_dropout``'s bool mask. The packed variants keep it bit-packed and decode it into
-exactly torch's tensor (same values, same layout) when backward reads it; ``seeded`` keeps the generator
+tensor it saves for backward: on the noise route (CPU, and ``inplace=True`` everywhere) the noise that
+``x * noise`` saves, in x's dtype (4 B/element for fp32); on the native route (CUDA/XPU out of place, and
+``meta``) ``native_dropout``'s bool mask (:mod:`pmdrop.routes`). The packed variants keep it bit-packed and decode
+it into exactly torch's tensor (same values, same layout) when backward reads it; ``seeded`` keeps the generator
 state and draws it again. Output, backward node, gradient layout and RNG stream are torch's own; the Python a
 call runs is a cached plan's lookup, the hooks' push and pop, the pack and the decode.
 
@@ -22,18 +21,16 @@ from __future__ import annotations
 
 import functools
 import operator
-import threading
 
 import torch
 
-from . import compiled
+from . import compiled, routes
 from .accounting import dropout_site, inside_dropout_site, trackers_open
 from .faults import corrupt, injections_open
-from .packing import check_masks_per_byte, decode_table, fresh_packer, pack_fresh, pack_rows, unpack_rows
-from .variants import DropoutVariant, get_variant, register_variant
+from .packing import decode_table, fresh_packer, pack_bits, pack_fresh, unpack_bits
+from .routes import NOISE, Route, draw_noise, route_for
+from .variants import DropoutVariant, get_variant
 
-# Where torch's dropout takes native_dropout out of place. Tests add "cpu" to run the CUDA route's logic.
-_FUSED_DEVICE_TYPES = frozenset({"cuda", "xpu", "lazy", "privateuseone", "meta"})
 # Tensors the Functions below can pack; subclasses (nested jagged, DTensor, FakeTensor...) take torch's dropout.
 _PLAIN_TENSOR_TYPES = frozenset({torch.Tensor, torch.nn.Parameter})
 # torch.func's own test of whether a transform wraps the call (torch.autograd.Function.apply uses it to pick
@@ -41,20 +38,11 @@ _PLAIN_TENSOR_TYPES = frozenset({torch.Tensor, torch.nn.Parameter})
 # requires_grad=False even when a gradient is taken, so requires_grad alone cannot tell.
 _transforms_active = torch._C._are_functorch_transforms_active
 _profiling = torch._C._autograd._profiler_enabled  # private: record_function is not free when no profiler runs
-_local = threading.local()
 
 
 def _torch_dropout(x: torch.Tensor, p: float, training: bool, inplace: bool) -> torch.Tensor:
     # torch.dropout is what F.dropout calls; calling it directly keeps dropout_mode from re-routing.
     return torch.dropout_(x, p, training) if inplace else torch.dropout(x, p, training)
-
-
-def _uses_fused_route(x: torch.Tensor, inplace: bool) -> bool:
-    return not inplace and x.device.type in _FUSED_DEVICE_TYPES
-
-
-def _fused_scale(p: float) -> float:
-    return 1.0 / (1.0 - p)
 
 
 class _Layout:
@@ -69,13 +57,13 @@ class _Layout:
     ``empty_like`` and ``mul`` differ for some size-1 dims), so meta inputs ask meta.
     """
 
-    __slots__ = ("_grad_into_noise", "device", "mask_stride", "noise_out", "numel", "shape")
+    __slots__ = ("_grad_into_noise", "device", "mask_stride", "noise_out", "shape", "stride")
 
     def __init__(self, shape: torch.Size, stride: tuple[int, ...], is_meta: bool) -> None:
         self.device = "meta" if is_meta else "cpu"
         x = torch.empty_strided(shape, stride, dtype=torch.uint8, device=self.device)
         noise = torch.empty_like(x)
-        self.shape, self.mask_stride, self.numel = shape, noise.stride(), x.numel()
+        self.shape, self.stride, self.mask_stride = shape, stride, noise.stride()
         self.noise_out = torch.mul(x, noise).stride() == self.mask_stride
         self._grad_into_noise: dict[tuple[int, ...], bool] = {}
 
@@ -103,31 +91,17 @@ def _layout_of(x: torch.Tensor) -> _Layout:
     return layout
 
 
-# (masks_per_byte, p, dtype, device) -> table; a plain dict: cheaper than functools.lru_cache per call.
+# (route, masks_per_byte, p, dtype, device) -> table; a plain dict: cheaper than functools.lru_cache per call.
 _TABLES: dict[tuple, torch.Tensor] = {}
 
 
-def _noise_table(k: int, p: float | None, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """(256, k) table: row b holds torch's noise for the k masks of packed byte b (bool -> dtype, then div_).
-
-    ``p=None``: the masks themselves (bool).
-    """
-    key = (k, p, dtype, device)
+def _decode_table(route: Route, k: int, p: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(256, k) table: row b holds what torch saves (:meth:`Route.decoded`) for the k masks of packed byte b."""
+    key = (route, k, p, dtype, device)
     table = _TABLES.get(key)
-    if table is None and p is None:
-        table = _TABLES[key] = decode_table(k, device)
-    elif table is None:
-        # As torch computes noise: 0/1 in dtype, then div_ by (1 - p). Multiplying by a precomputed scale
-        # would give 0 * inf = nan for the dropped elements where the scale overflows (fp16, p near 1).
-        table = _TABLES[key] = decode_table(k, device).to(dtype).div_(1 - p)
+    if table is None:
+        table = _TABLES[key] = route.decoded(decode_table(k, device), p, dtype)
     return table
-
-
-def _fused_backward(grad: torch.Tensor, mask: torch.Tensor, p: float) -> torch.Tensor:
-    # Mirrors torch's derivative of native_dropout, which rounds differently under create_graph.
-    if torch.is_grad_enabled():
-        return grad * (mask.type_as(grad) * _fused_scale(p))
-    return torch.ops.aten.native_dropout_backward(grad, mask, _fused_scale(p))
 
 
 # Whether the running backward keeps the graph (retain_graph=True): only then can a cached mask be reused.
@@ -135,87 +109,31 @@ def _fused_backward(grad: torch.Tensor, mask: torch.Tensor, p: float) -> torch.T
 _graph_is_retained = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", lambda: True)
 
 
-def _noise_tangent(ctx, x_tangent: torch.Tensor, unpacked: torch.Tensor) -> torch.Tensor:
-    """Forward-mode derivative as torch computes it: native_dropout's ``x_t * scale * mask``, mul's ``x_t * noise``."""
-    if ctx.fused:
-        return x_tangent * _fused_scale(ctx.p) * unpacked
-    if ctx.inplace:
-        return x_tangent.mul_(unpacked)
-    return x_tangent * unpacked
-
-
-def _default_generator(device: torch.device) -> torch.Generator:
-    if device.type == "cpu":
-        return torch.default_generator
-    module = torch.get_device_module(device.type)
-    return module.default_generators[device.index if device.index is not None else module.current_device()]
-
-
-def _regenerate_fused_mask(state: torch.Tensor, layout: _Layout, x_meta: tuple, p: float) -> torch.Tensor:
-    """Re-run ``native_dropout`` from a saved RNG state on a stand-in of x's layout and alignment."""
-    dtype, device, alignment = x_meta
-    if device.type == "meta":
-        return torch.ops.aten.native_dropout(torch.empty_strided(layout.shape, layout.mask_stride, dtype=dtype,
-                                                                 device=device), p, True)[1]
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    # The kernel's vector width depends on the input's address mod 16 bytes: reproduce it.
-    buffer = torch.empty(layout.numel + 16 // itemsize, dtype=dtype, device=device)
-    offset = (alignment - buffer.data_ptr() % 16) % 16 // itemsize
-    stand_in = buffer[offset : offset + layout.numel].as_strided(layout.shape, layout.mask_stride)
-    generator = _default_generator(device)
-    current = generator.get_state()
-    try:
-        generator.set_state(state)
-        return torch.ops.aten.native_dropout(stand_in, p, True)[1]
-    finally:
-        generator.set_state(current)
-
-
-def _redraw_generator(device: torch.device, state: torch.Tensor) -> torch.Generator:
-    """A generator at ``state``: one per thread and device, reused by every seeded backward (none built per call)."""
-    generators = getattr(_local, "generators", None)
-    if generators is None:
-        generators = _local.generators = {}
-    generator = generators.get(device)
-    if generator is None:
-        generator = generators[device] = torch.Generator(device=device)
-    generator.set_state(state)
-    return generator
-
-
-def _native_dropout_output(x: torch.Tensor, p: float, train: bool) -> torch.Tensor:
-    return torch.native_dropout(x, p, train)[0]
-
-
 class _CallPlan:
     """What every packed or seeded call with one input layout, p, dtype, device, route and variant shares, built once.
 
-    ``draw``: torch's dropout for this route, ``draw(x, p, True)``; ``saved_dtype``: the dtype of the one tensor it
-    saves (bool mask or noise); ``pack`` packs that tensor and ``table`` decodes it (packed variants only).
+    ``draw``: torch's dropout on the route, ``draw(x, p, True)``; ``saved_dtype``: the dtype of the one tensor it saves
+    (bool mask or noise); ``pack`` packs that tensor and ``table`` decodes it (packed variants only).
     """
 
     __slots__ = (
-        "cache", "device", "draw", "dtype", "fused", "k", "layout", "numel_bytes", "p", "pack", "saved_dtype",
-        "shape", "table",
+        "cache", "device", "draw", "dtype", "k", "layout", "numel_bytes", "p", "pack", "route", "saved_dtype", "shape",
+        "table",
     )
 
     def __init__(self, x: torch.Tensor, p: float, inplace: bool, variant: DropoutVariant) -> None:
         self.p, self.dtype, self.device, self.shape = p, x.dtype, x.device, x.shape
         self.numel_bytes = x.numel() * x.element_size()
-        self.fused, self.layout = _uses_fused_route(x, inplace), _layout_of(x)
-        # What torch.dropout runs on each route, called by name: meta stands in for CUDA, and tests run the CUDA
-        # route on CPU tensors.
-        self.draw = _native_dropout_output if self.fused else torch.dropout_ if inplace else torch.dropout
-        self.saved_dtype = torch.bool if self.fused else x.dtype
+        self.route, self.layout = route_for(x, inplace), _layout_of(x)
+        self.draw, self.saved_dtype = self.route.eager_op(inplace), self.route.saved_dtype(x.dtype)
         self.k, self.cache = variant.masks_per_byte, variant.cache_unpacked
-        self.table = None if self.k is None else _noise_table(self.k, None if self.fused else p, self.saved_dtype,
-                                                              x.device)
-        # The fused route keeps CUDA's pack even where tests run it on CPU tensors: it is CUDA's logic they check.
-        # Noise is 0 or the table's one nonzero value (inf where fp16 overflows): its nonzeros are the mask. A byte
-        # view of it needs its last dim's stride 1.
         if self.k is None:
             return
-        if self.fused:
+        self.table = _decode_table(self.route, self.k, p, self.saved_dtype, x.device)
+        # The native route keeps CUDA's pack even where use_route runs it on CPU tensors: it is CUDA's logic that runs.
+        # Noise is 0 or the table's one nonzero value (inf where fp16 overflows): its nonzeros are the mask. A byte
+        # view of it needs its last dim's stride 1.
+        if self.route.native:
             self.pack = functools.partial(pack_fresh, masks_per_byte=self.k)
         else:
             stride = self.layout.mask_stride
@@ -259,7 +177,7 @@ class _MaskStandIn:
 
     Torch's dropout runs unchanged (its draw, its output, its C++ backward node), so results, layouts and
     the RNG stream are torch's by construction. Its one saved tensor, ``native_dropout``'s bool mask
-    (fused route) or the noise route's ``noise``, reaches :meth:`pack`, which keeps what a subclass chooses
+    (native route) or the noise route's ``noise``, reaches :meth:`pack`, which keeps what a subclass chooses
     (the packed bits, or the generator state for seeded); backward reads it back through :func:`_restore`.
     Whatever it keeps passes through the enclosing hooks (checkpointing, accounting), as a Function's
     saved tensor would.
@@ -268,20 +186,24 @@ class _MaskStandIn:
     __slots__ = ("enclosing", "plan", "saved")
 
     def pack(self, t: torch.Tensor) -> _MaskStandIn | _Passed:
-        if self.saved is not None or t.dtype is not self.plan.saved_dtype or t.shape != self.plan.shape:
+        plan = self.plan
+        if self.saved is not None or t.dtype is not plan.saved_dtype or t.shape != plan.shape:
             return _Passed(t, self.enclosing)
-        kept = self.keep(t)
+        # The usual packed case inline (one Python frame fewer on every call); a subclass's keep() otherwise.
+        kept = plan.pack(t) if plan.k is not None and not (_profiling() or injections_open[0]) else self.keep(t)
         self.saved = kept if self.enclosing is None else self.enclosing[0](kept)
         return self
 
     def restore(self) -> torch.Tensor:
         return self.decode(self.saved if self.enclosing is None else self.enclosing[1](self.saved))
 
-    def keep(self, mask: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
 
-    def decode(self, kept: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+def _labelled(label: str, fn, *args):
+    """``fn(*args)``, labelled ``label`` in a profiler's trace while one runs."""
+    if _profiling():
+        with torch.autograd.profiler.record_function(label):
+            return fn(*args)
+    return fn(*args)
 
 
 # The unpack hook: saved.restore(), called from C without a Python frame of its own.
@@ -304,32 +226,15 @@ class _PackedMask(_MaskStandIn):
     def __init__(self, plan: _CallPlan) -> None:
         self.plan, self.saved, self.unpacked, self.enclosing = plan, None, None, _enclosing_hooks(False)
 
-    def pack(self, t: torch.Tensor) -> _PackedMask | _Passed:
-        # _MaskStandIn.pack with keep's usual case inline: one Python frame fewer on every call.
-        plan = self.plan
-        if self.saved is not None or t.dtype is not plan.saved_dtype or t.shape != plan.shape:
-            return _Passed(t, self.enclosing)
-        packed = self.keep(t) if _profiling() or injections_open[0] else plan.pack(t)
-        self.saved = packed if self.enclosing is None else self.enclosing[0](packed)
-        return self
-
     def keep(self, mask: torch.Tensor) -> torch.Tensor:
-        if _profiling():
-            with torch.autograd.profiler.record_function("pmdrop.pack"):
-                packed = self.plan.pack(mask)
-        else:
-            packed = self.plan.pack(mask)
+        packed = _labelled("pmdrop.pack", self.plan.pack, mask)
         return corrupt(packed) if injections_open[0] else packed
 
     def decode(self, packed: torch.Tensor) -> torch.Tensor:
         if self.unpacked is not None:
             return self.unpacked
         plan = self.plan
-        if _profiling():
-            with torch.autograd.profiler.record_function("pmdrop.unpack"):
-                unpacked = _unpack(plan, packed)
-        else:
-            unpacked = _unpack(plan, packed)
+        unpacked = _labelled("pmdrop.unpack", _unpack, plan, packed)
         # Cached only for a later pass through this node, which needs a retained graph; the cache is freed with
         # the graph's saved tensors, i.e. with this object.
         if plan.cache and _graph_is_retained():
@@ -344,32 +249,24 @@ class _SeededMask(_MaskStandIn):
 
     def __init__(self, plan: _CallPlan, x: torch.Tensor) -> None:
         self.plan, self.saved, self.enclosing = plan, None, _enclosing_hooks(False)
-        self.alignment = 0 if x.is_meta or not plan.fused else x.data_ptr() % 16
+        self.alignment = 0 if x.is_meta or not plan.route.native else x.data_ptr() % 16
         if x.is_meta:  # a stand-in the size of CUDA's Philox state (seed and offset)
             self.state = torch.empty(16, dtype=torch.uint8, device="meta")
         else:
-            self.state = _default_generator(x.device).get_state()
+            self.state = routes.default_generator(x.device).get_state()
 
     def keep(self, mask: torch.Tensor) -> torch.Tensor:
         return self.state
 
     def decode(self, state: torch.Tensor) -> torch.Tensor:
-        if _profiling():
-            with torch.autograd.profiler.record_function("pmdrop.redraw"):
-                return self._redraw(state)
-        return self._redraw(state)
-
-    def _redraw(self, state: torch.Tensor) -> torch.Tensor:
         plan = self.plan
-        if plan.fused:
-            return _regenerate_fused_mask(state, plan.layout, (plan.dtype, plan.device, self.alignment), plan.p)
-        return _draw_noise(plan, None if plan.device.type == "meta" else _redraw_generator(plan.device, state))
+        stride = plan.layout.stride if plan.route.native else plan.layout.mask_stride
+        return _labelled("pmdrop.redraw", plan.route.redraw, state, plan.shape, stride, plan.dtype, plan.device, plan.p,
+                         self.alignment)
 
 
-def _draw_noise(plan: _CallPlan, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Torch's noise-route draw: ``empty_like(x).bernoulli_(1 - p).div_(1 - p)``, in x's dtype and noise layout."""
-    noise = torch.empty_strided(plan.shape, plan.layout.mask_stride, dtype=plan.dtype, device=plan.device)
-    return noise.bernoulli_(1 - plan.p, generator=generator).div_(1 - plan.p)
+def _draw_noise(plan: _CallPlan) -> torch.Tensor:
+    return draw_noise(plan.shape, plan.layout.mask_stride, plan.dtype, plan.device, plan.p)
 
 
 # From this many bytes of input, the noise route takes _InPlaceNoiseFn: its products go into buffers it already holds,
@@ -391,7 +288,7 @@ class _InPlaceNoiseFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, stand_in: _MaskStandIn, inplace: bool) -> torch.Tensor:
-        plan, ctx.stand_in, ctx.inplace, ctx.fused = stand_in.plan, stand_in, inplace, False
+        plan, ctx.stand_in, ctx.inplace = stand_in.plan, stand_in, inplace
         noise = _draw_noise(plan)
         kept = stand_in.keep(noise)
         ctx.save_for_backward(kept)
@@ -414,7 +311,7 @@ class _InPlaceNoiseFn(torch.autograd.Function):
 
     @staticmethod
     def jvp(ctx, x_tangent: torch.Tensor, *_: None) -> torch.Tensor:
-        return _noise_tangent(ctx, x_tangent, ctx.stand_in.decode(ctx.saved_tensors[0]))
+        return NOISE.tangent(x_tangent, ctx.stand_in.decode(ctx.saved_tensors[0]), ctx.stand_in.plan.p, ctx.inplace)
 
 
 def _drop_cache_if_released(ctx) -> None:
@@ -430,10 +327,9 @@ class _TransformPackedFn(torch.autograd.Function):
     """Every exact variant under torch.func transforms: the draw is torch's own op, the mask saved packed.
 
     :func:`_apply_transformed` draws at the caller's level with the op torch's dropout runs there
-    (``torch.dropout`` on a tensor of ones gives its noise, 1 * v being v; ``native_dropout`` on the
-    fused route), so every transform treats the draw as it treats ``F.dropout``'s: vmap's "error" raises
+    (:meth:`Route.draw`), so every transform treats the draw as it treats ``F.dropout``'s: vmap's "error" raises
     torch's error, "different" and "same" give torch's masks, for batched and unbatched inputs alike.
-    This Function only multiplies (noise route) or passes on native_dropout's output (fused route), with
+    This Function only multiplies (noise route) or passes on native_dropout's output (native route), with
     ops vmap batches by itself, and saves the packed mask. Seeded saves the packed mask here too: a
     redraw in a vmapped backward would not see the forward's batch layout.
     """
@@ -442,14 +338,13 @@ class _TransformPackedFn(torch.autograd.Function):
 
     @staticmethod
     def forward(x: torch.Tensor, drawn: torch.Tensor, packed: torch.Tensor, p: float, inplace: bool,
-                masks_per_byte: int, fused: bool) -> torch.Tensor:
-        if fused:
-            return drawn.clone()  # native_dropout's own output, computed without a graph
-        return x.mul_(drawn) if inplace else x * drawn
+                masks_per_byte: int, route: Route) -> torch.Tensor:
+        y = route.apply_drawn(x, drawn, inplace)
+        return y.clone() if y is drawn else y  # native_dropout's own output, computed without a graph
 
     @staticmethod
     def setup_context(ctx, inputs: tuple, output: torch.Tensor) -> None:
-        x, _, packed, ctx.p, ctx.inplace, ctx.k, ctx.fused = inputs
+        x, _, packed, ctx.p, ctx.inplace, ctx.k, ctx.route = inputs
         ctx.shape, ctx.dtype = x.shape, x.dtype
         ctx.set_materialize_grads(False)
         if ctx.inplace:
@@ -459,34 +354,26 @@ class _TransformPackedFn(torch.autograd.Function):
 
     @staticmethod
     def _decode(ctx) -> torch.Tensor:
-        """Fused route: the bool mask; noise route: torch's noise, 0/1 in x's dtype then ``div_`` by ``1 - p``."""
         (packed,) = ctx.saved_tensors
-        mask = unpack_rows(packed, ctx.shape, ctx.k)
-        return mask if ctx.fused else mask.to(ctx.dtype).div_(1 - ctx.p)
+        return ctx.route.decoded(unpack_bits(packed, ctx.shape, ctx.k), ctx.p, ctx.dtype)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor | None) -> tuple:
         if grad is None:
             return (None,) * 7
-        unpacked = _TransformPackedFn._decode(ctx)
-        grad_x = _fused_backward(grad, unpacked, ctx.p) if ctx.fused else grad * unpacked
-        return grad_x, *(None,) * 6
+        return ctx.route.backward(grad, _TransformPackedFn._decode(ctx), ctx.p), *(None,) * 6
 
     @staticmethod
     def jvp(ctx, x_tangent: torch.Tensor, *_: None) -> torch.Tensor:
-        return _noise_tangent(ctx, x_tangent, _TransformPackedFn._decode(ctx))
+        return ctx.route.tangent(x_tangent, _TransformPackedFn._decode(ctx), ctx.p, ctx.inplace)
 
 
 def _apply_transformed(x: torch.Tensor, p: float, inplace: bool, masks_per_byte: int) -> torch.Tensor:
-    fused = _uses_fused_route(x, inplace)
+    route = route_for(x, inplace)
     with torch.no_grad():  # the draw's own autograd would save torch's mask
-        if fused:
-            drawn, mask = torch.ops.aten.native_dropout(x, p, True)
-        else:
-            drawn = torch.dropout(torch.ones_like(x), p, True)
-            mask = drawn != 0
-        packed = pack_rows(mask, masks_per_byte)
-    return _TransformPackedFn.apply(x, drawn, packed, p, inplace, masks_per_byte, fused)
+        drawn, mask = route.draw(x, p)
+        packed = pack_bits(mask, masks_per_byte)
+    return _TransformPackedFn.apply(x, drawn, packed, p, inplace, masks_per_byte, route)
 
 
 def _apply_exact(x: torch.Tensor, p: float, inplace: bool, variant: DropoutVariant) -> torch.Tensor:
@@ -494,21 +381,20 @@ def _apply_exact(x: torch.Tensor, p: float, inplace: bool, variant: DropoutVaria
     # Hooks are disabled under vmap and while AOTAutograd traces; a Function saves the packed mask there.
     if _transforms_active() or not _hooks_enabled():
         return _apply_transformed(x, p, inplace, variant.masks_per_byte or 8)
-    # _FUSED_DEVICE_TYPES (its hash is cached) rather than the route: tests swap it to run the CUDA route on CPU
-    # tensors, and reading the route off x.device.type costs more than the whole lookup.
-    key = (x.shape, x.stride(), x.dtype, x.device, p, inplace, variant.name, _FUSED_DEVICE_TYPES)
+    # The route table (a frozenset, its hash cached) rather than the route: reading the route off x.device.type costs
+    # more than the whole lookup, and use_route swaps the table.
+    key = (x.shape, x.stride(), x.dtype, x.device, p, inplace, variant.name, routes._NATIVE_DEVICE_TYPES)
     plan = _PLANS.get(key)
     if plan is None:
         plan = _new_plan(key, x, p, inplace, variant)
     stand_in = _SeededMask(plan, x) if plan.k is None else _PackedMask(plan)
-    if not plan.fused and plan.numel_bytes >= _IN_PLACE_FROM_BYTES:
+    if plan.route is NOISE and plan.numel_bytes >= _IN_PLACE_FROM_BYTES:
         return _InPlaceNoiseFn.apply(x, stand_in, inplace)
     # What torch.autograd.graph.saved_tensors_hooks does on enter and exit, without its Python object per call.
     _push_hooks(stand_in.pack, _restore)
     try:
         if _profiling():  # the draw with its pack inside, as a trace shows them
-            with torch.autograd.profiler.record_function("pmdrop.draw"):
-                return plan.draw(x, p, True)
+            return _labelled("pmdrop.draw", plan.draw, x, p, True)
         return plan.draw(x, p, True)
     finally:
         _pop_hooks()
@@ -521,15 +407,30 @@ def dropout(
     inplace: bool = False,
     variant: str | DropoutVariant = "pmdrop",
 ) -> torch.Tensor:
-    """``torch.nn.functional.dropout`` with the mask stored as ``variant`` says.
+    """``torch.nn.functional.dropout`` with the mask stored for backward as ``variant`` says.
 
-    Bit-identical to torch's dropout (output, input gradient, their memory layouts, RNG state) for
-    every registered variant whose ``bit_exact`` is true.
+    Variants (:func:`pmdrop.variant_names`; by name or a :class:`pmdrop.DropoutVariant`):
+
+    * ``"pmdrop"`` (default): the mask packed 8 per byte (1 bit per element, 1/32 of fp32's mask on the CPU, 1/8 of
+      CUDA's bool mask), decoded in backward. The choice for most uses.
+    * ``"pmdrop_4bit"``: 4 masks per byte (the paper's ablation); ``"pmdrop_nocache"``: as ``"pmdrop"`` but decoded
+      again on every backward through a retained graph; :func:`pmdrop.packed_variant` builds 2 or 1 per byte.
+    * ``"seeded"``: no mask at all, only the generator state (~5 KB on CPU, 16 B on CUDA per call, whatever the
+      size): backward draws the mask again. Least memory for large tensors; slowest on small ones (a second draw).
+    * ``"baseline"``: torch's own dropout, unchanged (the reference).
+    * ``"pmdrop_fused"``, ``"seeded_fused"``: Triton kernels, CUDA only; their own random stream, so not
+      bit-identical to torch (``bit_exact=False``).
+
+    Every variant with ``bit_exact`` gives torch's dropout bit for bit: output, input gradient, their memory layouts
+    and the RNG state after the call, in eager mode, under ``torch.func`` transforms, ``torch.compile`` and
+    ``torch.export``. Calls that need no backward (eval, p in {0, 1}, no grad, integer or empty input, tensor
+    subclasses) are torch's own dropout. Raises ValueError for p outside [0, 1] or an unknown variant (naming the
+    valid ones).
     """
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
     spec = variant if type(variant) is DropoutVariant else get_variant(variant)
-    if spec.bit_exact and torch.compiler.is_compiling():  # dynamo and export cannot trace the eager path's hooks
+    if torch.compiler.is_compiling():  # dynamo and export cannot trace the eager path's hooks
         return compiled.dropout(x, p, training, inplace, spec)
     if trackers_open[0] and not inside_dropout_site():  # accounting: what this call saves is its mask
         with dropout_site("pmdrop"):
@@ -545,45 +446,8 @@ def dropout(
         and x.is_floating_point()
         and x.numel() > 0
     ):
-        return spec.apply(x, p, inplace, spec)
+        if spec.apply is not None:
+            return spec.apply(x, p, inplace, spec)
+        if spec.storage != "torch":
+            return _apply_exact(x, p, inplace, spec)
     return _torch_dropout(x, p, training, inplace)
-
-
-def _baseline(x: torch.Tensor, p: float, inplace: bool, variant: DropoutVariant) -> torch.Tensor:
-    return _torch_dropout(x, p, True, inplace)
-
-
-register_variant(DropoutVariant("baseline", _baseline, "torch.nn.Dropout as is (the reference)"))
-register_variant(
-    DropoutVariant(
-        "pmdrop", _apply_exact, "mask packed 8 per byte; unpacked mask cached while the graph is retained",
-        masks_per_byte=8, cache_unpacked=True,
-    )
-)
-register_variant(
-    DropoutVariant(
-        "pmdrop_nocache", _apply_exact, "mask packed 8 per byte; unpacked on every access",
-        masks_per_byte=8,
-    )
-)
-register_variant(
-    DropoutVariant(
-        "pmdrop_4bit", _apply_exact, "the paper's 4-bit ablation: 4 masks per byte",
-        masks_per_byte=4, cache_unpacked=True,
-    )
-)
-register_variant(
-    DropoutVariant("seeded", _apply_exact, "no mask: saves the RNG state, redraws it in backward")
-)
-
-
-def packed_variant(masks_per_byte: int, cache_unpacked: bool = True) -> DropoutVariant:
-    """A packed variant at any supported density (``masks_per_byte`` in {8, 4, 2, 1}), registered on first use."""
-    check_masks_per_byte(masks_per_byte)
-    name = f"pmdrop_k{masks_per_byte}" + ("" if cache_unpacked else "_nocache")
-    return register_variant(
-        DropoutVariant(
-            name, _apply_exact, f"mask packed {masks_per_byte} per byte",
-            masks_per_byte=masks_per_byte, cache_unpacked=cache_unpacked,
-        )
-    )

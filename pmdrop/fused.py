@@ -1,10 +1,10 @@
 """Fused CUDA variants: Triton kernels that draw the mask, apply it and write it packed in one pass.
 
-Registers two variants on import (``pmdrop.variant_names()`` lists them afterwards):
+The ``apply`` of two variants (registered in :mod:`pmdrop.variants`):
 
-* ``pmdrop_fused``: the forward kernel reads x, writes y and the mask at 1 bit per element (no byte
-  mask is ever materialised); the backward kernel reads the packed mask and the gradient and writes
-  the input gradient. :func:`fused_packed_variant` builds the same at 4, 2 or 1 masks per byte.
+* ``pmdrop_fused``: the forward kernel reads x, writes y and the mask at 1 bit per element
+  (no byte mask is ever materialised); the backward kernel reads the packed mask and the gradient and writes
+  the input gradient. :func:`pmdrop.variants.fused_packed_variant` builds the same at 4, 2 or 1 masks per byte.
 * ``seeded_fused``: the same forward without the mask store; saves only the Philox seed and
   counter (0 bytes of mask) and redraws the mask in the backward kernel.
 
@@ -29,16 +29,25 @@ import functools
 import importlib
 import os
 import sys
-from collections.abc import Callable
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 import torch
 
+from . import routes
 from .faults import corrupt
-from .packing import check_masks_per_byte, packed_numel
-from .variants import DropoutVariant, register_variant
+from .packing import packed_numel
+
+if TYPE_CHECKING:
+    from .variants import DropoutVariant
 
 _KERNELS = "pmdrop.triton_kernels"
+
+
+def interpreting() -> bool:
+    """Whether the kernels run (or, once imported, will run) under Triton's CPU interpreter, as the tests run them."""
+    kernels = sys.modules.get(_KERNELS)
+    return kernels.INTERPRETED if kernels is not None else os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def kernels_for(x: torch.Tensor, user: str) -> ModuleType:
@@ -84,7 +93,7 @@ def philox_position(device: torch.device, kernels: ModuleType) -> tuple[int, int
 def _scale(p: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """``1 / (1 - p)`` in the dtype torch's native_dropout multiplies in (float64 for float64, else float32)."""
     accumulate = torch.float64 if dtype == torch.float64 else torch.float32
-    return torch.full((1,), 1.0 / (1.0 - p), dtype=accumulate, device=device)
+    return torch.full((1,), routes.scale(p), dtype=accumulate, device=device)
 
 
 def _check_dtype(x: torch.Tensor, variant: str) -> None:
@@ -92,87 +101,48 @@ def _check_dtype(x: torch.Tensor, variant: str) -> None:
         raise TypeError(f"{variant} takes float16, bfloat16, float32 or float64 tensors, got {x.dtype}")
 
 
-def _fused_forward(ctx, x: torch.Tensor, p: float, inplace: bool, variant: DropoutVariant) -> torch.Tensor:
-    """Run the forward kernel; fills ``ctx`` with what both backwards need and returns y."""
-    kernels = kernels_for(x, variant.name)
-    _check_dtype(x, variant.name)
-    src = x.contiguous()
-    out = src if inplace else torch.empty_like(src, memory_format=torch.contiguous_format)
-    k = variant.masks_per_byte or 8  # seeded: no mask stored, any tile shape draws the same bits
-    packed = None if variant.masks_per_byte is None else x.new_empty(packed_numel(x.numel(), k), dtype=torch.uint8)
-    ctx.seed, ctx.counter_base = philox_position(x.device, kernels)
-    ctx.kernels, ctx.p, ctx.k, ctx.shape = kernels, p, k, x.shape
-    kernels.dropout(src.view(-1), out.view(-1), packed, _scale(p, x.dtype, x.device), p, ctx.seed, ctx.counter_base, k)
-    if packed is not None:
-        ctx.save_for_backward(corrupt(packed))
-    if not inplace:
-        return out
-    if out is not x:
-        x.copy_(out)
-    ctx.mark_dirty(x)
-    return x
+class _FusedFn(torch.autograd.Function):
+    """Both Triton variants: the forward kernel (storing the packed mask unless the variant regenerates it), and
+    ``grad * mask * scale`` in backward from the stored or the redrawn mask."""
 
-
-def _fused_backward(ctx, grad: torch.Tensor, noise_of: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-    """``grad * mask * scale``; ``noise_of(v)`` applies the stored or redrawn mask to a flat tensor ``v``."""
-    flat = grad.contiguous().view(-1)
-    if torch.is_grad_enabled():
-        # create_graph: a differentiable product with the noise (mask * scale in grad's dtype), as torch's
-        # derivative of native_dropout computes it then.
-        return grad * noise_of(torch.ones_like(flat)).view(ctx.shape)
-    return noise_of(flat).view(ctx.shape)
-
-
-class _FusedPackedFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, p: float, inplace: bool, variant: DropoutVariant) -> torch.Tensor:
-        return _fused_forward(ctx, x, p, inplace, variant)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
-        (packed,) = ctx.saved_tensors
-        scale = _scale(ctx.p, grad.dtype, grad.device)
-        return _fused_backward(ctx, grad, lambda v: ctx.kernels.masked_scale(v, packed, scale, ctx.k)), None, None, None
-
-
-class _FusedSeededFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, p: float, inplace: bool, variant: DropoutVariant) -> torch.Tensor:
-        return _fused_forward(ctx, x, p, inplace, variant)
+        kernels = kernels_for(x, variant.name)
+        _check_dtype(x, variant.name)
+        src = x.contiguous()
+        out = src if inplace else torch.empty_like(src, memory_format=torch.contiguous_format)
+        k = variant.masks_per_byte or 8  # seeded: no mask stored, any tile shape draws the same bits
+        packed = None if variant.masks_per_byte is None else x.new_empty(packed_numel(x.numel(), k), dtype=torch.uint8)
+        ctx.seed, ctx.counter_base = philox_position(x.device, kernels)
+        ctx.kernels, ctx.p, ctx.k, ctx.shape, ctx.stored = kernels, p, k, x.shape, packed is not None
+        kernels.dropout(src.view(-1), out.view(-1), packed, _scale(p, x.dtype, x.device), p, ctx.seed,
+                        ctx.counter_base, k)
+        if packed is not None:
+            ctx.save_for_backward(corrupt(packed))
+        if not inplace:
+            return out
+        if out is not x:
+            x.copy_(out)
+        ctx.mark_dirty(x)
+        return x
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
         scale = _scale(ctx.p, grad.dtype, grad.device)
 
-        def redraw(v: torch.Tensor) -> torch.Tensor:
+        def noise_of(v: torch.Tensor) -> torch.Tensor:  # v * mask * scale, from the stored or the redrawn mask
+            if ctx.stored:
+                return ctx.kernels.masked_scale(v, ctx.saved_tensors[0], scale, ctx.k)
             out = torch.empty_like(v)
             ctx.kernels.dropout(v, out, None, scale, ctx.p, ctx.seed, ctx.counter_base, ctx.k)
             return out
 
-        return _fused_backward(ctx, grad, redraw), None, None, None
+        flat = grad.contiguous().view(-1)
+        if torch.is_grad_enabled():
+            # create_graph: a differentiable product with the noise (mask * scale in grad's dtype), as torch's
+            # derivative of native_dropout computes it then.
+            return grad * noise_of(torch.ones_like(flat)).view(ctx.shape), None, None, None
+        return noise_of(flat).view(ctx.shape), None, None, None
 
 
-def fused_packed_variant(masks_per_byte: int) -> DropoutVariant:
-    """The fused packed variant at ``masks_per_byte`` in {8, 4, 2, 1}; 8 is ``pmdrop_fused``.
-
-    Pass it to :func:`pmdrop.dropout` as is, or register it (:func:`pmdrop.register_variant`) to use it by
-    name in :func:`pmdrop.convert`.
-    """
-    check_masks_per_byte(masks_per_byte)
-    return DropoutVariant(
-        "pmdrop_fused" if masks_per_byte == 8 else f"pmdrop_fused_k{masks_per_byte}", _FusedPackedFn.apply,
-        f"Triton, CUDA: mask drawn, applied and packed {masks_per_byte} per byte in one pass; "
-        "own Philox stream, not bit-identical to nn.Dropout",
-        masks_per_byte=masks_per_byte, bit_exact=False, device_types=frozenset({"cuda"}),
-    )
-
-
-register_variant(fused_packed_variant(8))
-register_variant(
-    DropoutVariant(
-        "seeded_fused", _FusedSeededFn.apply,
-        "Triton, CUDA: no mask, saves the Philox seed and counter and redraws it in backward; "
-        "own Philox stream, not bit-identical to nn.Dropout",
-        bit_exact=False, device_types=frozenset({"cuda"}),
-    )
-)
+apply = _FusedFn.apply

@@ -20,6 +20,7 @@ Python runs for each op).
 from __future__ import annotations
 
 import inspect
+import logging
 import threading
 import types
 import warnings
@@ -31,7 +32,9 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from .functional import dropout
-from .variants import DropoutVariant, get_variant, register_variant, variant_names
+from .variants import DropoutVariant, check_runs_on, get_variant, register_variant, variant_names
+
+_log = logging.getLogger("pmdrop")
 
 ROUTINGS = ("static", "all")
 _MAX_DEPTH = 8  # calls and attribute hops followed from a method before the analysis stops
@@ -312,8 +315,16 @@ class _ExitDropoutMode:
 
 
 class PackedDropout(nn.Dropout):
-    """``nn.Dropout`` whose mask is stored as ``variant`` says (an ``nn.Dropout`` subclass, so
-    code that reads ``.p`` or checks ``isinstance(m, nn.Dropout)`` keeps working)."""
+    """``nn.Dropout`` whose mask is stored for backward as ``variant`` says: ``PackedDropout(0.1)`` packs it at 1 bit
+    per element and computes what ``nn.Dropout(0.1)`` computes, bit for bit (output, gradient, RNG state).
+
+    ``variant``: ``"pmdrop"`` (default, the usual choice), ``"pmdrop_4bit"``, ``"pmdrop_nocache"``, ``"seeded"``
+    (no mask, redrawn in backward), ``"baseline"`` (torch's own) or the CUDA-only Triton ``"pmdrop_fused"``/
+    ``"seeded_fused"``; :func:`pmdrop.dropout` says when to pick each. An ``nn.Dropout`` subclass, so code that reads
+    ``.p`` or checks ``isinstance(m, nn.Dropout)`` keeps working; ``.variant`` reads or switches the variant.
+    TorchScript cannot compile it (a one-sentence RuntimeError); ``torch.compile`` and ``torch.export`` can.
+    Raises ValueError for an unknown variant.
+    """
 
     def __init__(self, p: float = 0.5, inplace: bool = False, variant: str | DropoutVariant = "pmdrop") -> None:
         super().__init__(p, inplace)
@@ -381,38 +392,86 @@ def _undo_routing(module: nn.Module) -> None:
             module._forward_hooks_always_called.pop(key, None)
 
 
-def convert(model: nn.Module, variant: str | DropoutVariant = "pmdrop", routing: str = "static") -> nn.Module:
-    """Route every dropout of ``model`` through pmdrop's ``variant``; returns ``model`` (changed in place).
+# Dropout kinds convert leaves as torch's: they drop whole channels or keep SELU's statistics, not elementwise masks.
+_UNHANDLED_DROPOUT = (nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
 
-    ``nn.Dropout`` modules become :class:`PackedDropout`. ``routing="static"`` (default) routes the
-    ``F.dropout`` calls found in the modules' code at no cost per op; ``routing="all"`` runs every
-    container's forward under :func:`dropout_mode` instead, for code the analysis cannot see.
-    Converting again switches the variant (and routing). Parameters, buffers, state_dict keys
-    and ``forward``'s signature are untouched; a converted model pickles and loads.
+
+def convert(model: nn.Module, variant: str | DropoutVariant = "pmdrop", routing: str = "static") -> nn.Module:
+    """Route every dropout of ``model`` through pmdrop's ``variant``; returns ``model``, changed in place.
+
+    ``variant``: a name from :func:`pmdrop.variant_names` or a :class:`pmdrop.DropoutVariant`. Which to pick:
+    ``"pmdrop"`` (mask at 1 bit per element, bit-identical to torch) for almost every model, on CPU and CUDA;
+    ``"seeded"`` (no mask: the generator state, mask redrawn in backward) where memory matters more than the redraw's
+    time (large activations); ``"pmdrop_4bit"`` to reproduce the paper's 4-bit ablation; ``"baseline"`` to keep
+    torch's dropout (a reference run). ``"pmdrop_fused"``/``"seeded_fused"`` (Triton) need CUDA and are not
+    bit-identical to torch. :func:`pmdrop.dropout`'s docstring lists them all.
+
+    What changes: every exact ``nn.Dropout`` module becomes a :class:`PackedDropout` (an ``nn.Dropout`` subclass, same
+    ``p`` and ``inplace``); modules whose own code calls ``F.dropout`` (transformers' eager attention, Longformer)
+    get a same-named subclass whose methods are the originals' code with ``F.dropout`` bound to pmdrop's
+    (``routing="static"``, no cost per op); ``routing="all"`` instead runs every container's forward under
+    :func:`dropout_mode`, for code the analysis cannot see (slower: Python runs for every torch op). Converting again
+    switches the variant and routing. What stays: parameters, buffers, ``state_dict`` keys, ``forward``'s signature,
+    eval mode (torch's dropout, the identity), and these, which keep torch's dropout with a warning: ``Dropout1d``/
+    ``2d``/``3d``, ``AlphaDropout``, ``FeatureAlphaDropout``, ``nn.Dropout`` subclasses whose code calls no
+    ``F.dropout`` (``routing="all"`` routes those), and attention dropout fused into
+    ``scaled_dot_product_attention`` (SDPA, flash; load transformers models with ``attn_implementation="eager"``).
+
+    A converted model pickles; loading a whole pickled model needs ``torch.load(path, weights_only=False)`` (its
+    classes are made at run time), or save and load its ``state_dict`` into a model converted again.
+
+    Raises ValueError for an unknown variant or routing, or a variant the model's device cannot run (naming the valid
+    ones); TypeError for a TorchScript module (convert the eager model, then use ``torch.compile`` or
+    ``torch.export``). Warns when it finds no dropout to convert. Logs (logger ``pmdrop``, INFO) what it converted.
     """
+    if isinstance(model, torch.jit.ScriptModule):
+        raise TypeError(f"convert takes an eager nn.Module, got a TorchScript {type(model).__name__}: convert the "
+                        "eager model before scripting (TorchScript cannot run pmdrop's dropout; torch.compile and "
+                        "torch.export can)")
     spec = get_variant(variant)
     if routing not in ROUTINGS:
         raise ValueError(f"unknown routing {routing!r}; valid: {', '.join(ROUTINGS)}")
+    for device in {t.device for t in (*model.parameters(), *model.buffers())}:
+        check_runs_on(spec, device)
     router = _router(spec)
+    replaced = 0
     for parent in list(model.modules()):
         for name, child in parent.named_children():
             if type(child) is nn.Dropout:
                 replacement = PackedDropout(child.p, child.inplace, spec)
                 replacement.train(child.training)
                 setattr(parent, name, replacement)
+                replaced += 1
+    modules, routed, unhandled, warned = 0, set(), {}, False
     for module in model.modules():
         _undo_routing(module)
         if isinstance(module, PackedDropout):
             module.spec = spec
+            modules += 1
+        elif isinstance(module, _UNHANDLED_DROPOUT):
+            unhandled[type(module).__name__] = unhandled.get(type(module).__name__, 0) + 1
         elif routing == "all":
             if module is model or next(module.children(), None) is not None:
                 module.register_forward_pre_hook(_EnterDropoutMode(spec))
                 module.register_forward_hook(_ExitDropoutMode(), always_call=True)
         else:
-            routed = router.routed_class(type(module))
-            if routed is not None:
-                module.__class__ = routed
+            cls = router.routed_class(type(module))
+            if cls is not None:
+                module.__class__ = cls
+                routed.add(cls.__qualname__)
             elif isinstance(module, nn.Dropout):
                 _warn_unrouted_dropout_subclass(module)
+                warned = True
+    if unhandled:
+        kinds = ", ".join(f"{count} {name}" for name, count in unhandled.items())
+        warnings.warn(f"convert leaves {kinds} as torch's dropout: pmdrop packs elementwise dropout (nn.Dropout, "
+                      "F.dropout) only", stacklevel=2)
+    elif not modules and not routed and routing == "static" and not warned:
+        warnings.warn(f"convert found no dropout in {type(model).__name__}: no nn.Dropout module and no F.dropout "
+                      "call in its modules' code; the model is unchanged (routing='all' reaches code the analysis "
+                      "cannot see)", stacklevel=2)
+    _log.info("convert(%s, %r, routing=%r): %d nn.Dropout -> PackedDropout (%d in all); F.dropout routed in %s",
+              type(model).__name__, spec.name, routing, replaced, modules,
+              ", ".join(sorted(routed)) or ("every container's forward" if routing == "all" else "no module"))
     _warn_fused_attention_dropout(model)
     return model

@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -192,27 +192,30 @@ def unpack_flat(
     return rows.view(-1)[:numel]
 
 
-def _bit_shifts(masks_per_byte: int, device: torch.device) -> torch.Tensor:
-    return torch.arange(0, 8, 8 // masks_per_byte, dtype=torch.uint8, device=device)
+def pack_bits(mask: torch.Tensor, masks_per_byte: int) -> torch.Tensor:
+    """The layout's one traceable definition: a bool mask in row-major order to ``ceil(numel / k)`` uint8.
 
-
-def pack_rows(mask: torch.Tensor, masks_per_byte: int) -> torch.Tensor:
-    """Pack a bool mask in row-major order, as :func:`pack_mask`, with ops that ``torch.func.vmap`` batches.
-
-    Under vmap each sample's mask is packed on its own (``ceil(numel / k)`` bytes per sample).
+    Plain tensor ops that ``torch.func.vmap`` batches (each sample packed on its own), dynamo traces and Inductor fuses:
+    the ``torch.func``, ``torch.compile`` and ``torch.export`` paths pack with it; the eager paths run the faster
+    implementations above, which give the same bytes.
     """
+    k = check_masks_per_byte(masks_per_byte)
     flat = mask.reshape(-1)
-    if flat.numel() % masks_per_byte:
-        flat = torch.cat([flat, flat.new_zeros(-flat.numel() % masks_per_byte)])
-    # The bits of one byte are distinct, so their sum in uint8 is their bitwise or.
-    shifted = flat.view(-1, masks_per_byte).to(torch.uint8) << _bit_shifts(masks_per_byte, mask.device)
-    return shifted.sum(-1, dtype=torch.uint8)
+    if flat.numel() % k:
+        flat = torch.cat([flat, flat.new_zeros(-flat.numel() % k)])
+    # One pointwise or of k strided columns, not a sum over a last dim of k: Inductor's CPU code for that uint8
+    # reduction took 17.7 ms where this takes 0.06 ms for a (16, 64, 512) mask at k = 8.
+    columns = flat.view(-1, k).to(torch.uint8)
+    packed = columns[:, 0]
+    for i in range(1, k):
+        packed = packed | (columns[:, i] << i * (8 // k))
+    return packed
 
 
-def unpack_rows(packed: torch.Tensor, shape: torch.Size, masks_per_byte: int) -> torch.Tensor:
-    """Inverse of :func:`pack_rows`: a contiguous bool tensor of ``shape``."""
-    bits = (packed.unsqueeze(-1) >> _bit_shifts(masks_per_byte, packed.device)) & 1
-    return bits.reshape(-1)[: math.prod(shape)].reshape(shape).to(torch.bool)
+def unpack_bits(packed: torch.Tensor, shape: Sequence[int], masks_per_byte: int) -> torch.Tensor:
+    """Inverse of :func:`pack_bits`: a contiguous bool tensor of ``shape`` (traceable likewise)."""
+    shifts = torch.arange(0, 8, 8 // masks_per_byte, dtype=torch.uint8, device=packed.device)
+    return ((packed.unsqueeze(-1) >> shifts) & 1).reshape(-1)[: math.prod(shape)].view(shape).to(torch.bool)
 
 
 def pack_mask(mask: torch.Tensor, masks_per_byte: int = 8) -> torch.Tensor:

@@ -58,6 +58,9 @@ class _PackedBool:
 def pack_saved_masks() -> Iterator[PackedSavedMasks]:
     """Save every bool tensor autograd keeps for backward bit-packed, restored exactly when backward reads it.
 
+    No module swap: for an unconverted model whose dropout saves a bool mask (CUDA's ``nn.Dropout``, every
+    ``torch.compile``'d dropout), or any op's bool saved tensor. On CPU eager ``nn.Dropout`` saves a float mask, which
+    this leaves alone: use :func:`pmdrop.convert` there. Yields a :class:`PackedSavedMasks` counting what it packed.
     The storage span a tensor views is packed (so views, transposes, expanded and sliced tensors come back
     with their own strides); a tensor whose span is over 8x its element count is left as it was. Like any
     ``saved_tensors_hooks``, the innermost active pair applies: inside this context, outer hooks (for

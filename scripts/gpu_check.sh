@@ -5,7 +5,7 @@
 #   OUT=/tmp/gpu_check BUDGET_S=540 bash scripts/gpu_check.sh          # on the GPU machine (`make gpu-check`)
 #   OUT=/tmp/gpu_check STEPS="tests bench" bash scripts/gpu_check.sh   # only some steps
 #
-# Steps, in order: tests (pytest -m cuda), bench (python -m pmdrop.bench_gpu, fp32 and bf16), steps (BERT-Large b32
+# Steps, in order: tests (pytest -m cuda), bench (python -m benchmarks.bench_gpu, fp32 and bf16), steps (BERT-Large b32
 # s512 and TinyBERT s128, bf16 AMP, baseline/pmdrop/seeded: max_memory_allocated and step time, via the harness),
 # plan (experiment=memory_plan for the same shapes and variants, on the meta device), report (scripts.report over
 # both). The whole run keeps inside BUDGET_S seconds: a step that cannot start with its minimum time left is skipped
@@ -74,9 +74,9 @@ fi
 
 run_step tests 60 "$PYTHON" -m pytest -q -p no:cacheprovider -m cuda tests/core
 if ((has_cuda)); then
-    run_step bench 90 "$PYTHON" -m pmdrop.bench_gpu --dtype fp32 bf16 --json "$OUT/bench_gpu.json"
+    run_step bench 90 "$PYTHON" -m benchmarks.bench_gpu --dtype fp32 bf16 --json "$OUT/bench_gpu.json"
 else
-    run_step bench 30 "$PYTHON" -m pmdrop.bench_gpu --smoke
+    run_step bench 30 "$PYTHON" -m benchmarks.bench_gpu --smoke
 fi
 
 if "$PYTHON" -c "import hydra, omegaconf" 2>/dev/null; then

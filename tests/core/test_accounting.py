@@ -44,3 +44,18 @@ def test_a_storage_saved_twice_is_counted_once():
         y = x * x  # saves x twice (self and other)
     del y
     assert saved.activation_bytes == 400
+
+
+@pytest.mark.parametrize(("variant", "mask_bytes"), [("pmdrop", 8 * 16 // 8), ("seeded", None)])
+def test_a_compiled_models_packed_mask_is_counted_as_its_mask(variant, mask_bytes):
+    """A compiled graph saves its tensors after it ran, outside any dropout call: its pack marks the mask."""
+    torch._dynamo.reset()
+    model = pmdrop.convert(torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.Dropout(0.1)), variant)
+    compiled = torch.compile(model, backend="aot_eager")
+    x = torch.randn(8, 16, requires_grad=True)
+    compiled(x).sum().backward()  # compiled outside the tracker
+    with pmdrop.track_saved_tensors(model.parameters()) as saved:
+        y = compiled(x)
+    y.sum().backward()
+    assert saved.dropout_calls == {"pmdrop": 1} and saved.mask_tensors == 1
+    assert saved.mask_bytes == (mask_bytes or torch.get_rng_state().numel())

@@ -3,13 +3,14 @@ import json
 import pytest
 import torch
 
-import pmdrop.bench
+import pmdrop
+from benchmarks import bench
 
 
 def test_bench_prints_ratios_and_bytes_for_every_exact_variant(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    pmdrop.bench.main(["--views", "size", "--shape", "64,33", "--pairs", "2", "--dtype", "fp32", "bf16", "--json",
-                       str(out)])
+    bench.main(["--views", "size", "--shape", "64,33", "--pairs", "2", "--dtype", "fp32", "bf16", "--json",
+                str(out)])
     printed = capsys.readouterr().out
     report = json.loads(out.read_text())
     assert report["provenance"]["device"].startswith("cpu") and "commit" in report["provenance"]
@@ -26,22 +27,22 @@ def test_bench_prints_ratios_and_bytes_for_every_exact_variant(tmp_path, capsys)
 
 def test_bench_rejects_an_unknown_variant_before_timing(capsys):
     with pytest.raises(ValueError, match="unknown dropout variant 'nope'"):
-        pmdrop.bench.main(["--shape", "8", "--variants", "nope"])
+        bench.main(["--shape", "8", "--variants", "nope"])
 
 
 def test_interleaved_alternates_which_side_goes_first():
     calls = []
-    timed = pmdrop.bench.interleaved(lambda: calls.append("ref") or (1.0, 2.0),
+    timed = bench.interleaved(lambda: calls.append("ref") or (1.0, 2.0),
                                      lambda: calls.append("cand") or (3.0, 2.0), pairs=3, warmup=1)
     assert calls == ["ref", "cand", "ref", "cand", "cand", "ref", "ref", "cand"]
-    fwd, bwd, total = pmdrop.bench.fwd_bwd_ratios(timed)
+    fwd, bwd, total = bench.fwd_bwd_ratios(timed)
     assert fwd == [3.0] * 3 and bwd == [1.0] * 3 and total == [5 / 3] * 3
 
 
 def test_launch_bound_view_reports_per_call_ratios_op_counts_and_routing_cost(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    pmdrop.bench.main(["--views", "launch", "--call-pairs", "2", "--routing-pairs", "2", "--variants", "baseline",
-                       "pmdrop", "seeded", "--json", str(out)])
+    bench.main(["--views", "launch", "--call-pairs", "2", "--routing-pairs", "2", "--variants", "baseline",
+                "pmdrop", "seeded", "--json", str(out)])
     printed = capsys.readouterr().out
     view = json.loads(out.read_text())["launch_bound"]
     assert [r["variant"] for r in view["per_call"]] == ["baseline", "pmdrop", "seeded"]
@@ -53,12 +54,12 @@ def test_launch_bound_view_reports_per_call_ratios_op_counts_and_routing_cost(tm
     ops = {(c["variant"], c["route"]): c for c in view["op_counts"]}
     # torch's own routes, as a reference: CPU draws noise (empty_like, bernoulli_, div_, mul), CUDA one native_dropout
     assert ops["nn.Dropout", "noise"]["fwd_op_names"] == ["empty_like", "bernoulli_", "div_", "mul"]
-    assert ops["nn.Dropout", "fused"]["fwd_op_names"] == ["native_dropout"]
-    assert ops["nn.Dropout", "noise"]["fwd_kernels"] == 3 and ops["nn.Dropout", "fused"]["fwd_kernels"] == 1
+    assert ops["nn.Dropout", "native"]["fwd_op_names"] == ["native_dropout"]
+    assert ops["nn.Dropout", "noise"]["fwd_kernels"] == 3 and ops["nn.Dropout", "native"]["fwd_kernels"] == 1
     assert ops["baseline", "noise"]["fwd_op_names"] == ops["nn.Dropout", "noise"]["fwd_op_names"]
-    assert "native_dropout" in ops["pmdrop", "fused"]["fwd_op_names"]  # the CUDA route's logic did run
+    assert "native_dropout" in ops["pmdrop", "native"]["fwd_op_names"]  # the CUDA route's logic did run
     assert "native_dropout" not in ops["pmdrop", "noise"]["fwd_op_names"]
-    assert "native_dropout_backward" in ops["pmdrop", "fused"]["bwd_op_names"]
+    assert "native_dropout_backward" in ops["pmdrop", "native"]["bwd_op_names"]
     assert ops["pmdrop", "noise"]["fwd_kernels"] > 0 and ops["pmdrop", "noise"]["bwd_kernels"] > 0
     routing = {(r["variant"], r["routing"]): r for r in view["routing"]}
     assert set(routing) == {(v, r) for v in ("baseline", "pmdrop") for r in ("static", "all")}
@@ -75,7 +76,7 @@ def test_the_steps_to_a_packed_call_compute_what_nn_dropout_computes(packs):
     x = torch.randn(64, 64, requires_grad=True)
     plan = pmdrop.functional._CallPlan(x, 0.1, False, pmdrop.get_variant("pmdrop")) if packs else None
     results = []
-    for layer in (torch.nn.Dropout(0.1), pmdrop.bench._DropoutUnderHooks(0.1, plan)):
+    for layer in (torch.nn.Dropout(0.1), bench._DropoutUnderHooks(0.1, plan)):
         torch.manual_seed(7)
         y = layer(x)
         (grad,) = torch.autograd.grad(y, x, torch.randn_like(y))
@@ -85,7 +86,7 @@ def test_the_steps_to_a_packed_call_compute_what_nn_dropout_computes(packs):
 
 
 def test_tiny_bert_stand_in_has_berts_dropout_sites():
-    model, loss_of = pmdrop.bench._tiny_model("torch")
+    model, loss_of = bench._tiny_model("torch")
     with pmdrop.track_saved_tensors() as saved:
         loss_of(pmdrop.convert(model, "pmdrop"))
     assert saved.dropout_calls == {"pmdrop": 1 + 3 * 4 + 1}

@@ -12,7 +12,8 @@ import torch._inductor.config as inductor_config
 from torch import nn
 
 import pmdrop
-from pmdrop.compiled import pack_traceable, unpack_traceable
+from pmdrop.packing import pack_bits as pack_traceable
+from pmdrop.packing import unpack_bits as unpack_traceable
 
 from .models import tiny_longformer, tiny_vit, token_batch
 

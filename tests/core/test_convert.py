@@ -348,3 +348,34 @@ def test_a_dropout_subclass_static_routing_cannot_reach_warns_and_routing_all_ro
         warnings.simplefilter("error")
         pmdrop.convert(model, "pmdrop", routing="all")
     assert dropout_calls(model, x).dropout_calls == {"pmdrop": 1}
+
+
+# ------------------------------------------------------------------ what convert tells
+def test_convert_refuses_torchscript_and_a_variant_the_models_device_cannot_run():
+    with pytest.raises(TypeError, match=r"^convert takes an eager nn.Module, got a TorchScript"):
+        pmdrop.convert(torch.jit.script(nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.1))))
+    model = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.1))
+    cuda_only = pmdrop.DropoutVariant("cuda_only", "packed", "", masks_per_byte=8, device_types=frozenset({"cuda"}))
+    with pytest.raises(ValueError, match=r"'cuda_only' runs on cuda only, not on cpu; valid on cpu: baseline"):
+        pmdrop.convert(model, cuda_only)
+    assert type(model[1]) is nn.Dropout  # refused before any change
+
+
+def test_convert_warns_when_it_finds_nothing_and_names_the_dropout_kinds_it_leaves():
+    with pytest.warns(UserWarning, match=r"^convert found no dropout in Linear: .* the model is unchanged"):
+        pmdrop.convert(nn.Linear(4, 4))
+    model = nn.Sequential(nn.Dropout2d(0.1), nn.AlphaDropout(0.1), nn.Dropout(0.1))
+    with pytest.warns(UserWarning, match=r"^convert leaves 1 Dropout2d, 1 AlphaDropout as torch's dropout"):
+        pmdrop.convert(model)
+    assert [type(m) for m in model] == [nn.Dropout2d, nn.AlphaDropout, pmdrop.PackedDropout]
+
+
+def test_convert_logs_what_it_converted(caplog):
+    model = nn.Sequential(nn.Dropout(0.1), FunctionalDropouts(), nn.Dropout(0.2))
+    with caplog.at_level("INFO", logger="pmdrop"):
+        pmdrop.convert(model, "seeded")
+    (record,) = caplog.records
+    assert record.getMessage() == (
+        "convert(Sequential, 'seeded', routing='static'): 2 nn.Dropout -> PackedDropout (2 in all); "
+        "F.dropout routed in FunctionalDropouts"
+    )

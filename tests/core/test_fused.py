@@ -43,9 +43,9 @@ def _import_kernels():
 
 
 kernels = _import_kernels()
-from pmdrop import fused  # noqa: E402 - after the kernels are decorated in the mode chosen above
+from pmdrop import fused, variants  # noqa: E402 - after the kernels are decorated in the mode chosen above
 
-K4 = fused.fused_packed_variant(4)  # not registered: the registry stays what the harness's configs list
+K4 = variants.fused_packed_variant(4)  # not registered: the registry stays what the harness's configs list
 VARIANTS = ["pmdrop_fused", K4, "seeded_fused"]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 SHAPES = [(7,), (3, 5, 143), (2, 2049)]  # below one byte; one chunk + a ragged tail; two chunks + a tail
@@ -91,12 +91,12 @@ def forward(variant: str, x: torch.Tensor, p: float = 0.3, seed: int = 0):
 def test_registered_as_not_bit_exact():
     pmdrop_fused, seeded_fused = pmdrop.get_variant("pmdrop_fused"), pmdrop.get_variant("seeded_fused")
     assert {"pmdrop_fused", "seeded_fused"} <= set(pmdrop.variant_names())
-    assert fused.fused_packed_variant(8) == pmdrop_fused and K4.masks_per_byte == 4 and K4.name == "pmdrop_fused_k4"
+    assert variants.fused_packed_variant(8) == pmdrop_fused and K4.masks_per_byte == 4 and K4.name == "pmdrop_fused_k4"
     assert not pmdrop_fused.bit_exact and not seeded_fused.bit_exact
     assert (pmdrop_fused.masks_per_byte, seeded_fused.masks_per_byte) == (8, None)
     assert "not bit-identical" in pmdrop_fused.summary
     with pytest.raises(ValueError, match=r"masks_per_byte=3 is not supported; valid: \(8, 4, 2, 1\)"):
-        fused.fused_packed_variant(3)
+        variants.fused_packed_variant(3)
 
 
 @pytest.mark.parametrize("shape", SHAPES[:2], ids=str)
@@ -403,7 +403,7 @@ def test_kernels_compile_to_gpu_code_without_a_gpu():
 
 
 def test_bench_gpu_smoke_runs_and_cpu_timing_is_refused():
-    from pmdrop import bench_gpu
+    from benchmarks import bench_gpu
 
     checked = bench_gpu.smoke(DEVICE)
     assert len(checked) == 6
@@ -416,7 +416,7 @@ def test_bench_gpu_exact_route_pieces_check_and_time_both_routes():
     """Checks both routes agree, then times them with any timer: here wall-clock on the interpreter."""
     import time
 
-    from pmdrop import bench_gpu
+    from benchmarks import bench_gpu
 
     calls = []
 

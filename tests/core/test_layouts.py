@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 import pmdrop
 
 from .helpers import EXACT_VARIANTS
-from .routes import ROUTES, bits_equal, route, skip_baseline_on_fused, torch_reference
+from .routes import ROUTES, bits_equal, route, skip_baseline_on_native, torch_reference
 
 
 @st.composite
@@ -69,7 +69,7 @@ def run(layer, x0, prepare, grad_layout, inplace=False):
 @given(case=strided_inputs(), inplace=st.booleans())
 @pytest.mark.usefixtures("eager_path")
 def test_output_and_input_grad_have_torchs_strides(variant, route_name, case, inplace):
-    skip_baseline_on_fused(variant, route_name)
+    skip_baseline_on_native(variant, route_name)
     x0, prepare, grad_layout = case
     reference = run(lambda x: torch_reference(route_name, x, 0.4, inplace), x0, prepare, grad_layout, inplace)
     with route(route_name):
@@ -88,7 +88,7 @@ def test_column_major_input_row_major_grad_keeps_the_previous_layers_grads(varia
     """A Linear's output seen transposed (column-major) feeds dropout, and the op after it hands back a
     row-major gradient: the Linear's parameter gradients reduce over what dropout's backward returns,
     and its bias gradient rounds differently on the other layout."""
-    skip_baseline_on_fused(variant, route_name)
+    skip_baseline_on_native(variant, route_name)
 
     def parameter_grads(drop):
         torch.manual_seed(0)

@@ -124,9 +124,9 @@ def test_bad_arguments_are_named():
 @pytest.mark.parametrize(
     ("variant", "route", "fwd_kernels", "bwd_kernels"),
     [
-        # fused (CUDA) route: native_dropout + pack (one multiply, one strided copy); unpack (2) + its backward.
+        # native (CUDA) route: native_dropout + pack (one multiply, one strided copy); unpack (2) + its backward.
         # Before the one-multiply pack: 4 and 3 (pmdrop), 9 and 3 (pmdrop_4bit).
-        ("pmdrop", "fused", 3, 3), ("pmdrop_4bit", "fused", 3, 3), ("seeded", "fused", 1, 2),
+        ("pmdrop", "native", 3, 3), ("pmdrop_4bit", "native", 3, 3), ("seeded", "native", 1, 2),
         # noise (CPU) route: torch's own draw, div_ and multiply, then the pack (one uint8 matrix-vector product over
         # the noise's bytes); packing a bool copy of it: 5; with a multiply and a strided copy for the pack: 6; before
         # the saved-tensor hooks: 5 (bool draw, pack (2), select of the noise, multiply), before that 7.
@@ -135,7 +135,7 @@ def test_bad_arguments_are_named():
 )
 def test_kernels_per_call(variant, route, fwd_kernels, bwd_kernels):
     """Every aten op that computes is a kernel launch on a GPU; the fused route's logic runs here on CPU."""
-    from pmdrop.bench import count_ops
+    from benchmarks.bench import count_ops
 
     counted = count_ops(variant, route)
     assert counted.error is None

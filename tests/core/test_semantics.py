@@ -6,7 +6,7 @@ import torch
 import pmdrop
 
 from .helpers import EXACT_VARIANTS
-from .routes import ROUTES, bits_equal, route, skip_baseline_on_fused, torch_reference
+from .routes import ROUTES, bits_equal, route, skip_baseline_on_native, torch_reference
 
 
 @pytest.mark.parametrize("p", [-0.1, 1.5])
@@ -107,7 +107,7 @@ def test_packed_variant_knob_registers_each_density(monkeypatch):
 @pytest.mark.parametrize("p", [0.99998, 0.99999, 1 - 2**-24, 1 - 2**-30])
 def test_p_close_to_one_gives_torchs_zeros_not_nan(variant, route_name, dtype, p):
     """fp16's 1 / (1 - p) overflows to inf: torch's noise is then {0, inf} (0 and 1 divided by 1 - p), never nan."""
-    skip_baseline_on_fused(variant, route_name)
+    skip_baseline_on_native(variant, route_name)
     x0 = torch.randn(4000, dtype=dtype)
 
     def run(layer):
@@ -124,9 +124,9 @@ def test_p_close_to_one_gives_torchs_zeros_not_nan(variant, route_name, dtype, p
 
 
 @pytest.mark.parametrize("variant", EXACT_VARIANTS)
-@pytest.mark.parametrize("inplace", [False, True], ids=["fused_route", "noise_route"])
+@pytest.mark.parametrize("inplace", [False, True], ids=["native_route", "noise_route"])
 def test_meta_tensors_run_forward_and_backward_and_save_cuda_sized_masks(variant, inplace):
-    """Memory is planned on meta with CUDA's semantics: the fused route out of place, nothing read from data."""
+    """Memory is planned on meta with CUDA's semantics: the native route out of place, nothing read from data."""
     saved = []
 
     def pack(t):
@@ -143,3 +143,30 @@ def test_meta_tensors_run_forward_and_backward_and_save_cuda_sized_masks(variant
         assert saved == [(torch.uint8, -(-37 * 11 // spec.masks_per_byte), "meta")]
     elif variant == "seeded":
         assert saved == [(torch.uint8, 16, "meta")]
+
+
+def test_use_route_and_variant_storage_refuse_bad_values_in_one_line():
+    with pytest.raises(ValueError, match=r"^unknown dropout route 'fused'; valid: noise, native$"), \
+            pmdrop.use_route("fused"):
+        pass
+    with pytest.raises(ValueError, match=r"storage='bits'; valid: torch, packed, regenerated$"):
+        pmdrop.DropoutVariant("odd", "bits", "")
+    with pytest.raises(ValueError, match=r"masks_per_byte goes with storage='packed', only with it$"):
+        pmdrop.DropoutVariant("odd", "regenerated", "", masks_per_byte=8)
+
+
+def test_compiled_path_honours_a_variants_own_apply():
+    """torch.compile runs a registered variant's ``apply`` (it is the one source of its behaviour), not torch's."""
+    calls = []
+
+    def doubled(x, p, inplace, variant):
+        calls.append(variant.name)
+        return torch.nn.functional.dropout(x, p, True, inplace) * 2
+
+    spec = pmdrop.DropoutVariant("doubled", "torch", "torch's dropout, times two", apply=doubled)
+    torch._dynamo.reset()
+    x = torch.randn(4, 8, requires_grad=True)
+    torch.manual_seed(0)
+    y = torch.compile(lambda t: pmdrop.dropout(t, 0.5, variant=spec), backend="eager")(x)
+    torch.manual_seed(0)
+    assert calls == ["doubled"] and torch.equal(y, torch.nn.functional.dropout(x, 0.5) * 2)

@@ -13,7 +13,7 @@ from torch.func import functional_call, grad, jacfwd, jvp, vjp, vmap
 import pmdrop
 
 from .helpers import EXACT_VARIANTS
-from .routes import ROUTES, bits_equal, route, skip_baseline_on_fused, torch_reference
+from .routes import ROUTES, bits_equal, route, skip_baseline_on_native, torch_reference
 
 P = 0.3
 
@@ -49,7 +49,7 @@ def outcome(transform, layer, x):
 @pytest.mark.parametrize("route_name", ROUTES)
 @pytest.mark.parametrize("name", TRANSFORMS)
 def test_transform_matches_f_dropout(variant, route_name, name):
-    skip_baseline_on_fused(variant, route_name)
+    skip_baseline_on_native(variant, route_name)
     x = torch.randn(5, 7)
     transform = TRANSFORMS[name]
 
@@ -102,7 +102,7 @@ def test_functional_call_training_matches(variant):
 @pytest.mark.parametrize("route_name", ROUTES)
 @pytest.mark.parametrize("requires_grad", [True, False])
 def test_forward_ad_on_dual_tensors_matches(variant, route_name, requires_grad):
-    skip_baseline_on_fused(variant, route_name)
+    skip_baseline_on_native(variant, route_name)
     x = torch.randn(6, 9, requires_grad=requires_grad)
 
     def primal_and_tangent(layer):

@@ -1,16 +1,16 @@
 """Benchmark: each variant's fwd+bwd time as a ratio to ``torch.nn.Dropout``, its saved bytes, and the
 launch-bound view (what a step pays per call where kernels are short: host work and dispatched ops).
 
-    python -m pmdrop.bench                         # fp32 (32, 512, 768) on the CPU, every variant, then the launch view
-    python -m pmdrop.bench --dtype fp32 bf16 --shape 8,12,512,512 --pairs 15 --json out.json
-    python -m pmdrop.bench --views launch --threads 1          # per call, op counts, routing cost only
+    python -m benchmarks.bench                     # fp32 (32, 512, 768) on the CPU, every variant, then the launch view
+    python -m benchmarks.bench --dtype fp32 bf16 --shape 8,12,512,512 --pairs 15 --json out.json
+    python -m benchmarks.bench --views launch --threads 1      # per call, op counts, routing cost only
 
 Ratios, not absolute times, because shared machines are noisy: every repetition times the
 baseline and the variant back to back (alternating which goes first) in this one process, and
 the figure reported is the median of those per-pair ratios.
 
 The launch-bound view: fwd+bwd of a (64, 64) tensor per variant vs ``nn.Dropout``; the aten ops one
-call dispatches forward and backward on each route (counted with a ``TorchDispatchMode``; the fused
+call dispatches forward and backward on each route (counted with a ``TorchDispatchMode``; the native
 route is the one CUDA takes, its logic run here on CPU tensors; on a GPU each counted kernel is a
 launch); and a tiny eager BERT's fwd+bwd converted to ``baseline`` and ``pmdrop`` vs unconverted,
 under both routings of :func:`pmdrop.convert`.
@@ -27,19 +27,14 @@ import statistics
 import subprocess
 import sys
 import time
-import unittest.mock
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from . import functional
-from .accounting import track_saved_tensors
-from .modules import PackedDropout, convert
-from .variants import get_variant, variant_names
+from pmdrop import PackedDropout, convert, functional, get_variant, track_saved_tensors, use_route, variant_names
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp64": torch.float64}
 
@@ -221,7 +216,7 @@ _NO_KERNEL = frozenset({"empty", "empty_like", "empty_strided", "new_empty", "ne
 @dataclass
 class OpCount:
     variant: str
-    route: str  # "noise" (CPU, in place) or "fused" (CUDA out of place: native_dropout)
+    route: str  # "noise" (CPU, in place) or "native" (CUDA out of place: native_dropout)
     fwd_ops: int
     bwd_ops: int
     fwd_kernels: int  # ops that launch a kernel on a GPU (views and allocations left out)
@@ -244,28 +239,18 @@ class _CountOps(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-@contextmanager
-def _route(route: str) -> Iterator[None]:
-    """Run the call on the given route; the fused (CUDA) route's logic also runs on CPU tensors."""
-    if route == "noise":
-        yield
-        return
-    with unittest.mock.patch.object(functional, "_FUSED_DEVICE_TYPES", functional._FUSED_DEVICE_TYPES | {"cpu"}):
-        yield
-
-
 def count_ops(variant: str, route: str, p: float = 0.1) -> OpCount:
     """Aten ops one fwd and one bwd of a (64, 64) fp32 call dispatch, on ``route``; "nn.Dropout" is torch's own."""
     x = torch.randn(PER_CALL_SHAPE, requires_grad=True)
     grad = torch.ones_like(x)
-    if variant == "nn.Dropout":  # torch's own routes: F.dropout on CPU, native_dropout where the fused route runs
-        layer = (lambda t: torch.native_dropout(t, p, True)[0]) if route == "fused" else torch.nn.Dropout(p)
-    elif route == "fused" and get_variant(variant).apply is functional._baseline:
+    if variant == "nn.Dropout":  # torch's own routes: F.dropout on CPU, native_dropout where the native route runs
+        layer = (lambda t: torch.native_dropout(t, p, True)[0]) if route == "native" else torch.nn.Dropout(p)
+    elif route == "native" and get_variant(variant).storage == "torch":
         return OpCount(variant, route, 0, 0, 0, 0, [], [], "torch's own dropout: on its device, nn.Dropout's ops")
     else:
         layer = PackedDropout(p, variant=variant)
     try:
-        with _route(route):
+        with use_route(route):
             layer(x).backward(grad)  # warm-up: lazily built tables are not part of a call
             x.grad = None  # so that backward's count has no gradient accumulation in it
             with _CountOps() as fwd:
@@ -417,11 +402,11 @@ def launch_bound(variants: list[str], p: float, pairs: int, routing_pairs: int, 
         print(f"{step:<44}{steps[-1]['fwd_bwd_ratio']:>8.3f}x{f'({min(ratios):.2f}-{max(ratios):.2f})':>15}",
               flush=True)
     print("\n# aten ops dispatched per call (kernels: those a GPU launches, views and allocations left out); "
-          "fused = the CUDA route's logic, run on CPU tensors")
+          "native = the CUDA route's logic, run on CPU tensors")
     print(f"{'variant':<16}{'route':<7}{'fwd ops':>8}{'bwd ops':>8}{'fwd kern':>9}{'bwd kern':>9}")
     ops = []
     for variant in ["nn.Dropout", *variants]:
-        for route in ("noise", "fused"):
+        for route in ("noise", "native"):
             ops.append(count_ops(variant, route, p))
             c = ops[-1]
             counts = (f"  not counted: {c.error}" if c.error else
@@ -481,7 +466,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     shape = tuple(int(s) for s in args.shape.split(","))
     provenance = {
-        "command": "python -m pmdrop.bench " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python -m benchmarks.bench " + " ".join(argv if argv is not None else sys.argv[1:]),
         "device": device_name(torch.device(args.device)),
         "torch": torch.__version__,
         "commit": git_commit(),

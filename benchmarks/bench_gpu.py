@@ -1,8 +1,8 @@
 """GPU micro-benchmark: every variant's fwd, bwd and fwd+bwd time as a ratio to torch.nn.Dropout, and bandwidth.
 
-    python -m pmdrop.bench_gpu                              # paper shapes x fp32/bf16/fp16 x every variant
-    python -m pmdrop.bench_gpu --shapes bert_hidden --dtype bf16 --reps 50 --json bench_gpu.json
-    python -m pmdrop.bench_gpu --smoke                      # correctness smoke only (the one mode a CPU runs)
+    python -m benchmarks.bench_gpu                              # paper shapes x fp32/bf16/fp16 x every variant
+    python -m benchmarks.bench_gpu --shapes bert_hidden --dtype bf16 --reps 50 --json bench_gpu.json
+    python -m benchmarks.bench_gpu --smoke                      # correctness smoke only (the one mode a CPU runs)
 
 Timing: CUDA events around the op, with the GPU kept busy by a sleep kernel queued before the start event
 so that the host's launch overhead is not counted (GPU time, not Python latency), and the L2 cache
@@ -34,10 +34,9 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .bench import DTYPES, device_name, fwd_bwd_ratios, git_commit, interleaved, saved_bytes_per_element
-from .modules import PackedDropout
-from .packing import pack_flat, unpack_flat, unpack_mask
-from .variants import get_variant, variant_names
+from benchmarks.bench import DTYPES, device_name, fwd_bwd_ratios, git_commit, interleaved, saved_bytes_per_element
+from pmdrop import PackedDropout, get_variant, unpack_mask, variant_names
+from pmdrop.packing import pack_flat, unpack_flat
 
 PAPER_SHAPES = {
     "bert_hidden": (32, 512, 768),  # BERT-Base hidden states, batch 32, sequence 512
@@ -174,7 +173,7 @@ def _interleaved(timer: Timer, torch_op: Callable[[], object], triton_op: Callab
 
 def exact_route_pieces(x: torch.Tensor, p: float, masks_per_byte: int, reps: int, timer: Timer) -> list[PieceRow]:
     """Time the steps of the exact route that Triton kernels could replace, after checking they agree bit for bit."""
-    from .fused import _scale, kernels_for
+    from pmdrop.fused import _scale, kernels_for
 
     kernels = kernels_for(x, "bench_gpu")
     mask = torch.ops.aten.native_dropout(x.detach(), p, True)[1].view(-1)
@@ -233,8 +232,8 @@ def run(
 
 def smoke(device: str) -> list[str]:
     """Check the fused kernels on a small tensor (CUDA, or Triton's interpreter on CPU); returns what was checked."""
-    from .functional import dropout
-    from .fused import kernels_for
+    from pmdrop import dropout
+    from pmdrop.fused import kernels_for
 
     x = torch.randn(3, 5, 701, device=device, requires_grad=True)  # 10515 elements: 6 chunks, a ragged tail
     grad = torch.randn_like(x)
@@ -283,15 +282,15 @@ def main(argv: list[str] | None = None) -> None:
         print(f"smoke passed on {where}")
         return
     if not cuda:
-        raise SystemExit("pmdrop.bench_gpu times CUDA kernels and no CUDA device is visible: timing refused. "
-                         "Run with --smoke for the interpreter correctness check, or pmdrop.bench for CPU timings.")
+        raise SystemExit("benchmarks.bench_gpu times CUDA kernels and no CUDA device is visible: timing refused. "
+                         "Run with --smoke for the interpreter correctness check, or benchmarks.bench for CPU timings.")
     variants = args.variants or variant_names()  # the registry's, fused variants included (pmdrop imports them)
     for name in variants:
         get_variant(name)  # one-line error naming the valid choices before any timing
     import triton
 
     provenance = {
-        "command": "python -m pmdrop.bench_gpu " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python -m benchmarks.bench_gpu " + " ".join(argv if argv is not None else sys.argv[1:]),
         "device": device_name(torch.device("cuda")),
         "torch": torch.__version__,
         "triton": triton.__version__,

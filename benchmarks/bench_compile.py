@@ -1,11 +1,11 @@
 """Compiled training of each variant against compiled ``nn.Dropout``: step time, and whole-model bit-identity.
 
-    python -m pmdrop.bench_compile              # step time and saved bytes
-    python -m pmdrop.bench_compile --identity   # whether whole-model training ends bit-identical, per Inductor setting
+    python -m benchmarks.bench_compile             # step time and saved bytes
+    python -m benchmarks.bench_compile --identity  # whole-model training bit-identical or not, per Inductor setting
 
 Step time: a 2-layer eager-attention BERT (hidden 128, batch 16 x 64 tokens) under ``torch.compile`` (Inductor),
 converted to each exact variant, and the unconverted model under :func:`pmdrop.pack_saved_masks`. Ratios are medians
-of interleaved pairs in this one process (:func:`pmdrop.bench.interleaved`, alternating which side goes first); the
+of interleaved pairs in this one process (:func:`benchmarks.bench.interleaved`, alternating which side goes first); the
 bytes saved for backward per step come with them.
 
 Identity: a 2-layer eager-attention BERT (hidden 64, batch 8 x 32 tokens, padded or not) trained 3 compiled steps
@@ -22,9 +22,8 @@ import time
 import torch
 import torch._inductor.config as inductor_config
 
-from .bench import interleaved
-from .modules import convert
-from .saved_masks import pack_saved_masks
+from benchmarks.bench import interleaved
+from pmdrop import convert, pack_saved_masks
 
 
 def compiled_step_ratios(pairs: int = 15, layers: int = 2, hidden: int = 128, batch: int = 16, seq: int = 64) -> None:
@@ -147,7 +146,9 @@ def whole_model_identity(variants: tuple[str, ...] = ("pmdrop", "pmdrop_4bit", "
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--identity", action="store_true", help="whole-model bit-identity per Inductor setting")
-    if parser.parse_args().identity:
+    parser.add_argument("--pairs", type=int, default=15, help="interleaved pairs per variant of the step time")
+    args = parser.parse_args()
+    if args.identity:
         whole_model_identity()
     else:
-        compiled_step_ratios()
+        compiled_step_ratios(args.pairs)
