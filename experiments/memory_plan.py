@@ -218,6 +218,28 @@ class _Recipe:
         return self.func(*tree_map(computed, self.args), **tree_map(computed, self.kwargs))
 
 
+_FROM_DATA = {torch.tensor, torch.as_tensor, torch.asarray}
+
+
+class _TensorsFromData(TorchFunctionMode):
+    """Records the values of meta tensors made from Python data (``torch.tensor(0.0, device=mask.device)``, as
+    transformers 5.17's masks do): these factories reach no dispatched operator, so a TorchDispatchMode never sees the
+    tensor made, and a value computed from it would otherwise be unknown."""
+
+    def __init__(self, values: WeakIdKeyDictionary) -> None:
+        super().__init__()
+        self.values = values
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        made = (func in _FROM_DATA and isinstance(out, torch.Tensor) and out.device.type == "meta"
+                and out not in self.values)
+        if made and not any(isinstance(t, torch.Tensor) for t in tree_leaves((args, kwargs))):
+            self.values[out] = func(*args, **{**kwargs, "device": "cpu"})
+        return out
+
+
 class ConcreteValues(TorchDispatchMode):
     """Keeps the real (CPU) value of every meta tensor computed from the batch alone, so that a model's
     data-dependent questions (``item``, ``bool``, ``nonzero``) get the answers the real batch gives."""
@@ -227,6 +249,15 @@ class ConcreteValues(TorchDispatchMode):
         self.values: WeakIdKeyDictionary = WeakIdKeyDictionary()  # meta tensor -> CPU tensor or _Recipe
         for meta, concrete in pairs:
             self.values[meta] = concrete
+        self._from_data = _TensorsFromData(self.values)
+
+    def __enter__(self) -> ConcreteValues:
+        self._from_data.__enter__()
+        return super().__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        super().__exit__(*exc)
+        self._from_data.__exit__(*exc)
 
     def _concrete(self, tree):
         def value(t):
