@@ -30,16 +30,13 @@ import importlib
 import os
 import sys
 from types import ModuleType
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 
 from . import routes
 from .faults import corrupt
 from .packing import packed_numel
-
-if TYPE_CHECKING:
-    from .variants import DropoutVariant
 
 _KERNELS = "pmdrop.triton_kernels"
 
@@ -106,7 +103,8 @@ class _FusedFn(torch.autograd.Function):
     ``grad * mask * scale`` in backward from the stored or the redrawn mask."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, p: float, inplace: bool, variant: DropoutVariant) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, p: float, inplace: bool, variant: Any) -> torch.Tensor:
+        # variant: a pmdrop.variants.DropoutVariant, not imported here (variants imports this module)
         kernels = kernels_for(x, variant.name)
         _check_dtype(x, variant.name)
         src = x.contiguous()
