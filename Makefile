@@ -1,5 +1,5 @@
 # make install | lock | demo | test | test-gpu-stack | lint | report | suite1 | suite2 | suites-check | gpu-campaign |
-# memory-plan | maxfit | maxfit-gpu | composability | robustness | gpu-check | gpu-check-wheels | docs
+# memory-plan | maxfit | maxfit-gpu | composability | robustness | cpu-campaign | gpu-check | gpu-check-wheels | docs
 # Extra Hydra overrides go in ARGS, e.g. `make suite1 ARGS="trainer.device=cuda"`; the campaign's size in SCALE.
 PYTHON3 ?= python3
 VENV := .venv
@@ -31,7 +31,7 @@ UV_SOURCES := $(addprefix --index-url ,$(call pip_setting,index-url)) \
 	$(addprefix --find-links ,$(sort $(call pip_setting,find-links))) --index-strategy unsafe-best-match
 
 .PHONY: install lock demo test test-gpu-stack lint report suite1 suite2 suites-check gpu-campaign memory-plan maxfit \
-	maxfit-gpu composability robustness gpu-check gpu-check-wheels docs
+	maxfit-gpu composability robustness cpu-campaign gpu-check gpu-check-wheels docs
 
 install: $(STAMP)
 
@@ -140,6 +140,11 @@ robustness: install
 	$(PYTHON) run.py -m experiment=robustness_bitflip runs_root=$(RUNS) $(ARGS); \
 	bitflip=$$?; $(PYTHON) run.py -m experiment=robustness_fgsm runs_root=$(RUNS) $(ARGS); \
 	fgsm=$$?; test $$bitflip -eq 0 -a $$fgsm -eq 0; $(REPORT_AFTER)
+
+# Everything results/ holds, redrawn on a CPU into RUNS (about an hour on 2 cores), then the report into REPORT:
+# make cpu-campaign RUNS=/tmp/campaign REPORT=results. A failed sweep does not stop the others (scripts/cpu_campaign.sh).
+cpu-campaign: install
+	PYTHON=$(PYTHON) bash scripts/cpu_campaign.sh $(RUNS) $(REPORT)
 
 # The GPU check as one time-bounded run on a machine with CUDA (scripts/gpu_check.sh): CUDA tests, kernel timings,
 # training steps at the paper's shapes and their memory plan, side by side. Without CUDA its GPU steps say so and skip.
