@@ -92,6 +92,17 @@ def describe(config: dict[str, Any], train_augment: str | None, arch: str) -> st
             f"pretrained_cfg of {arch}")
 
 
+class UnreadableImageError(ValueError):
+    """A file PIL cannot decode, named in one line. Raised in a loader worker, it reaches the training process as
+    ``UnreadableImageError(text)``, where torch's text is the worker's whole traceback (``ExceptionWrapper.reraise``):
+    only its last line, this error's own message, is kept."""
+
+    def __init__(self, message: str) -> None:
+        *traceback, last = message.rstrip().split("\n")  # last: "experiments.images.UnreadableImageError: <message>"
+        _, marker, own = last.partition(f"{type(self).__name__}: ")
+        super().__init__(own if traceback and marker else message)
+
+
 class ImageFolderSplit(Dataset):
     """The images of ``folder`` (one sub-folder per class, labelled by its index in ``classes``)."""
 
@@ -119,7 +130,7 @@ class ImageFolderSplit(Dataset):
             with Image.open(path) as image:
                 image = image.convert("RGB")
         except OSError as error:  # a file whose content PIL cannot read: the run stops, naming it
-            raise ValueError(f"{path}: cannot be read as an image ({type(error).__name__}); expected a JPEG, PNG or "
-                             "another format PIL reads") from None
+            raise UnreadableImageError(f"{path}: cannot be read as an image ({type(error).__name__}); expected a "
+                                       "JPEG, PNG or another format PIL reads") from None
         pixels = self.transform(image)
         return {"pixel_values": pixels, "labels": torch.tensor(int(self.labels[index]))}

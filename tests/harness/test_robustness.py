@@ -1,7 +1,9 @@
 """Robustness: bit flips in packed masks while training (trainer.bitflip_fraction), FGSM after it (fgsm_epsilon)."""
 
 import dataclasses
+import json
 from contextlib import nullcontext
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -12,7 +14,7 @@ from experiments.data import TaskData
 from experiments.robustness import fgsm_metrics
 from experiments.train import check_config, run_training
 
-from .cfg import TINY_BERT, compose_run
+from .cfg import CONF, TINY_BERT, compose_run
 
 SHORT = ["trainer.steps=3", "trainer.batch_size=8", "trainer.warmup_steps=1", "trainer.log_every=1",
          "trainer.measure_step=1", "trainer.eval_batches=2", "trainer.eval_batch_size=32", "trainer.threads=1",
@@ -68,6 +70,13 @@ def test_fgsm_flips_exactly_the_images_within_epsilon_of_the_boundary():
     metrics = fgsm_metrics(SumClassifier(), data, trainer, torch.device("cpu"), nullcontext, clean_accuracy=1.0)
     # ε = 1 on 4 pixels lowers each sum by 4: those at 0.5 to 3.5 cross zero
     assert metrics == {"fgsm_accuracy": 0.5, "fgsm_drop": 0.5}
+
+
+def test_the_imagenet_attack_is_one_255th_of_the_pixel_range_for_the_checkpoint_s_normalisation():
+    cfg = compose_run("experiment=robustness_fgsm_imagenet")
+    kept = json.loads((Path(CONF) / "checkpoints" / cfg.model.checkpoint / "config.json").read_text())
+    (std,) = set(kept["pretrained_cfg"]["std"])
+    assert cfg.trainer.fgsm_epsilon * std == pytest.approx(1 / 255, rel=1e-3)
 
 
 def test_fgsm_through_the_harness_on_a_small_vit():
