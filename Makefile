@@ -69,19 +69,12 @@ test: install
 	$(PYTHON) -m pytest -n 2
 
 # tests/core and the harness's tests on the GPU machine's stack (torch 2.11, Triton 3.6, transformers 5.17), less
-# those that need a package that stack lacks (wandb, datasets, hydra's joblib and submitit launchers) and those that
-# fail on torch 2.11 for reasons not yet handled: the memory plan's autocast op lists are torch 2.14's (2.11 has no
-# rms_norm among them), its CPU route cannot plan Longformer there (a data-dependent .item()), and the composability
-# compile run stops on a config error.
+# those that need a package that stack lacks (wandb, hydra's joblib and submitit launchers; the tests that need
+# `datasets` skip themselves) and one that fails on torch 2.11 for a reason not yet handled: the composability
+# compile run ends not bit-identical to the compiled baseline there.
 GPU_STACK_LEFT_OUT := --ignore=tests/harness/test_wandb.py --ignore=tests/harness/test_launchers.py \
 	--ignore=tests/harness/test_runner_e2e.py $(addprefix --deselect=tests/harness/,test_configs.py::test_launchers \
-	test_data.py::test_local_mrpc_tsv_goes_through_dataset_mrpc test_data.py::test_longformer_gets_no_segment_ids \
-	test_data.py::test_glue_offline_without_files_names_the_override test_data.py::test_local_listops_tsv \
-	test_data.py::test_local_wikitext_blocks_with_a_pretrained_tokenizer test_data.py::test_local_image_folder \
-	test_data.py::test_imagenet_without_a_folder_names_the_override \
 	test_ddp.py::test_a_torchrun_sweep_writes_one_results_file_and_one_wandb_run_per_job_and_resumes \
-	test_reliability_checks.py::test_good_files_pass_and_build_and_are_read_once_per_version \
-	test_memory_plan.py::test_autocast_lists_are_the_installed_torch_header \
 	test_composability.py::test_compile_keeps_every_exact_variant_bit_identical)
 
 test-gpu-stack: $(GPU_STACK_STAMP)

@@ -264,11 +264,20 @@ def build_data(dataset: DictConfig, model: DictConfig, seed: int) -> TaskData:
     return data
 
 
-def _offline_hint(dataset: DictConfig, error: Exception, override: str) -> RuntimeError:
-    return RuntimeError(
-        f"could not load dataset {dataset.name!r} from the Hugging Face hub ({type(error).__name__}); "
-        f"offline, point it at a local copy with {override}"
-    )
+def _hub_dataset(dataset: DictConfig, override: str, *hub_args: str):
+    """``datasets.load_dataset(*hub_args)``, or one line saying how to run without the hub (or without ``datasets``,
+    which the GPU machine's stack lacks)."""
+    try:
+        import datasets
+
+        return datasets.load_dataset(*hub_args)
+    except ImportError as error:
+        raise RuntimeError(f"dataset {dataset.name!r} is read from the Hugging Face hub with the `datasets` package, "
+                           f"which is not installed: pip install datasets, or point it at a local copy with "
+                           f"{override}") from error
+    except Exception as error:  # offline: ConnectionError, HFValidationError, DatasetNotFoundError...
+        raise RuntimeError(f"could not load dataset {dataset.name!r} from the Hugging Face hub "
+                           f"({type(error).__name__}); offline, point it at a local copy with {override}") from error
 
 
 # ----------------------------------------------------------------------------- offline synthetic tasks
@@ -401,8 +410,11 @@ def _local_columns(path: Path) -> dict[str, list]:
             for name, value in zip(header, fields, strict=True):
                 columns[name].append(value)
         return columns
-    import datasets
-
+    try:
+        import datasets
+    except ImportError as error:
+        raise RuntimeError(f"{path}: parquet and JSON-lines files are read with the `datasets` package, which is not "
+                           "installed: pip install datasets, or give the split as a .tsv, .txt or .csv") from error
     table = datasets.load_dataset("parquet" if path.suffix == ".parquet" else "json", data_files=str(path))["train"]
     return {name: table[name] for name in table.column_names}
 
@@ -411,12 +423,7 @@ def _split_columns(dataset: DictConfig, hub_args: tuple[str, ...]) -> dict[str, 
     """The train and eval splits' columns: local ``data_files`` (tsv/txt/csv/parquet/json) or the hub."""
     if dataset.get("data_files"):
         return {split: _local_columns(path) for split, path in _split_paths(dataset).items()}
-    import datasets
-
-    try:
-        tables = datasets.load_dataset(*hub_args)
-    except Exception as error:  # offline: ConnectionError, HFValidationError, DatasetNotFoundError...
-        raise _offline_hint(dataset, error, "dataset.data_files={train: PATH, validation: PATH}") from error
+    tables = _hub_dataset(dataset, "dataset.data_files={train: PATH, validation: PATH}", *hub_args)
     return {split: {name: tables[split][name] for name in tables[split].column_names}
             for split in ("train", dataset.eval_split)}
 
@@ -477,13 +484,8 @@ def _wikitext_sources(dataset: DictConfig) -> dict[str, text_cache.TextSource]:
     """The train and eval splits' text: local files (``data_files``), else the hub's raw WikiText-103."""
     if dataset.get("data_files"):
         return {split: text_cache.file_source(path) for split, path in _split_paths(dataset).items()}
-    import datasets
-
-    try:
-        tables = datasets.load_dataset("Salesforce/wikitext", "wikitext-103-raw-v1")
-    except Exception as error:  # offline: ConnectionError, HFValidationError, DatasetNotFoundError...
-        raise _offline_hint(dataset, error, "dataset.data_files={train: wiki.train.raw, validation: "
-                                            "wiki.valid.raw}") from error
+    tables = _hub_dataset(dataset, "dataset.data_files={train: wiki.train.raw, validation: wiki.valid.raw}",
+                          "Salesforce/wikitext", "wikitext-103-raw-v1")
     return {split: text_cache.table_source(tables[split], f"Salesforce/wikitext-103-raw-v1 {split}")
             for split in ("train", dataset.eval_split)}
 

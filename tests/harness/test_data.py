@@ -1,6 +1,7 @@
 """Dataset builders: the offline synthetic tasks, real loaders on small local files the tests write, the offline
 tokenizer, masked-LM targets, and the dataset configs checked before any work."""
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -89,6 +90,55 @@ def test_glue_offline_without_files_names_the_override():
     with pytest.raises(RuntimeError, match=r"point it at a local copy with dataset\.data_files=") as error:
         build("dataset=sst2")
     assert "\n" not in str(error.value)
+
+
+def test_hub_data_without_the_datasets_package_says_both_ways_out(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "datasets", None)  # the GPU machine's stack has no `datasets`: import fails
+    with pytest.raises(RuntimeError) as error:
+        build("dataset=sst2")
+    assert str(error.value) == ("dataset 'sst2' is read from the Hugging Face hub with the `datasets` package, which "
+                                "is not installed: pip install datasets, or point it at a local copy with "
+                                "dataset.data_files={train: PATH, validation: PATH}")
+    (tmp_path / "train.parquet").write_bytes(b"PAR1")
+    with pytest.raises(RuntimeError, match=r"train\.parquet: parquet and JSON-lines files are read with the "
+                                           r"`datasets` package, which is not installed") as error:
+        build("dataset=sst2", f"dataset.data_files={{train: {tmp_path}/train.parquet, "
+                              f"validation: {tmp_path}/train.parquet}}")
+    assert "\n" not in str(error.value)
+
+
+def test_the_hub_path_reads_glue_and_wikitext_as_the_hub_serves_them(monkeypatch):
+    """The hub's own ids and column layouts (nyu-mll/glue: sentence(s), label, idx; Salesforce/wikitext: text, blank
+    lines and " = Heading = " lines included), served by a stand-in for ``datasets.load_dataset``."""
+    datasets = pytest.importorskip("datasets")
+
+    served = {
+        ("nyu-mll/glue", "sst2"): {split: {"sentence": ["a fine film ", "dull , dull , dull "] * 4, "label": [1, 0] * 4,
+                                           "idx": list(range(8))} for split in ("train", "validation", "test")},
+        ("nyu-mll/glue", "mrpc"): {split: {"sentence1": ["He said so ."] * 6,
+                                           "sentence2": ['"He said so ," he said .'] * 6,
+                                           "label": [1, 0, 1, 1, 0, 1], "idx": list(range(6))}
+                                   for split in ("train", "validation", "test")},
+        ("Salesforce/wikitext", "wikitext-103-raw-v1"): {
+            split: {"text": ["", " = Valkyria Chronicles III = \n", ""] + [f" the game {i} is long and varied . \n"
+                                                                       for i in range(60)]}
+            for split in ("train", "validation", "test")},
+    }
+    asked = []
+
+    def load_dataset(*args):
+        asked.append(args)
+        return datasets.DatasetDict({split: datasets.Dataset.from_dict(columns)
+                                     for split, columns in served[args].items()})
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    sst2 = build("dataset=sst2", "dataset.seq_len=16")
+    assert sst2.train_samples == 8 and sst2.repeated_batch(8)["labels"].tolist() == [1, 0] * 4
+    mrpc = build("dataset=mrpc", "dataset.seq_len=24")
+    assert mrpc.repeated_batch(6)["token_type_ids"][0].max() == 1  # the second sentence is segment 1
+    wikitext = build("dataset=wikitext103", "dataset.seq_len=16")
+    assert wikitext.task == "mlm" and wikitext.train_samples > 0
+    assert asked == [("nyu-mll/glue", "sst2"), ("nyu-mll/glue", "mrpc"), ("Salesforce/wikitext", "wikitext-103-raw-v1")]
 
 
 def test_local_listops_tsv(tmp_path):
