@@ -34,6 +34,7 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from benchmarks.models import TinyBert, tiny_bert
 from pmdrop import PackedDropout, convert, functional, get_variant, track_saved_tensors, use_route, variant_names
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp64": torch.float64}
@@ -273,61 +274,14 @@ class RoutingRow:
     extra_python_calls: int  # per fwd+bwd step, beyond the unconverted model's
 
 
-def _eager_attention(module: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    # As transformers' eager_attention_forward: the attention-probability dropout is a functional call.
-    probs = nn.functional.softmax(torch.matmul(q, k.transpose(-1, -2)) * module.scaling, dim=-1)
-    probs = nn.functional.dropout(probs, p=module.dropout_p, training=module.training)
-    return torch.matmul(probs, v)
-
-
-class _TinyBertLayer(nn.Module):
-    def __init__(self, hidden: int, heads: int, p: float) -> None:
-        super().__init__()
-        self.heads, self.scaling, self.dropout_p = heads, (hidden // heads) ** -0.5, p
-        self.qkv = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(3))
-        self.attn_out, self.attn_drop, self.attn_norm = nn.Linear(hidden, hidden), nn.Dropout(p), nn.LayerNorm(hidden)
-        self.up, self.down = nn.Linear(hidden, 2 * hidden), nn.Linear(2 * hidden, hidden)
-        self.out_drop, self.out_norm = nn.Dropout(p), nn.LayerNorm(hidden)
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        b, s, d = h.shape
-        q, k, v = (lin(h).view(b, s, self.heads, -1).transpose(1, 2) for lin in self.qkv)
-        a = _eager_attention(self, q, k, v).transpose(1, 2).reshape(b, s, d)
-        h = self.attn_norm(h + self.attn_drop(self.attn_out(a)))
-        return self.out_norm(h + self.out_drop(self.down(nn.functional.gelu(self.up(h)))))
-
-
-class TinyBert(nn.Module):
-    """BERT's dropout sites in plain torch (embeddings, 3 per layer, one functional; classifier):
-    4 layers, hidden 64, 2 labels, for the routing cost without transformers."""
-
-    def __init__(self, layers: int = 4, hidden: int = 64, heads: int = 4, vocab: int = 1000, p: float = 0.1) -> None:
-        super().__init__()
-        self.words, self.positions = nn.Embedding(vocab, hidden), nn.Embedding(64, hidden)
-        self.embed_norm, self.embed_drop = nn.LayerNorm(hidden), nn.Dropout(p)
-        self.layers = nn.ModuleList(_TinyBertLayer(hidden, heads, p) for _ in range(layers))
-        self.pooler, self.head_drop, self.classifier = nn.Linear(hidden, hidden), nn.Dropout(p), nn.Linear(hidden, 2)
-
-    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-        h = self.embed_drop(self.embed_norm(self.words(input_ids) + self.positions(positions)))
-        for layer in self.layers:
-            h = layer(h)
-        logits = self.classifier(self.head_drop(torch.tanh(self.pooler(h[:, 0]))))
-        return nn.functional.cross_entropy(logits, labels)
-
-
 def _tiny_model(kind: str) -> tuple[nn.Module, Callable[[nn.Module], torch.Tensor]]:
     """The tiny model and its loss on a batch of 1 x 8 tokens."""
     torch.manual_seed(0)
     ids, labels = torch.randint(2, 1000, (1, 8)), torch.tensor([1])
     if kind == "torch":
         return TinyBert().train(), lambda m: m(ids, labels)
-    from transformers import BertConfig, BertForSequenceClassification  # optional: only for --tiny-model transformers
-
-    config = BertConfig(vocab_size=1000, hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
-                        intermediate_size=128, max_position_embeddings=64, num_labels=2, attn_implementation="eager")
-    return BertForSequenceClassification(config).train(), lambda m: m(input_ids=ids, labels=labels).loss
+    model = tiny_bert(hidden=64, layers=4, heads=4, intermediate=128, positions=64)  # needs transformers
+    return model.train(), lambda m: m(input_ids=ids, labels=labels).loss
 
 
 def _python_calls(fn: Callable[[], object]) -> int:

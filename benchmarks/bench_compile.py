@@ -23,6 +23,7 @@ import torch
 import torch._inductor.config as inductor_config
 
 from benchmarks.bench import interleaved
+from benchmarks.models import tiny_bert
 from pmdrop import convert, pack_saved_masks
 
 
@@ -31,7 +32,7 @@ def compiled_step_ratios(pairs: int = 15, layers: int = 2, hidden: int = 128, ba
 
     Prints the median of interleaved per-pair time ratios, and the bytes saved for backward per step.
     """
-    reference = _bert(hidden, layers, seq)
+    reference = tiny_bert(hidden, layers, heads=2, intermediate=4 * hidden, positions=seq, seed=0).train()
     generator = torch.Generator().manual_seed(0)
     inputs = {"input_ids": torch.randint(0, 1000, (batch, seq), generator=generator),
               "labels": torch.randint(0, 2, (batch,), generator=generator)}
@@ -72,17 +73,6 @@ def compiled_step_ratios(pairs: int = 15, layers: int = 2, hidden: int = 128, ba
               f"(range {values[0]:.3f}-{values[-1]:.3f}); {saved_bytes[name]}")
 
 
-def _bert(hidden: int, layers: int, seq: int):
-    from transformers import BertConfig, BertForSequenceClassification
-
-    config = BertConfig(
-        vocab_size=1000, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
-        intermediate_size=4 * hidden, max_position_embeddings=seq, num_labels=2, attn_implementation="eager",
-    )
-    torch.manual_seed(0)
-    return BertForSequenceClassification(config).train()
-
-
 # (dtype, threads, padded batches, Inductor config) per setting; Inductor's defaults otherwise.
 IDENTITY_SETTINGS = {
     "fp32, fallback_random, 1 thread": (torch.float32, 1, True, {"fallback_random": True}),
@@ -100,7 +90,7 @@ IDENTITY_SETTINGS = {
 def whole_model_identity(variants: tuple[str, ...] = ("pmdrop", "pmdrop_4bit", "seeded"), steps: int = 3) -> None:
     """Print, per Inductor setting, whether each variant's compiled training ends with compiled nn.Dropout's
     parameters."""
-    reference = _bert(hidden=64, layers=2, seq=32)
+    reference = tiny_bert(hidden=64, layers=2, heads=2, intermediate=256, positions=32, seed=0).train()
     generator = torch.Generator().manual_seed(0)
     batches = [{"input_ids": torch.randint(0, 1000, (8, 32), generator=generator),
                 "labels": torch.randint(0, 2, (8,), generator=generator),

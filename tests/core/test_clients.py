@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import pmdrop
+from benchmarks.models import tiny_bert, token_batch
 
 from .helpers import EXACT_VARIANTS
-from .models import tinybert_classifier, token_batch
 
 
 def train(model: torch.nn.Module, steps: int, seed: int) -> torch.nn.Module:
@@ -39,7 +39,7 @@ def _torch_save(model):
 @pytest.mark.parametrize("variant", EXACT_VARIANTS)
 def test_a_converted_model_round_trips_and_keeps_training_bit_identically(variant, round_trip):
     torch.manual_seed(0)
-    twin = train(tinybert_classifier(layers=1), 2, seed=10)
+    twin = train(tiny_bert(layers=1), 2, seed=10)
     converted = train(pmdrop.convert(copy.deepcopy(twin), variant), 2, seed=20)
     twin = train(twin, 2, seed=20)
     twin, loaded = round_trip(twin), round_trip(converted)
@@ -55,7 +55,7 @@ def test_a_converted_model_round_trips_and_keeps_training_bit_identically(varian
 
 
 def test_a_round_tripped_model_converts_again_to_another_variant():
-    loaded = _pickle(pmdrop.convert(tinybert_classifier(layers=1), "pmdrop"))
+    loaded = _pickle(pmdrop.convert(tiny_bert(layers=1), "pmdrop"))
     pmdrop.convert(loaded, "pmdrop_4bit")
     with pmdrop.track_saved_tensors() as saved:
         loaded(**token_batch(batch=2, seq=16))
@@ -64,15 +64,8 @@ def test_a_round_tripped_model_converts_again_to_another_variant():
     assert loaded.bert.encoder.layer[0].attention.self._pmdrop_spec.name == "pmdrop_4bit"
 
 
-def tiny_bert() -> torch.nn.Module:
-    from transformers import BertConfig, BertForSequenceClassification
-
-    config = BertConfig(
-        vocab_size=200, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-        max_position_embeddings=32, num_labels=2, attn_implementation="eager",
-    )
-    torch.manual_seed(0)
-    return BertForSequenceClassification(config)
+def small_bert() -> torch.nn.Module:
+    return tiny_bert(hidden=32, layers=2, heads=4, intermediate=64, vocab=200, positions=32, seed=0)
 
 
 def trainer_run(model: torch.nn.Module, output_dir, gradient_checkpointing: bool) -> torch.nn.Module:
@@ -102,7 +95,7 @@ def trainer_run(model: torch.nn.Module, output_dir, gradient_checkpointing: bool
 
 @pytest.fixture(scope="module")
 def trainer_references(tmp_path_factory):
-    return {ckpt: trainer_run(tiny_bert(), tmp_path_factory.mktemp("reference"), ckpt) for ckpt in (False, True)}
+    return {ckpt: trainer_run(small_bert(), tmp_path_factory.mktemp("reference"), ckpt) for ckpt in (False, True)}
 
 
 @pytest.mark.parametrize("gradient_checkpointing", [False, True], ids=["plain", "checkpointing"])
@@ -110,14 +103,14 @@ def trainer_references(tmp_path_factory):
 def test_hf_trainer_on_default_arguments_trains_bit_identically(variant, gradient_checkpointing, tmp_path,
                                                                 trainer_references):
     reference = trainer_references[gradient_checkpointing]
-    trained = trainer_run(pmdrop.convert(tiny_bert(), variant), tmp_path, gradient_checkpointing)
-    assert any(not torch.equal(a, b) for a, b in zip(tiny_bert().parameters(), trained.parameters(), strict=True))
+    trained = trainer_run(pmdrop.convert(small_bert(), variant), tmp_path, gradient_checkpointing)
+    assert any(not torch.equal(a, b) for a, b in zip(small_bert().parameters(), trained.parameters(), strict=True))
     for (name, a), b in zip(reference.named_parameters(), trained.parameters(), strict=True):
         assert torch.equal(a, b), f"{variant}: {name} differs after Trainer steps"
 
 
 def test_a_model_converted_with_routing_all_round_trips_and_keeps_routing():
-    converted = pmdrop.convert(tinybert_classifier(layers=1), "pmdrop", routing="all")
+    converted = pmdrop.convert(tiny_bert(layers=1), "pmdrop", routing="all")
     for loaded in (_pickle(converted), _torch_save(converted), copy.deepcopy(converted)):
         with pmdrop.track_saved_tensors() as saved:
             loaded(**token_batch(batch=2, seq=16))

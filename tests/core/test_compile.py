@@ -12,10 +12,9 @@ import torch._inductor.config as inductor_config
 from torch import nn
 
 import pmdrop
+from benchmarks.models import tiny_bert, tiny_longformer, tiny_vit, token_batch
 from pmdrop.packing import pack_bits as pack_traceable
 from pmdrop.packing import unpack_bits as unpack_traceable
-
-from .models import tiny_longformer, tiny_vit, token_batch
 
 PACKED = ("pmdrop", "pmdrop_nocache", "pmdrop_4bit")
 EXACT = (*PACKED, "seeded")
@@ -77,16 +76,6 @@ def test_each_call_compiles_fullgraph_saves_its_packed_mask_and_matches_compiled
                 _assert_same(got, eager_torch)  # at fp32, eager, compiled torch and every variant agree
 
 
-def _bert(layers: int = 2, hidden: int = 128):
-    from transformers import BertConfig, BertForSequenceClassification
-
-    config = BertConfig(
-        vocab_size=1000, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
-        intermediate_size=4 * hidden, max_position_embeddings=128, num_labels=2, attn_implementation="eager",
-    )
-    return BertForSequenceClassification(config)
-
-
 def _graph_breaks(fn) -> tuple[int, list[str]]:
     """Number of graph breaks, and the files of the code each distinct break reason points at."""
     torch._dynamo.reset()
@@ -98,7 +87,7 @@ def _graph_breaks(fn) -> tuple[int, list[str]]:
 @pytest.mark.parametrize("variant", ["pmdrop", "pmdrop_4bit", "seeded"])
 def test_converted_bert_and_vit_trace_without_a_graph_break(variant):
     torch.manual_seed(0)
-    bert = pmdrop.convert(_bert().train(), variant)
+    bert = pmdrop.convert(tiny_bert(hidden=128, layers=2, heads=2, intermediate=512).train(), variant)
     batch = token_batch(16, 64)
     assert _graph_breaks(lambda: bert(**batch).loss) == (0, [])
     vit = pmdrop.convert(tiny_vit().train(), variant)

@@ -13,9 +13,9 @@ from torch import nn
 from torch.nn.functional import dropout as imported_dropout
 
 import pmdrop
+from benchmarks.models import tiny_bert, tiny_longformer, tiny_vit, token_batch
 
 from .helpers import EXACT_VARIANTS
-from .models import tiny_longformer, tiny_vit, tinybert_classifier, token_batch
 
 
 def dropout_calls(model, inputs):
@@ -32,7 +32,7 @@ ROUTINGS = ["static", "all"]
 @pytest.mark.parametrize("routing", ROUTINGS)
 @pytest.mark.parametrize("layers", [1, 2])
 def test_every_bert_site_goes_through_pmdrop(layers, routing):
-    model = tinybert_classifier(layers=layers)
+    model = tiny_bert(layers=layers)
     before = dropout_calls(model, token_batch())
     pmdrop.convert(model, "pmdrop", routing=routing)
     after = dropout_calls(model, token_batch())
@@ -65,7 +65,7 @@ def test_every_unfused_vit_site_goes_through_pmdrop(routing):
 
 
 def test_replaced_modules_keep_their_settings_and_state_dict():
-    model = tinybert_classifier(layers=1)
+    model = tiny_bert(layers=1)
     keys = list(model.state_dict())
     originals = {n: (m.p, m.inplace) for n, m in model.named_modules() if type(m) is torch.nn.Dropout}
     pmdrop.convert(model, "pmdrop_4bit")
@@ -84,7 +84,7 @@ def test_convert_rejects_unknown_variant_and_warns_about_fused_attention_dropout
     with pytest.raises(ValueError, match="unknown routing 'dynamic'; valid: static, all"):
         pmdrop.convert(torch.nn.Sequential(torch.nn.Dropout()), "pmdrop", routing="dynamic")
     with pytest.warns(UserWarning, match="runs inside the fused kernel and is not packed"):
-        pmdrop.convert(tinybert_classifier(attn="sdpa", layers=1), "pmdrop")
+        pmdrop.convert(tiny_bert(attn="sdpa", layers=1), "pmdrop")
 
 
 def test_dropout_mode_routes_functional_code_outside_modules():
@@ -113,7 +113,7 @@ def train(model, steps: int, checkpointing: bool = False, reentrant: bool = Fals
 @pytest.fixture(scope="module")
 def tinybert_and_baseline_after_20_steps():
     torch.manual_seed(0)
-    initial = tinybert_classifier()
+    initial = tiny_bert()
     return initial, train(copy.deepcopy(initial), 20)
 
 
@@ -133,7 +133,7 @@ def test_20_step_tinybert_training_is_bit_identical(variant, tinybert_and_baseli
 def test_training_with_hf_gradient_checkpointing_is_bit_identical(variant, reentrant):
     """Checkpointing re-runs layers during backward, outside the root forward: they must still route."""
     torch.manual_seed(0)
-    initial = tinybert_classifier(layers=2)
+    initial = tiny_bert(layers=2)
     baseline = train(copy.deepcopy(initial), 3, checkpointing=True, reentrant=reentrant)
     trained = train(pmdrop.convert(copy.deepcopy(initial), variant), 3, checkpointing=True, reentrant=reentrant)
     assert all(torch.equal(a, b) for a, b in zip(baseline.parameters(), trained.parameters(), strict=True))
@@ -142,7 +142,7 @@ def test_training_with_hf_gradient_checkpointing_is_bit_identical(variant, reent
 @pytest.mark.parametrize("reentrant", [False, True], ids=["non-reentrant", "reentrant"])
 def test_layers_recomputed_by_checkpointing_route_their_dropout(reentrant):
     layers = 2
-    model = pmdrop.convert(tinybert_classifier(layers=layers), "pmdrop")
+    model = pmdrop.convert(tiny_bert(layers=layers), "pmdrop")
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
     model.train()
     with pmdrop.track_saved_tensors() as saved:
@@ -222,14 +222,14 @@ def _function_modes_seen_by(model, module, inputs) -> int:
 
 def test_static_routing_runs_no_function_mode_around_other_ops():
     """What keeps routing free: no Python sees the matmuls, adds and layer norms of a converted model."""
-    model = tinybert_classifier(layers=1).train()
+    model = tiny_bert(layers=1).train()
     linear = model.bert.encoder.layer[0].attention.self.query
     assert _function_modes_seen_by(pmdrop.convert(model, "pmdrop"), linear, token_batch()) == 0
     assert _function_modes_seen_by(pmdrop.convert(model, "pmdrop", routing="all"), linear, token_batch()) == 1
 
 
 def test_only_converted_instances_change_class_and_names_stay():
-    converted, untouched = tinybert_classifier(layers=1), tinybert_classifier(layers=1)
+    converted, untouched = tiny_bert(layers=1), tiny_bert(layers=1)
     pmdrop.convert(converted, "pmdrop")
     attention = converted.bert.encoder.layer[0].attention.self
     original = type(untouched.bert.encoder.layer[0].attention.self)
@@ -243,7 +243,7 @@ def test_only_converted_instances_change_class_and_names_stay():
 
 @pytest.mark.parametrize("routing", ROUTINGS)
 def test_convert_keeps_forward_signatures_and_sets_no_instance_forward(routing):
-    model = tinybert_classifier(layers=1)
+    model = tiny_bert(layers=1)
     kept = [name for name, m in model.named_modules() if not isinstance(m, nn.Dropout)]  # dropouts are replaced
     signatures = {name: inspect.signature(model.get_submodule(name).forward) for name in kept}
     pmdrop.convert(model, "pmdrop", routing=routing)
@@ -296,7 +296,7 @@ def test_torchscript_refuses_in_one_sentence_and_trace_records_eval_mode():
 @pytest.mark.parametrize(
     ("name", "build", "inputs"),
     [
-        ("bert", lambda: tinybert_classifier(layers=2), lambda: ((), token_batch())),
+        ("bert", lambda: tiny_bert(layers=2), lambda: ((), token_batch())),
         ("vit", tiny_vit, lambda: ((torch.randn(2, 3, 32, 32),), {})),
     ],
 )

@@ -474,10 +474,10 @@ def test_cuda_paper_sized_tensor(dtype):
 @pytest.mark.cuda
 @requires_cuda
 def test_cuda_bert_training_steps(variant, autocast):
-    from .models import tinybert_classifier, token_batch
+    from benchmarks.models import tiny_bert, token_batch
 
     torch.manual_seed(0)
-    model = pmdrop.convert(tinybert_classifier("eager", layers=2).cuda().train(), variant)
+    model = pmdrop.convert(tiny_bert(attn="eager", layers=2).cuda().train(), variant)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     batch = {k: v.cuda() for k, v in token_batch(batch=8, seq=64).items()}
     for _ in range(2):

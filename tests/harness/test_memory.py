@@ -7,16 +7,13 @@ import torch
 from torch import nn
 
 import pmdrop
+from benchmarks.models import tiny_bert
 from experiments.memory import CATEGORIES, CUDA_BLOCK_BYTES, StepMemory
 
 
 def _tiny_bert(variant: str) -> nn.Module:
-    from transformers import BertConfig, BertForSequenceClassification
-
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=200, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64, attn_implementation="eager")
-    return pmdrop.convert(BertForSequenceClassification(config), variant)
+    model = tiny_bert(hidden=32, layers=2, heads=2, intermediate=64, vocab=200, positions=64, seed=0)
+    return pmdrop.convert(model, variant)
 
 
 def _batch() -> dict[str, torch.Tensor]:
