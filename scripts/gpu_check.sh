@@ -57,8 +57,12 @@ run_step() {
 : >"$summary"
 say "gpu_check at commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown), $(date -u +%FT%TZ), budget ${BUDGET_S} s"
 if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
-    "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$work/site" .whl/*.whl \
-        && export PYTHONPATH="$work/site${PYTHONPATH:+:$PYTHONPATH}"
+    if "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$work/site" \
+        .whl/*.whl >"$work/wheels.log" 2>&1; then
+        export PYTHONPATH="$work/site${PYTHONPATH:+:$PYTHONPATH}"
+    else
+        say "the wheels in .whl/ did not install: $(tail -1 "$work/wheels.log")"
+    fi
 fi
 "$PYTHON" - <<'EOF' | tee -a "$summary"
 import torch
