@@ -1,20 +1,9 @@
 """Dropout that saves its mask for backward bit-packed, or not at all, bit-identical to torch's.
 
-The eager path runs torch's own dropout, unchanged, under ``saved_tensors_hooks`` that take the one
-tensor it saves for backward: on the noise route (CPU, and ``inplace=True`` everywhere) the noise that
-``x * noise`` saves, in x's dtype (4 B/element for fp32); on the native route (CUDA/XPU out of place, and
-``meta``) ``native_dropout``'s bool mask (:mod:`pmdrop.routes`). The packed variants keep it bit-packed and decode
-it into exactly torch's tensor (same values, same layout) when backward reads it; ``seeded`` keeps the generator
-state and draws it again. Output, backward node, gradient layout and RNG stream are torch's own; the Python a
-call runs is a cached plan's lookup, the hooks' push and pop, the pack and the decode.
-
-Calls that need no backward (eval, p in {0, 1}, empty, no grad, non-float input) and tensors that
-cannot be packed (nested, sparse, tensor subclasses) go straight to torch's own ``dropout``, so
-torch's results, errors and aliasing apply unchanged.
-
-Under ``torch.func`` transforms (``grad``, ``vjp``, ``vmap``, ``jvp``, ...), which disable saved-tensor
-hooks, the mask is drawn by torch's own dropout op at the caller's level, so each transform treats it as
-it treats ``F.dropout`` (vmap's randomness modes included), and :class:`_TransformPackedFn` saves it packed.
+The eager path runs torch's own dropout, unchanged, under ``saved_tensors_hooks`` that take the one tensor it saves
+for backward (:class:`_MaskStandIn`); large noise-route inputs take :class:`_InPlaceNoiseFn`, ``torch.func``
+transforms :class:`_TransformPackedFn`, ``torch.compile`` and ``torch.export`` :mod:`pmdrop.compiled`. Calls that need
+no backward and tensors that cannot be packed (nested, sparse, subclasses) are torch's own ``dropout``, unchanged.
 """
 
 from __future__ import annotations
@@ -27,8 +16,8 @@ import torch
 from . import compiled, routes
 from .accounting import dropout_site, inside_dropout_site, trackers_open
 from .faults import corrupt, injections_open
-from .packing import decode_table, fresh_packer, pack_bits, pack_fresh, unpack_bits
-from .routes import NOISE, Route, draw_noise, route_for
+from .packing import decode_table, fresh_packer, pack_bits, pack_flat, unpack_bits
+from .routes import NOISE, Route, draw_noise, route_for, torch_dropout
 from .variants import DropoutVariant, get_variant
 
 # Tensors the Functions below can pack; subclasses (nested jagged, DTensor, FakeTensor...) take torch's dropout.
@@ -38,11 +27,6 @@ _PLAIN_TENSOR_TYPES = frozenset({torch.Tensor, torch.nn.Parameter})
 # requires_grad=False even when a gradient is taken, so requires_grad alone cannot tell.
 _transforms_active = torch._C._are_functorch_transforms_active
 _profiling = torch._C._autograd._profiler_enabled  # private: record_function is not free when no profiler runs
-
-
-def _torch_dropout(x: torch.Tensor, p: float, training: bool, inplace: bool) -> torch.Tensor:
-    # torch.dropout is what F.dropout calls; calling it directly keeps dropout_mode from re-routing.
-    return torch.dropout_(x, p, training) if inplace else torch.dropout(x, p, training)
 
 
 class _Layout:
@@ -78,30 +62,13 @@ class _Layout:
         return fits
 
 
-_LAYOUTS: dict[tuple[torch.Size, tuple[int, ...], bool], _Layout] = {}
+_layout = functools.lru_cache(maxsize=4096)(_Layout)  # bounded for shape-varying workloads
 
 
-def _layout_of(x: torch.Tensor) -> _Layout:
-    key = (x.shape, x.stride(), x.is_meta)
-    layout = _LAYOUTS.get(key)
-    if layout is None:
-        if len(_LAYOUTS) >= 4096:  # bound the cache for shape-varying workloads
-            _LAYOUTS.clear()
-        layout = _LAYOUTS[key] = _Layout(*key)
-    return layout
-
-
-# (route, masks_per_byte, p, dtype, device) -> table; a plain dict: cheaper than functools.lru_cache per call.
-_TABLES: dict[tuple, torch.Tensor] = {}
-
-
+@functools.lru_cache(maxsize=4096)
 def _decode_table(route: Route, k: int, p: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """(256, k) table: row b holds what torch saves (:meth:`Route.decoded`) for the k masks of packed byte b."""
-    key = (route, k, p, dtype, device)
-    table = _TABLES.get(key)
-    if table is None:
-        table = _TABLES[key] = route.decoded(decode_table(k, device), p, dtype)
-    return table
+    return route.decoded(decode_table(k, device), p, dtype)
 
 
 # Whether the running backward keeps the graph (retain_graph=True): only then can a cached mask be reused.
@@ -124,7 +91,7 @@ class _CallPlan:
     def __init__(self, x: torch.Tensor, p: float, inplace: bool, variant: DropoutVariant) -> None:
         self.p, self.dtype, self.device, self.shape = p, x.dtype, x.device, x.shape
         self.numel_bytes = x.numel() * x.element_size()
-        self.route, self.layout = route_for(x, inplace), _layout_of(x)
+        self.route, self.layout = route_for(x, inplace), _layout(x.shape, x.stride(), x.is_meta)
         self.draw, self.saved_dtype = self.route.eager_op(inplace), self.route.saved_dtype(x.dtype)
         self.k, self.cache = variant.masks_per_byte, variant.cache_unpacked
         if self.k is None:
@@ -134,7 +101,7 @@ class _CallPlan:
         # Noise is 0 or the table's one nonzero value (inf where fp16 overflows): its nonzeros are the mask. A byte
         # view of it needs its last dim's stride 1.
         if self.route.native:
-            self.pack = functools.partial(pack_fresh, masks_per_byte=self.k)
+            self.pack = functools.partial(pack_flat, masks_per_byte=self.k)
         else:
             stride = self.layout.mask_stride
             value = self.table[1, 0] if stride and stride[-1] == 1 else None
@@ -142,13 +109,6 @@ class _CallPlan:
 
 
 _PLANS: dict[tuple, _CallPlan] = {}
-
-
-def _new_plan(key: tuple, x: torch.Tensor, p: float, inplace: bool, variant: DropoutVariant) -> _CallPlan:
-    if len(_PLANS) >= 4096:  # bound the cache for shape-varying workloads
-        _PLANS.clear()
-    plan = _PLANS[key] = _CallPlan(x, p, inplace, variant)
-    return plan
 
 
 # Torch's private accessors for the saved-tensor hooks stack (torch.utils.checkpoint reads the top; the public
@@ -172,32 +132,6 @@ class _Passed:
         return self.value if self.enclosing is None else self.enclosing[1](self.value)
 
 
-class _MaskStandIn:
-    """Kept by autograd in place of the mask torch's own dropout saves, through ``saved_tensors_hooks``.
-
-    Torch's dropout runs unchanged (its draw, its output, its C++ backward node), so results, layouts and
-    the RNG stream are torch's by construction. Its one saved tensor, ``native_dropout``'s bool mask
-    (native route) or the noise route's ``noise``, reaches :meth:`pack`, which keeps what a subclass chooses
-    (the packed bits, or the generator state for seeded); backward reads it back through :func:`_restore`.
-    Whatever it keeps passes through the enclosing hooks (checkpointing, accounting), as a Function's
-    saved tensor would.
-    """
-
-    __slots__ = ("enclosing", "plan", "saved")
-
-    def pack(self, t: torch.Tensor) -> _MaskStandIn | _Passed:
-        plan = self.plan
-        if self.saved is not None or t.dtype is not plan.saved_dtype or t.shape != plan.shape:
-            return _Passed(t, self.enclosing)
-        # The usual packed case inline (one Python frame fewer on every call); a subclass's keep() otherwise.
-        kept = plan.pack(t) if plan.k is not None and not (_profiling() or injections_open[0]) else self.keep(t)
-        self.saved = kept if self.enclosing is None else self.enclosing[0](kept)
-        return self
-
-    def restore(self) -> torch.Tensor:
-        return self.decode(self.saved if self.enclosing is None else self.enclosing[1](self.saved))
-
-
 def _labelled(label: str, fn, *args):
     """``fn(*args)``, labelled ``label`` in a profiler's trace while one runs."""
     if _profiling():
@@ -217,56 +151,60 @@ def _unpack(plan: _CallPlan, packed: torch.Tensor) -> torch.Tensor:
     return plan.table.index_select(0, packed.int()).as_strided(plan.shape, plan.layout.mask_stride)
 
 
-class _PackedMask(_MaskStandIn):
-    """The mask packed ``masks_per_byte`` per byte; decoded (and, if the variant says so, cached while the graph is
-    retained) when backward reads it."""
+class _MaskStandIn:
+    """Kept by autograd in place of the one tensor torch's own dropout saves (``native_dropout``'s bool mask, or the
+    noise route's ``noise``), through ``saved_tensors_hooks``: torch's dropout runs unchanged (its draw, output and C++
+    backward node), so results, layouts and the RNG stream are torch's by construction.
 
-    __slots__ = ("unpacked",)
+    :meth:`pack` keeps the mask packed ``plan.k`` per byte, decoded (and, if the variant says so, cached while the
+    graph is retained) when backward reads it; or, for seeded (``plan.k`` None), the generator state before the draw,
+    from which backward draws the same mask again. What it keeps passes through the enclosing hooks (checkpointing,
+    accounting), as a Function's saved tensor would.
+    """
 
-    def __init__(self, plan: _CallPlan) -> None:
+    __slots__ = ("alignment", "enclosing", "plan", "saved", "state", "unpacked")
+
+    def __init__(self, plan: _CallPlan, x: torch.Tensor) -> None:
         self.plan, self.saved, self.unpacked, self.enclosing = plan, None, None, _enclosing_hooks(False)
+        if plan.k is None:
+            self.alignment = 0 if x.is_meta or not plan.route.native else x.data_ptr() % 16
+            if x.is_meta:  # a stand-in the size of CUDA's Philox state (seed and offset)
+                self.state = torch.empty(16, dtype=torch.uint8, device="meta")
+            else:
+                self.state = routes.default_generator(x.device).get_state()
+
+    def pack(self, t: torch.Tensor) -> _MaskStandIn | _Passed:
+        plan = self.plan
+        if self.saved is not None or t.dtype is not plan.saved_dtype or t.shape != plan.shape:
+            return _Passed(t, self.enclosing)
+        # The usual packed case inline (one Python frame fewer on every call); keep() otherwise.
+        kept = plan.pack(t) if plan.k is not None and not (_profiling() or injections_open[0]) else self.keep(t)
+        self.saved = kept if self.enclosing is None else self.enclosing[0](kept)
+        return self
+
+    def restore(self) -> torch.Tensor:
+        return self.decode(self.saved if self.enclosing is None else self.enclosing[1](self.saved))
 
     def keep(self, mask: torch.Tensor) -> torch.Tensor:
+        if self.plan.k is None:
+            return self.state
         packed = _labelled("pmdrop.pack", self.plan.pack, mask)
         return corrupt(packed) if injections_open[0] else packed
 
-    def decode(self, packed: torch.Tensor) -> torch.Tensor:
+    def decode(self, saved: torch.Tensor) -> torch.Tensor:
+        plan = self.plan
+        if plan.k is None:
+            stride = plan.layout.stride if plan.route.native else plan.layout.mask_stride
+            return _labelled("pmdrop.redraw", plan.route.redraw, saved, plan.shape, stride, plan.dtype, plan.device,
+                             plan.p, self.alignment)
         if self.unpacked is not None:
             return self.unpacked
-        plan = self.plan
-        unpacked = _labelled("pmdrop.unpack", _unpack, plan, packed)
+        unpacked = _labelled("pmdrop.unpack", _unpack, plan, saved)
         # Cached only for a later pass through this node, which needs a retained graph; the cache is freed with
         # the graph's saved tensors, i.e. with this object.
         if plan.cache and _graph_is_retained():
             self.unpacked = unpacked
         return unpacked
-
-
-class _SeededMask(_MaskStandIn):
-    """No mask: the generator state before the draw, from which backward draws the same mask again."""
-
-    __slots__ = ("alignment", "state")
-
-    def __init__(self, plan: _CallPlan, x: torch.Tensor) -> None:
-        self.plan, self.saved, self.enclosing = plan, None, _enclosing_hooks(False)
-        self.alignment = 0 if x.is_meta or not plan.route.native else x.data_ptr() % 16
-        if x.is_meta:  # a stand-in the size of CUDA's Philox state (seed and offset)
-            self.state = torch.empty(16, dtype=torch.uint8, device="meta")
-        else:
-            self.state = routes.default_generator(x.device).get_state()
-
-    def keep(self, mask: torch.Tensor) -> torch.Tensor:
-        return self.state
-
-    def decode(self, state: torch.Tensor) -> torch.Tensor:
-        plan = self.plan
-        stride = plan.layout.stride if plan.route.native else plan.layout.mask_stride
-        return _labelled("pmdrop.redraw", plan.route.redraw, state, plan.shape, stride, plan.dtype, plan.device, plan.p,
-                         self.alignment)
-
-
-def _draw_noise(plan: _CallPlan) -> torch.Tensor:
-    return draw_noise(plan.shape, plan.layout.mask_stride, plan.dtype, plan.device, plan.p)
 
 
 # From this many bytes of input, the noise route takes _InPlaceNoiseFn: its products go into buffers it already holds,
@@ -289,7 +227,7 @@ class _InPlaceNoiseFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, stand_in: _MaskStandIn, inplace: bool) -> torch.Tensor:
         plan, ctx.stand_in, ctx.inplace = stand_in.plan, stand_in, inplace
-        noise = _draw_noise(plan)
+        noise = draw_noise(plan.shape, plan.layout.mask_stride, plan.dtype, plan.device, plan.p)
         kept = stand_in.keep(noise)
         ctx.save_for_backward(kept)
         ctx.save_for_forward(kept)
@@ -302,10 +240,9 @@ class _InPlaceNoiseFn(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         stand_in = ctx.stand_in
         noise = stand_in.decode(ctx.saved_tensors[0])
-        if getattr(stand_in, "unpacked", None) is not None:  # cached for a later pass: not to be overwritten
+        if stand_in.unpacked is not None:  # cached for a later pass: not to be overwritten
             torch.autograd.Variable._execution_engine.queue_callback(lambda: _drop_cache_if_released(ctx))
-            return grad * noise, None, None
-        if stand_in.plan.layout.grad_into_noise(grad):
+        elif stand_in.plan.layout.grad_into_noise(grad):
             return noise.mul_(grad), None, None
         return grad * noise, None, None
 
@@ -339,8 +276,7 @@ class _TransformPackedFn(torch.autograd.Function):
     @staticmethod
     def forward(x: torch.Tensor, drawn: torch.Tensor, packed: torch.Tensor, p: float, inplace: bool,
                 masks_per_byte: int, route: Route) -> torch.Tensor:
-        y = route.apply_drawn(x, drawn, inplace)
-        return y.clone() if y is drawn else y  # native_dropout's own output, computed without a graph
+        return route.apply_drawn(x, drawn, inplace)
 
     @staticmethod
     def setup_context(ctx, inputs: tuple, output: torch.Tensor) -> None:
@@ -386,8 +322,10 @@ def _apply_exact(x: torch.Tensor, p: float, inplace: bool, variant: DropoutVaria
     key = (x.shape, x.stride(), x.dtype, x.device, p, inplace, variant.name, routes._NATIVE_DEVICE_TYPES)
     plan = _PLANS.get(key)
     if plan is None:
-        plan = _new_plan(key, x, p, inplace, variant)
-    stand_in = _SeededMask(plan, x) if plan.k is None else _PackedMask(plan)
+        if len(_PLANS) >= 4096:  # bound the cache for shape-varying workloads
+            _PLANS.clear()
+        plan = _PLANS[key] = _CallPlan(x, p, inplace, variant)
+    stand_in = _MaskStandIn(plan, x)
     if plan.route is NOISE and plan.numel_bytes >= _IN_PLACE_FROM_BYTES:
         return _InPlaceNoiseFn.apply(x, stand_in, inplace)
     # What torch.autograd.graph.saved_tensors_hooks does on enter and exit, without its Python object per call.
@@ -450,4 +388,4 @@ def dropout(
             return spec.apply(x, p, inplace, spec)
         if spec.storage != "torch":
             return _apply_exact(x, p, inplace, spec)
-    return _torch_dropout(x, p, training, inplace)
+    return torch_dropout(x, p, training, inplace)

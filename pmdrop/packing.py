@@ -73,22 +73,24 @@ def pack_words(words: torch.Tensor, masks_per_byte: int, numel: int | None = Non
     return product.view(torch.uint8).as_strided(*keep).clone()
 
 
-def pack_fresh(mask: torch.Tensor, masks_per_byte: int) -> torch.Tensor:
-    """Pack a dense mask in its memory order; ``mask`` must own its whole storage from offset 0 (a fresh allocation).
+def pack_flat(mask: torch.Tensor, masks_per_byte: int = 8) -> torch.Tensor:
+    """Pack a dense tensor of 0/1 bytes (bool or uint8), in its memory order, into ``ceil(n / k)`` uint8.
 
-    Fewer checks and ops than :func:`pack_flat`: the per-call path of dropout.
+    The per-call path of dropout: a fresh mask (8-byte aligned) with rows of whole words takes one view fewer.
     """
-    if masks_per_byte > 1 and mask.dim() and mask.shape[-1] % 8 == 0 and mask.is_contiguous():
-        return pack_words(mask.view(torch.int64), masks_per_byte)  # rows of whole words: one view fewer
+    k = check_masks_per_byte(masks_per_byte)
+    aligned = mask.data_ptr() % 8 == 0  # a dtype view to int64 needs 8-byte alignment; odd views may not have it
+    if k > 1 and aligned and mask.dim() and mask.shape[-1] % 8 == 0 and mask.is_contiguous():
+        return pack_words(mask.view(torch.int64), k)
     n = mask.numel()
-    flat = mask.as_strided((n,), (1,))
-    if masks_per_byte == 1:
-        return flat.view(torch.uint8).clone()
-    if n % 8:
+    flat = mask.as_strided((n,), (1,)).view(torch.uint8)
+    if k == 1:
+        return flat.clone()
+    if n % 8 or not aligned:
         padded = flat.new_zeros(n + (-n % 8))
         padded[:n] = flat
         flat = padded
-    return pack_words(flat.view(torch.int64), masks_per_byte, n)
+    return pack_words(flat.view(torch.int64), k, n)
 
 
 def packs_by_matvec(numel: int, masks_per_byte: int, device: torch.device) -> bool:
@@ -110,22 +112,15 @@ def byte_weights(value: torch.Tensor, masks_per_byte: int) -> torch.Tensor | Non
     return weights.view(-1)
 
 
-def _byte_pack_weights(numel: int, masks_per_byte: int, device: torch.device,
-                       value: torch.Tensor) -> torch.Tensor | None:
-    """:func:`byte_weights` where :func:`fresh_packer` packs ``numel`` elements from their bytes, None elsewhere."""
-    if device.type != "cpu" or numel % masks_per_byte or numel * value.element_size() > _BYTE_MATVEC_UP_TO:
-        return None
-    return byte_weights(value, masks_per_byte)
-
-
 def packs_from_bytes(numel: int, masks_per_byte: int, device: torch.device, value: torch.Tensor) -> bool:
     """Whether :func:`fresh_packer` packs ``numel`` elements, each 0 or ``value``, straight from their bytes."""
-    return _byte_pack_weights(numel, masks_per_byte, device, value) is not None
+    return (device.type == "cpu" and numel % masks_per_byte == 0 and numel * value.element_size() <= _BYTE_MATVEC_UP_TO
+            and byte_weights(value, masks_per_byte) is not None)
 
 
 def fresh_packer(numel: int, masks_per_byte: int, device: torch.device, nonzero: bool = False,
                  value: torch.Tensor | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
-    """:func:`pack_fresh` for fresh dense tensors of ``numel`` elements on ``device``, with its choices made once.
+    """:func:`pack_flat` for fresh dense tensors of ``numel`` elements on ``device``, with its choices made once.
 
     ``nonzero``: the tensor is not a bool mask but any dtype whose nonzero elements are the masks (dropout's noise).
     ``value``: moreover each element is 0 or this one-element tensor (dropout's ``1 / (1 - p)``), and the tensor's last
@@ -133,32 +128,14 @@ def fresh_packer(numel: int, masks_per_byte: int, device: torch.device, nonzero:
     Dropout packs every call of a layout the same way: the returned function runs its ops and nothing else.
     """
     k = masks_per_byte
-    weights = None if value is None else _byte_pack_weights(numel, k, device, value)
-    if weights is not None:
+    if value is not None and packs_from_bytes(numel, k, device, value):
+        weights = byte_weights(value, k)
         rows, stride = (numel // k, weights.numel()), (weights.numel(), 1)
         return lambda t: t.view(torch.uint8).as_strided(rows, stride).mv(weights)
     if packs_by_matvec(numel, k, device):
         rows, stride, weights = (numel // k, k), (k, 1), _CPU_BIT_WEIGHTS[k]
         return lambda t: (t.bool() if nonzero else t).view(torch.uint8).as_strided(rows, stride).mv(weights)
-    return lambda t: pack_fresh(t.bool() if nonzero else t, k)
-
-
-def pack_flat(mask_bytes: torch.Tensor, masks_per_byte: int = 8) -> torch.Tensor:
-    """Pack a flat contiguous tensor of 0/1 bytes (bool or uint8) into ``ceil(n / k)`` uint8."""
-    check_masks_per_byte(masks_per_byte)
-    flat = mask_bytes.view(torch.uint8) if mask_bytes.dtype == torch.bool else mask_bytes
-    if masks_per_byte == 1:
-        return flat.clone()
-    # A dtype view to int64 needs 8-byte alignment; fresh allocations have it, odd views may not.
-    n_words = flat.numel() // 8 if flat.data_ptr() % 8 == 0 else 0
-    body = pack_words(flat[: n_words * 8].view(torch.int64), masks_per_byte) if n_words else flat.new_empty(0)
-    rest = flat[n_words * 8 :]
-    if rest.numel() == 0:
-        return body
-    padded = flat.new_zeros(rest.numel() + (-rest.numel() % 8))
-    padded[: rest.numel()] = rest
-    tail = pack_words(padded.view(torch.int64), masks_per_byte, rest.numel())
-    return torch.cat([body, tail])
+    return lambda t: pack_flat(t.bool() if nonzero else t, k)
 
 
 @functools.cache
@@ -169,26 +146,16 @@ def decode_table(masks_per_byte: int, device: torch.device) -> torch.Tensor:
     return ((byte >> torch.arange(0, 8, spacing)) & 1).to(device=device, dtype=torch.bool)
 
 
-def unpack_flat(
-    packed: torch.Tensor, numel: int, masks_per_byte: int = 8, table: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Inverse of :func:`pack_flat`: a flat tensor of ``numel`` decoded masks.
-
-    ``table`` maps each byte value to its k decoded elements (default :func:`decode_table`, giving
-    bool); a table of other values decodes straight into them, e.g. dropout's {0, 1/(1-p)} noise.
-    """
-    check_masks_per_byte(masks_per_byte)
+def unpack_flat(packed: torch.Tensor, numel: int, masks_per_byte: int = 8) -> torch.Tensor:
+    """Inverse of :func:`pack_flat`: a flat bool tensor of ``numel`` masks, decoded through :func:`decode_table`."""
+    expected = packed_numel(numel, masks_per_byte)
     if packed.dtype != torch.uint8:
         raise TypeError(f"packed masks must be uint8, got {packed.dtype}")
-    if packed.numel() != packed_numel(numel, masks_per_byte):
-        raise ValueError(
-            f"{packed.numel()} packed bytes cannot hold exactly {numel} masks at {masks_per_byte} per byte "
-            f"(expected {packed_numel(numel, masks_per_byte)})"
-        )
-    if table is None:
-        table = decode_table(masks_per_byte, packed.device)
+    if packed.numel() != expected:
+        raise ValueError(f"{packed.numel()} packed bytes cannot hold exactly {numel} masks at {masks_per_byte} per "
+                         f"byte (expected {expected})")
     # int32 indices: half the bytes of int64, and index_select takes them.
-    rows = torch.index_select(table, 0, packed.reshape(-1).to(torch.int32))
+    rows = decode_table(masks_per_byte, packed.device).index_select(0, packed.reshape(-1).to(torch.int32))
     return rows.view(-1)[:numel]
 
 
@@ -231,5 +198,4 @@ def pack_mask(mask: torch.Tensor, masks_per_byte: int = 8) -> torch.Tensor:
 
 def unpack_mask(packed: torch.Tensor, shape: torch.Size | tuple[int, ...], masks_per_byte: int = 8) -> torch.Tensor:
     """Unpack what :func:`pack_mask` produced back into a contiguous bool tensor of ``shape``."""
-    numel = math.prod(shape)
-    return unpack_flat(packed, numel, masks_per_byte).view(shape)
+    return unpack_flat(packed, math.prod(shape), masks_per_byte).view(shape)

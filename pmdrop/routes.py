@@ -54,6 +54,12 @@ def draw_noise(shape: Sequence[int], stride: Sequence[int], dtype: torch.dtype, 
     return noise.bernoulli_(1 - p, generator=generator).div_(1 - p)
 
 
+def torch_dropout(x: torch.Tensor, p: float, training: bool, inplace: bool) -> torch.Tensor:
+    """Torch's own dropout, as ``F.dropout`` calls it (called directly, so :func:`pmdrop.dropout_mode` does not see
+    it)."""
+    return torch.dropout_(x, p, training) if inplace else torch.dropout(x, p, training)
+
+
 def _native_dropout_output(x: torch.Tensor, p: float, train: bool) -> torch.Tensor:
     return torch.native_dropout(x, p, train)[0]
 
