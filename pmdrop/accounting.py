@@ -1,11 +1,8 @@
-"""Exact accounting of the bytes a forward pass saves for backward.
+"""Exact accounting of the bytes a forward pass saves for backward (:class:`track_saved_tensors`).
 
-Every tensor autograd saves goes through ``saved_tensors_hooks``; :class:`track_saved_tensors`
-sees each one once per storage and sorts it by *origin*, not dtype: anything saved while a
-dropout call is running is a dropout mask (on CPU torch's own mask is a float tensor), and so is what
-pmdrop's compiled and exported ops mark as one (:func:`note_mask`: a compiled graph saves its tensors
-after it ran, outside any call); storages shared with the given parameters are weights kept by layers,
-the rest are activations.
+A saved tensor is sorted by *origin*, not dtype (on CPU torch's own mask is a float tensor): anything saved while a
+dropout call is running (:class:`dropout_site`) is a dropout mask, and so is what pmdrop's compiled and exported ops
+mark as one (:func:`note_mask`: a compiled graph saves its tensors after it ran, outside any call).
 """
 
 from __future__ import annotations
@@ -28,6 +25,11 @@ def _active_ledgers() -> list[SavedBytes]:
     return _local.ledgers
 
 
+def _count_call(origin: str) -> None:
+    for ledger in _active_ledgers():
+        ledger.dropout_calls[origin] = ledger.dropout_calls.get(origin, 0) + 1
+
+
 class dropout_site:
     """``with dropout_site(origin):`` marks the code inside as one dropout call; ``origin`` is "pmdrop" or "torch".
 
@@ -43,10 +45,8 @@ class dropout_site:
     def __enter__(self) -> None:
         self.marked = trackers_open[0] > 0
         if self.marked:
-            ledgers = _active_ledgers()
-            if _local.depth == 0:
-                for ledger in ledgers:
-                    ledger.dropout_calls[self.origin] = ledger.dropout_calls.get(self.origin, 0) + 1
+            if not inside_dropout_site():
+                _count_call(self.origin)
             _local.depth += 1
 
     def __exit__(self, *exc: object) -> None:
@@ -57,8 +57,7 @@ class dropout_site:
 def note_mask(t: torch.Tensor) -> torch.Tensor:
     """Mark ``t``, made by a dropout call of a compiled or exported graph, as its saved mask for the open trackers."""
     if trackers_open[0]:
-        for ledger in _active_ledgers():
-            ledger.dropout_calls["pmdrop"] = ledger.dropout_calls.get("pmdrop", 0) + 1
+        _count_call("pmdrop")
         _local.__dict__.setdefault("noted", set()).add(_storage_key(t))
     return t
 

@@ -29,40 +29,19 @@ _transforms_active = torch._C._are_functorch_transforms_active
 _profiling = torch._C._autograd._profiler_enabled  # private: record_function is not free when no profiler runs
 
 
-class _Layout:
-    """The layout torch's dropout draws its noise (and its mask) in for one input shape and strides.
+@functools.lru_cache(maxsize=4096)
+def _product_stride(shape: torch.Size, a: tuple[int, ...], b: tuple[int, ...] | None, device: str) -> tuple[int, ...]:
+    """Strides of torch's ``x * y`` for ``x``, ``y`` of ``shape`` with strides ``a``, ``b`` (``b`` None: of
+    ``empty_like(x)``, the strides torch's dropout draws its noise and mask in, always dense).
 
-    ``mask_stride``: the strides of ``empty_like(x)``, always dense; a decoded mask comes back in this layout, so
-    torch's backward computes with the very layout it saved. ``noise_out``: whether torch's ``x * noise`` comes out
-    in the noise's layout (then :class:`_InPlaceNoiseFn` writes the product into the noise's buffer).
-
-    The answers come from running those ops on uint8 CPU stand-ins of the same shape and strides: ``empty_like``
-    and TensorIterator pick strides with the same code on every real device. Meta tensors do not (its
+    The answers come from running those ops on uint8 stand-ins: ``empty_like`` and TensorIterator pick strides with
+    the same code on every real device, so ``device`` is "cpu" for all of them. Meta tensors do not (its
     ``empty_like`` and ``mul`` differ for some size-1 dims), so meta inputs ask meta.
     """
-
-    __slots__ = ("_grad_into_noise", "device", "mask_stride", "noise_out", "shape", "stride")
-
-    def __init__(self, shape: torch.Size, stride: tuple[int, ...], is_meta: bool) -> None:
-        self.device = "meta" if is_meta else "cpu"
-        x = torch.empty_strided(shape, stride, dtype=torch.uint8, device=self.device)
-        noise = torch.empty_like(x)
-        self.shape, self.stride, self.mask_stride = shape, stride, noise.stride()
-        self.noise_out = torch.mul(x, noise).stride() == self.mask_stride
-        self._grad_into_noise: dict[tuple[int, ...], bool] = {}
-
-    def grad_into_noise(self, grad: torch.Tensor) -> bool:
-        """Whether torch's ``grad * noise`` comes out in the noise's layout, so it may be written into its buffer."""
-        stride = grad.stride()
-        fits = self._grad_into_noise.get(stride)
-        if fits is None:
-            stand_in = torch.empty_strided(self.shape, stride, dtype=torch.uint8, device=self.device)
-            noise = torch.empty_strided(self.shape, self.mask_stride, dtype=torch.uint8, device=self.device)
-            fits = self._grad_into_noise[stride] = torch.mul(stand_in, noise).stride() == self.mask_stride
-        return fits
-
-
-_layout = functools.lru_cache(maxsize=4096)(_Layout)  # bounded for shape-varying workloads
+    x = torch.empty_strided(shape, a, dtype=torch.uint8, device=device)
+    if b is None:
+        return torch.empty_like(x).stride()
+    return torch.mul(x, torch.empty_strided(shape, b, dtype=torch.uint8, device=device)).stride()
 
 
 @functools.lru_cache(maxsize=4096)
@@ -80,18 +59,24 @@ class _CallPlan:
     """What every packed or seeded call with one input layout, p, dtype, device, route and variant shares, built once.
 
     ``draw``: torch's dropout on the route, ``draw(x, p, True)``; ``saved_dtype``: the dtype of the one tensor it saves
-    (bool mask or noise); ``pack`` packs that tensor and ``table`` decodes it (packed variants only).
+    (bool mask or noise), in ``mask_stride`` (a decoded mask comes back in it, so torch's backward computes with the
+    very layout it saved); ``pack`` packs that tensor and ``table`` decodes it (packed variants only); ``noise_out``:
+    whether torch's ``x * noise`` comes out in the noise's layout (then :class:`_InPlaceNoiseFn` writes the product
+    into the noise's buffer).
     """
 
     __slots__ = (
-        "cache", "device", "draw", "dtype", "k", "layout", "numel_bytes", "p", "pack", "route", "saved_dtype", "shape",
-        "table",
+        "cache", "device", "draw", "dtype", "k", "mask_stride", "noise_out", "numel_bytes", "p", "pack", "route",
+        "saved_dtype", "shape", "stand_in_device", "stride", "table",
     )
 
     def __init__(self, x: torch.Tensor, p: float, inplace: bool, variant: DropoutVariant) -> None:
-        self.p, self.dtype, self.device, self.shape = p, x.dtype, x.device, x.shape
+        self.p, self.dtype, self.device, self.shape, self.stride = p, x.dtype, x.device, x.shape, x.stride()
         self.numel_bytes = x.numel() * x.element_size()
-        self.route, self.layout = route_for(x, inplace), _layout(x.shape, x.stride(), x.is_meta)
+        self.stand_in_device = "meta" if x.is_meta else "cpu"
+        self.mask_stride = _product_stride(self.shape, self.stride, None, self.stand_in_device)
+        self.noise_out = self.into_noise(self.stride)
+        self.route = route_for(x, inplace)
         self.draw, self.saved_dtype = self.route.eager_op(inplace), self.route.saved_dtype(x.dtype)
         self.k, self.cache = variant.masks_per_byte, variant.cache_unpacked
         if self.k is None:
@@ -103,9 +88,12 @@ class _CallPlan:
         if self.route.native:
             self.pack = functools.partial(pack_flat, masks_per_byte=self.k)
         else:
-            stride = self.layout.mask_stride
-            value = self.table[1, 0] if stride and stride[-1] == 1 else None
+            value = self.table[1, 0] if self.mask_stride and self.mask_stride[-1] == 1 else None
             self.pack = fresh_packer(x.numel(), self.k, x.device, nonzero=True, value=value)
+
+    def into_noise(self, stride: tuple[int, ...]) -> bool:
+        """Whether torch's product of the noise and a tensor of ``stride`` comes out in the noise's layout."""
+        return _product_stride(self.shape, stride, self.mask_stride, self.stand_in_device) == self.mask_stride
 
 
 _PLANS: dict[tuple, _CallPlan] = {}
@@ -148,7 +136,7 @@ def _unpack(plan: _CallPlan, packed: torch.Tensor) -> torch.Tensor:
     """Decode ``packed`` through the plan's table into a fresh tensor in torch's mask layout."""
     # int32 indices: half the bytes of int64, and index_select takes them (.int(): half the cost of .to's argument
     # parsing). The rows' storage, seen in the mask's layout, holds the decoded masks in memory order.
-    return plan.table.index_select(0, packed.int()).as_strided(plan.shape, plan.layout.mask_stride)
+    return plan.table.index_select(0, packed.int()).as_strided(plan.shape, plan.mask_stride)
 
 
 class _MaskStandIn:
@@ -194,7 +182,7 @@ class _MaskStandIn:
     def decode(self, saved: torch.Tensor) -> torch.Tensor:
         plan = self.plan
         if plan.k is None:
-            stride = plan.layout.stride if plan.route.native else plan.layout.mask_stride
+            stride = plan.stride if plan.route.native else plan.mask_stride
             return _labelled("pmdrop.redraw", plan.route.redraw, saved, plan.shape, stride, plan.dtype, plan.device,
                              plan.p, self.alignment)
         if self.unpacked is not None:
@@ -227,14 +215,14 @@ class _InPlaceNoiseFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, stand_in: _MaskStandIn, inplace: bool) -> torch.Tensor:
         plan, ctx.stand_in, ctx.inplace = stand_in.plan, stand_in, inplace
-        noise = draw_noise(plan.shape, plan.layout.mask_stride, plan.dtype, plan.device, plan.p)
+        noise = draw_noise(plan.shape, plan.mask_stride, plan.dtype, plan.device, plan.p)
         kept = stand_in.keep(noise)
         ctx.save_for_backward(kept)
         ctx.save_for_forward(kept)
         if inplace:
             ctx.mark_dirty(x)
             return x.mul_(noise)
-        return noise.mul_(x) if plan.layout.noise_out else x * noise
+        return noise.mul_(x) if plan.noise_out else x * noise
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
@@ -242,7 +230,7 @@ class _InPlaceNoiseFn(torch.autograd.Function):
         noise = stand_in.decode(ctx.saved_tensors[0])
         if stand_in.unpacked is not None:  # cached for a later pass: not to be overwritten
             torch.autograd.Variable._execution_engine.queue_callback(lambda: _drop_cache_if_released(ctx))
-        elif stand_in.plan.layout.grad_into_noise(grad):
+        elif stand_in.plan.into_noise(grad.stride()):
             return noise.mul_(grad), None, None
         return grad * noise, None, None
 
@@ -276,7 +264,8 @@ class _TransformPackedFn(torch.autograd.Function):
     @staticmethod
     def forward(x: torch.Tensor, drawn: torch.Tensor, packed: torch.Tensor, p: float, inplace: bool,
                 masks_per_byte: int, route: Route) -> torch.Tensor:
-        return route.apply_drawn(x, drawn, inplace)
+        y = route.apply_drawn(x, drawn, inplace)
+        return y.clone() if y is drawn else y  # native_dropout's own output, an input here: returned as a new tensor
 
     @staticmethod
     def setup_context(ctx, inputs: tuple, output: torch.Tensor) -> None:

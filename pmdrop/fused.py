@@ -65,25 +65,15 @@ def kernels_for(x: torch.Tensor, user: str) -> ModuleType:
     )
 
 
-def _cuda_philox_position(device: torch.device, increment: int) -> tuple[int, int]:
+def philox_position(device: torch.device, kernels: ModuleType) -> tuple[int, int]:
+    """(seed, first counter) for one dropout call on ``device``, reserved from torch's generator."""
+    if device.type == "cpu":  # Triton's interpreter; the CPU generator is not Philox-based: a seed drawn from it
+        return int(torch.randint(2**63 - 1, (), dtype=torch.int64)), 0
     if torch.cuda.is_current_stream_capturing():
         raise RuntimeError("pmdrop's fused variants do not support CUDA graph capture; use pmdrop or seeded")
     generator = torch.cuda.default_generators[device.index if device.index is not None else 0]
-    seed, offset, intragraph = generator.philox_state(increment)
+    seed, offset, intragraph = generator.philox_state(kernels.CHUNK)
     return seed.item(), ((offset.item() + intragraph.item()) & (2**64 - 1)) // 4
-
-
-def _interpreter_philox_position(device: torch.device, increment: int) -> tuple[int, int]:
-    # The CPU generator is not Philox-based: draw a seed from it, so torch.manual_seed still fixes the mask.
-    return int(torch.randint(2**63 - 1, (), dtype=torch.int64)), 0
-
-
-_PHILOX_POSITION = {"cuda": _cuda_philox_position, "cpu": _interpreter_philox_position}
-
-
-def philox_position(device: torch.device, kernels: ModuleType) -> tuple[int, int]:
-    """(seed, first counter) for one dropout call on ``device``, reserved from torch's generator."""
-    return _PHILOX_POSITION[device.type](device, kernels.CHUNK)
 
 
 @functools.lru_cache(maxsize=256)
@@ -91,11 +81,6 @@ def _scale(p: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """``1 / (1 - p)`` in the dtype torch's native_dropout multiplies in (float64 for float64, else float32)."""
     accumulate = torch.float64 if dtype == torch.float64 else torch.float32
     return torch.full((1,), routes.scale(p), dtype=accumulate, device=device)
-
-
-def _check_dtype(x: torch.Tensor, variant: str) -> None:
-    if x.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
-        raise TypeError(f"{variant} takes float16, bfloat16, float32 or float64 tensors, got {x.dtype}")
 
 
 class _FusedFn(torch.autograd.Function):
@@ -106,7 +91,8 @@ class _FusedFn(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, p: float, inplace: bool, variant: Any) -> torch.Tensor:
         # variant: a pmdrop.variants.DropoutVariant, not imported here (variants imports this module)
         kernels = kernels_for(x, variant.name)
-        _check_dtype(x, variant.name)
+        if x.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+            raise TypeError(f"{variant.name} takes float16, bfloat16, float32 or float64 tensors, got {x.dtype}")
         src = x.contiguous()
         out = src if inplace else torch.empty_like(src, memory_format=torch.contiguous_format)
         k = variant.masks_per_byte or 8  # seeded: no mask stored, any tile shape draws the same bits

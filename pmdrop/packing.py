@@ -60,37 +60,28 @@ def packed_numel(numel: int, masks_per_byte: int = 8) -> int:
     return math.ceil(numel / check_masks_per_byte(masks_per_byte))
 
 
-def pack_words(words: torch.Tensor, masks_per_byte: int, numel: int | None = None) -> torch.Tensor:
-    """Pack flat int64 words, each holding eight 0/1 bytes, into ``8 // masks_per_byte`` bytes per word.
-
-    ``numel``: how many of the words' masks are real; the result then holds ``ceil(numel / k)`` bytes, not the
-    whole last word's (which at ``k < 8`` may hold a byte of padding only).
-    """
-    size = words.numel() * 8 if numel is None else numel
-    product = words * _GATHER[masks_per_byte]  # fresh, so its storage starts at the product's first byte
-    # One view picks each k-th byte (from byte k - 1) of the first ceil(size / k): a call costs one op per step.
-    keep = (-(-size // masks_per_byte),), (masks_per_byte,), masks_per_byte - 1
-    return product.view(torch.uint8).as_strided(*keep).clone()
-
-
 def pack_flat(mask: torch.Tensor, masks_per_byte: int = 8) -> torch.Tensor:
     """Pack a dense tensor of 0/1 bytes (bool or uint8), in its memory order, into ``ceil(n / k)`` uint8.
 
-    The per-call path of dropout: a fresh mask (8-byte aligned) with rows of whole words takes one view fewer.
+    A fresh mask (8-byte aligned) with rows of whole words, as dropout packs on every call, takes one view fewer.
     """
     k = check_masks_per_byte(masks_per_byte)
-    aligned = mask.data_ptr() % 8 == 0  # a dtype view to int64 needs 8-byte alignment; odd views may not have it
-    if k > 1 and aligned and mask.dim() and mask.shape[-1] % 8 == 0 and mask.is_contiguous():
-        return pack_words(mask.view(torch.int64), k)
     n = mask.numel()
-    flat = mask.as_strided((n,), (1,)).view(torch.uint8)
-    if k == 1:
-        return flat.clone()
-    if n % 8 or not aligned:
-        padded = flat.new_zeros(n + (-n % 8))
-        padded[:n] = flat
-        flat = padded
-    return pack_words(flat.view(torch.int64), k, n)
+    aligned = n > 0 and mask.data_ptr() % 8 == 0  # a dtype view to int64 needs 8-byte alignment; odd views may lack it
+    if k > 1 and aligned and mask.dim() and mask.shape[-1] % 8 == 0 and mask.is_contiguous():
+        words = mask.view(torch.int64)
+    else:
+        flat = mask.as_strided((n,), (1,)).view(torch.uint8)
+        if k == 1:
+            return flat.clone()
+        if n % 8 or not aligned:
+            padded = flat.new_zeros(n + (-n % 8))
+            padded[:n] = flat
+            flat = padded
+        words = flat.view(torch.int64)
+    product = words * _GATHER[k]  # fresh, so its storage starts at the product's first byte
+    # One view picks each k-th byte (from byte k - 1) of the first ceil(n / k): a call costs one op per step.
+    return product.view(torch.uint8).as_strided((-(-n // k),), (k,), k - 1).clone()
 
 
 def packs_by_matvec(numel: int, masks_per_byte: int, device: torch.device) -> bool:

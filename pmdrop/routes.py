@@ -13,6 +13,7 @@ the CUDA route's logic on CPU tensors (tests, benchmarks) or to plan CPU semanti
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -93,9 +94,9 @@ class Route:
         return noise, noise != 0
 
     def apply_drawn(self, x: torch.Tensor, drawn: torch.Tensor, inplace: bool) -> torch.Tensor:
-        """The output from :meth:`draw`'s ``drawn``: native_dropout's own output, or ``x * noise``."""
+        """The output from :meth:`draw`'s ``drawn``: native_dropout's output (``drawn`` itself), or ``x * noise``."""
         if self.native:
-            return drawn.clone()
+            return drawn
         return x.mul_(drawn) if inplace else x * drawn
 
     def decoded(self, mask: torch.Tensor, p: float, dtype: torch.dtype) -> torch.Tensor:
@@ -124,17 +125,13 @@ class Route:
         if not self.native:
             generator = None if device.type == "meta" else _thread_generator(device, state)
             return draw_noise(shape, stride, dtype, device, p, generator)
-        numel = 1
-        for size in shape:
-            numel *= size
-        extent = 1 + sum((size - 1) * st for size, st in zip(shape, stride, strict=True)) if numel else 0
         if device.type == "meta":
             return torch.ops.aten.native_dropout(torch.empty_strided(shape, stride, dtype=dtype, device=device), p,
                                                  True)[1]
-        itemsize = dtype.itemsize
+        extent = 1 + sum((size - 1) * st for size, st in zip(shape, stride, strict=True)) if math.prod(shape) else 0
         # A stand-in with the input's strides and alignment: the kernel's path depends on both.
-        buffer = torch.empty(extent + 16 // itemsize, dtype=dtype, device=device)
-        stand_in = buffer.as_strided(shape, stride, (alignment - buffer.data_ptr() % 16) % 16 // itemsize)
+        buffer = torch.empty(extent + 16 // dtype.itemsize, dtype=dtype, device=device)
+        stand_in = buffer.as_strided(shape, stride, (alignment - buffer.data_ptr() % 16) % 16 // dtype.itemsize)
         generator = default_generator(device)
         current = generator.get_state()
         try:
