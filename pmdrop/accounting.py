@@ -8,7 +8,8 @@ mark as one (:func:`note_mask`: a compiled graph saves its tensors after it ran,
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -99,7 +100,9 @@ def _storage_key(t: torch.Tensor) -> tuple[str, int]:
     return (str(t.device), t.untyped_storage().data_ptr())
 
 
-class track_saved_tensors:
+@contextmanager
+def track_saved_tensors(parameters: Iterable[torch.Tensor] = (),
+                        on_save: Callable[[torch.Tensor, bool], None] | None = None) -> Iterator[SavedBytes]:
     """Context manager: ``with track_saved_tensors(model.parameters()) as saved: loss = model(x)``.
 
     ``saved`` is a :class:`SavedBytes` filled in as the forward runs: ``mask_bytes`` (what dropout calls saved: torch's
@@ -112,46 +115,33 @@ class track_saved_tensors:
     every tensor saved (repeats and meta tensors included, which are not counted here: meta storages share one
     address), e.g. by a live-memory tracker.
     """
+    saved, seen, parameter_keys = SavedBytes(), set(), {_storage_key(p) for p in parameters}
 
-    def __init__(self, parameters: Iterable[torch.Tensor] = (),
-                 on_save: Callable[[torch.Tensor, bool], None] | None = None) -> None:
-        self._on_save = on_save
-        self._parameter_keys = {_storage_key(p) for p in parameters}
-        self._seen: set[tuple[str, int]] = set()
-        self.saved = SavedBytes()
-        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
-        self._mode = _SeeTorchDropout()
-
-    def _pack(self, t: torch.Tensor) -> torch.Tensor:
+    def pack(t: torch.Tensor) -> torch.Tensor:
         key = _storage_key(t)
-        noted = _local.__dict__.get("noted", ())
-        mask = getattr(_local, "depth", 0) > 0 or key in noted
-        if self._on_save is not None:
-            self._on_save(t, mask)
-        if key in self._seen or t.device.type == "meta":
+        mask = inside_dropout_site() or key in _local.__dict__.get("noted", ())
+        if on_save is not None:
+            on_save(t, mask)
+        if key in seen or t.device.type == "meta":
             return t
-        self._seen.add(key)
+        seen.add(key)
         nbytes = t.untyped_storage().nbytes()
         if mask:
-            self.saved.mask_bytes += nbytes
-            self.saved.mask_tensors += 1
-        elif key in self._parameter_keys or isinstance(t, torch.nn.Parameter):
-            self.saved.parameter_bytes += nbytes
+            saved.mask_bytes += nbytes
+            saved.mask_tensors += 1
+        elif key in parameter_keys or isinstance(t, torch.nn.Parameter):
+            saved.parameter_bytes += nbytes
         else:
-            self.saved.activation_bytes += nbytes
+            saved.activation_bytes += nbytes
         return t
 
-    def __enter__(self) -> SavedBytes:
-        _active_ledgers().append(self.saved)
-        trackers_open[0] += 1
-        self._hooks.__enter__()
-        self._mode.__enter__()
-        return self.saved
-
-    def __exit__(self, *exc: object) -> None:
-        self._mode.__exit__(*exc)
-        self._hooks.__exit__(*exc)
-        _active_ledgers().remove(self.saved)
+    _active_ledgers().append(saved)
+    trackers_open[0] += 1
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), _SeeTorchDropout():
+            yield saved
+    finally:
+        _active_ledgers().remove(saved)
         trackers_open[0] -= 1
         if not _active_ledgers():
             _local.__dict__.pop("noted", None)

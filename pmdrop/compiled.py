@@ -1,11 +1,9 @@
 """pmdrop under ``torch.compile`` and ``torch.export``: traceable paths that keep the mask packed.
 
-The eager path pushes saved-tensor hooks written in Python and reads generator states, which
-dynamo cannot trace. :func:`pmdrop.dropout` sends every call here while ``torch.compiler.is_compiling()``,
-and this path honours the variant's registered ``storage``:
+Dynamo cannot trace the eager path's Python saved-tensor hooks and generator states: :func:`pmdrop.dropout` sends
+every call here while ``torch.compiler.is_compiling()``, and this path honours the variant's registered ``storage``
+("torch": torch's own dropout, or the variant's own ``apply``, traced as is):
 
-* **"torch"**: torch's own dropout, traced as is. A variant with its own ``apply`` (the Triton ones) runs that,
-  traced as any ``autograd.Function``.
 * **"packed", torch.compile**: the forward calls ``aten.native_dropout`` (what Inductor turns ``nn.Dropout`` into on
   every device: :data:`pmdrop.routes.NATIVE`) and packs its bool mask; the backward unpacks it and takes the route's
   backward. AOTAutograd's partitioner never recomputes a random op, so it saves what the backward reads: the packed
@@ -17,14 +15,13 @@ and this path honours the variant's registered ``storage``:
   matches compiled ``nn.Dropout``; with Inductor's own RNG it cannot (that stream is internal to the generated kernels).
 * **torch.export**: custom ops (``pmdrop::packed_dropout``, ``pmdrop::seeded_dropout``) that draw on the route eager
   torch takes on the device, so the exported program's module is bit-identical to eager ``nn.Dropout``, and its
-  backward (``register_autograd``) reads only the packed mask or the generator state.
+  backward (``register_autograd``) reads only the packed mask or the generator state. The two packed forwards share
+  their draw (:func:`_dropout`), setup (:func:`_save`) and backward.
 
 The pack and the unpack are custom ops too (``pmdrop::pack``, ``pmdrop::unpack``), run as they are at run time: the
 pack tells :func:`pmdrop.track_saved_tensors` that its output is a dropout mask, and the unpack keeps the bit
 arithmetic out of the kernel that reads the mask (fused into a softmax backward's reduction, say, it changes how
 Inductor vectorises that kernel and so the order of its sums).
-
-``python -m benchmarks.bench_compile`` times the compiled step against compiled ``nn.Dropout``.
 """
 
 from __future__ import annotations
@@ -43,7 +40,7 @@ _SEEDED = (torch.Tag.nondeterministic_seeded,)
 
 @torch.library.custom_op("pmdrop::pack", mutates_args=())
 def pack(mask: torch.Tensor, masks_per_byte: int) -> torch.Tensor:
-    """:func:`pmdrop.pack_mask` as an op of its own (see the module's docstring)."""
+    """:func:`pmdrop.pack_mask` as an op of its own."""
     return note_mask(pack_mask(mask, masks_per_byte))
 
 

@@ -203,13 +203,11 @@ _IN_PLACE_FROM_BYTES = 8 * 2**20
 
 
 class _InPlaceNoiseFn(torch.autograd.Function):
-    """The noise route for large inputs: torch's draw and products, written into buffers already held.
-
-    Forward draws ``noise`` as torch does (same generator calls, same layout), lets ``stand_in`` keep it (packed, or
-    the generator state), and multiplies into the noise's buffer when torch's ``x * noise`` has its layout; backward
-    decodes the noise and multiplies the gradient into it likewise. IEEE multiplication commutes bit for bit, so the
-    values and layouts are torch's, with one activation-sized allocation fewer each way. ``forward(ctx, ...)`` style:
-    ``setup_context`` makes ``apply`` bind arguments through ``inspect.signature`` on every call.
+    """The noise route for large inputs (see ``_IN_PLACE_FROM_BYTES``): torch's draw (same generator calls, same
+    layout), kept by ``stand_in``, and torch's products written into the noise's buffer where they have its layout,
+    forward and backward. IEEE multiplication commutes bit for bit, so values and layouts are torch's.
+    ``forward(ctx, ...)`` style: ``setup_context`` makes ``apply`` bind arguments through ``inspect.signature`` on every
+    call.
     """
 
     @staticmethod

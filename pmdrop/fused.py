@@ -1,12 +1,7 @@
 """Fused CUDA variants: Triton kernels that draw the mask, apply it and write it packed in one pass.
 
-The ``apply`` of two variants (registered in :mod:`pmdrop.variants`):
-
-* ``pmdrop_fused``: the forward kernel reads x, writes y and the mask at 1 bit per element
-  (no byte mask is ever materialised); the backward kernel reads the packed mask and the gradient and writes
-  the input gradient. :func:`pmdrop.variants.fused_packed_variant` builds the same at 4, 2 or 1 masks per byte.
-* ``seeded_fused``: the same forward without the mask store; saves only the Philox seed and
-  counter (0 bytes of mask) and redraws the mask in the backward kernel.
+The ``apply`` of ``pmdrop_fused`` (and :func:`pmdrop.variants.fused_packed_variant`'s) and ``seeded_fused``, which
+stores no mask: its backward kernel redraws it from the Philox seed and counter (:class:`_FusedFn`).
 
 **Not bit-identical to torch.nn.Dropout** (``bit_exact=False``): the random bits come from Triton's
 Philox stream (see :mod:`pmdrop.triton_kernels`), not from the one ``native_dropout`` draws, so the
@@ -18,9 +13,8 @@ scaled by ``1 / (1 - p)`` computed as torch computes it (float32, float64 for fl
 backward uses exactly the forward's mask.
 
 Inputs that are not contiguous are copied to a contiguous buffer first (one extra pass); the output
-and the input gradient are contiguous. CUDA graph capture is not supported (refused with an error).
-On CPU tensors the variants run only under Triton's interpreter (``TRITON_INTERPRET=1`` set before
-the kernels are first used), which exists for the tests; the other variants never import Triton.
+and the input gradient are contiguous. CUDA graph capture is not supported (refused with an error). On CPU
+tensors the variants run only under Triton's interpreter (:mod:`pmdrop.triton_kernels`), for the tests.
 """
 
 from __future__ import annotations

@@ -41,10 +41,6 @@ _tracing = torch._C._get_tracing_state
 _local = threading.local()
 
 
-_NOT_SCRIPTABLE = (
-    "pmdrop's dropout cannot be compiled by TorchScript (its saved-tensor hooks are Python): "
-    "use torch.compile or torch.export instead"
-)
 _NOT_TRACEABLE = (
     "torch.jit.trace cannot record pmdrop's dropout in training mode (its saved-tensor hooks are Python); "
     "trace in eval mode (model.eval()), or use torch.compile or torch.export"
@@ -52,7 +48,8 @@ _NOT_TRACEABLE = (
 
 
 def _refuse_scripting(self: nn.Module) -> nn.Module:
-    raise RuntimeError(_NOT_SCRIPTABLE)
+    raise RuntimeError("pmdrop's dropout cannot be compiled by TorchScript (its saved-tensor hooks are Python): "
+                       "use torch.compile or torch.export instead")
 
 
 def _routed_dropout(spec: DropoutVariant) -> Callable[..., torch.Tensor]:
@@ -125,9 +122,6 @@ class _Router:
             return self._memo((value, names), value, depth, lambda: self._route_module(value, names, depth))
         return value
 
-    def route_function(self, fn: types.FunctionType) -> types.FunctionType:
-        return self.route_value(fn, frozenset(), 0)
-
     def _routed_entries(self, namespace: dict, names: frozenset[str], depth: int) -> dict[str, object]:
         """The entries of ``namespace`` among ``names`` whose routed value differs from the original."""
         replaced = {}
@@ -182,7 +176,7 @@ class _Router:
             fn = attr.__func__ if wrapper else attr
             if not isinstance(fn, types.FunctionType):
                 continue
-            routed = self.route_function(fn)
+            routed = self.route_value(fn, frozenset(), 0)
             if routed is not fn:
                 found[name] = wrapper(routed) if wrapper else routed
             pending.extend(_function_names(fn))

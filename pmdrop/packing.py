@@ -4,12 +4,9 @@ Layout: mask ``i`` of a flat sequence goes to byte ``i // k`` at bit ``(i % k) *
 (least significant first), with ``k = masks_per_byte``. So ``k=8`` is one bit per mask, ``k=4``
 puts a mask in every second bit (the paper's "4-bit" ablation), ``k=1`` is a plain byte mask.
 
-Packing reads the mask as 64-bit words (eight mask bytes each): one integer multiply gathers the
-bits of each word into its top bytes and one strided copy keeps them, so the cost is two passes over
-``n`` bytes, not over ``n`` elements of the activation. Small masks on the CPU pack in one op instead:
-a uint8 matrix-vector product of rows of ``k`` mask bytes with the bits' weights, and dropout's noise in one
-such product read straight from its bytes (:func:`fresh_packer`).
-Unpacking is a 256-entry table lookup: one gather that writes the ``k`` mask bytes of each packed byte at once.
+One traceable definition (:func:`pack_bits`, :func:`unpack_bits`) and the eager fast paths that give the same bytes:
+a multiply and a strided copy of 64-bit words (:func:`pack_flat`), a uint8 matrix-vector product for small CPU masks,
+chosen per layout by :func:`fresh_packer`, and a 256-entry table gather to unpack (:func:`unpack_flat`).
 """
 
 from __future__ import annotations

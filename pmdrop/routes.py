@@ -7,8 +7,7 @@ and differentiates, and how the mask is drawn again from a generator state. The 
 * :data:`NATIVE` (CUDA, XPU, ..., and ``meta``, which plans memory with CUDA's semantics): ``native_dropout``; torch
   saves its bool mask, and its backward is ``native_dropout_backward(grad, mask, 1 / (1 - p))``.
 
-Which device type takes which route is one table; :func:`use_route` changes it inside a ``with`` block, e.g. to run
-the CUDA route's logic on CPU tensors (tests, benchmarks) or to plan CPU semantics on meta tensors (memory planning).
+Which device type takes which route is one table (``_NATIVE_DEVICE_TYPES``), changed only by :func:`use_route`.
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ from contextlib import contextmanager
 import torch
 
 # Device types whose out-of-place dropout is native_dropout; every other one takes the noise route. A frozenset (its
-# hash is cached): the eager path keys its per-layout plans by it. Changed only by use_route.
+# hash is cached): the eager path keys its per-layout plans by it.
 _NATIVE_DEVICE_TYPES = frozenset({"cuda", "xpu", "lazy", "privateuseone", "meta"})
 _local = threading.local()
 
@@ -72,9 +71,6 @@ class Route:
 
     def __init__(self, name: str, native: bool) -> None:
         self.name, self.native = name, native
-
-    def __repr__(self) -> str:
-        return f"Route({self.name!r})"
 
     def saved_dtype(self, dtype: torch.dtype) -> torch.dtype:
         """The dtype of the one tensor torch's dropout saves: the bool mask, or the noise in x's dtype."""
