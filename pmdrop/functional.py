@@ -247,14 +247,12 @@ def _drop_cache_if_released(ctx) -> None:
 
 
 class _TransformPackedFn(torch.autograd.Function):
-    """Every exact variant under torch.func transforms: the draw is torch's own op, the mask saved packed.
+    """Every exact variant under torch.func transforms (which disable saved-tensor hooks).
 
-    :func:`_apply_transformed` draws at the caller's level with the op torch's dropout runs there
-    (:meth:`Route.draw`), so every transform treats the draw as it treats ``F.dropout``'s: vmap's "error" raises
-    torch's error, "different" and "same" give torch's masks, for batched and unbatched inputs alike.
-    This Function only multiplies (noise route) or passes on native_dropout's output (native route), with
-    ops vmap batches by itself, and saves the packed mask. Seeded saves the packed mask here too: a
-    redraw in a vmapped backward would not see the forward's batch layout.
+    :func:`_apply_transformed` draws at the caller's level with :meth:`Route.draw`, so vmap's "error" raises torch's
+    error, "different" and "same" give torch's masks, for batched and unbatched inputs alike. This Function only
+    multiplies or passes on native_dropout's output, with ops vmap batches by itself, and saves the packed mask; seeded
+    too: a redraw in a vmapped backward would not see the forward's batch layout.
     """
 
     generate_vmap_rule = True

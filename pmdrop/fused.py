@@ -43,12 +43,9 @@ def interpreting() -> bool:
 
 def kernels_for(x: torch.Tensor, user: str) -> ModuleType:
     """The Triton kernel module if it can run on ``x``'s device, else a one-line error (``user`` names the caller)."""
-    if x.device.type == "cuda":
+    if x.device.type == "cuda" or (x.device.type == "cpu" and interpreting()):
         return importlib.import_module(_KERNELS)
-    if x.device.type == "cpu" and (_KERNELS in sys.modules or os.environ.get("TRITON_INTERPRET") == "1"):
-        kernels = importlib.import_module(_KERNELS)
-        if kernels.INTERPRETED:
-            return kernels
+    if x.device.type == "cpu" and _KERNELS in sys.modules:
         raise RuntimeError(
             f"{user} got a cpu tensor, but {_KERNELS} was imported without TRITON_INTERPRET=1 and compiled its "
             "kernels for the GPU; set TRITON_INTERPRET=1 before its first use to run Triton's interpreter on CPU"

@@ -209,13 +209,10 @@ def _function_names(fn: types.FunctionType, depth: int = 0) -> frozenset[str]:
 _router = functools.cache(_Router)  # one per variant
 
 
-def _registered(spec: DropoutVariant) -> DropoutVariant:
-    """The registry's instance of ``spec`` (registering it if this process has not, e.g. on unpickling)."""
-    return get_variant(spec.name) if spec.name in variant_names() else register_variant(spec)
-
-
 def _restore_routed(base: type, spec: DropoutVariant) -> nn.Module:
-    cls = _router(_registered(spec)).routed_class(base)
+    # The registry's instance of spec, registering it where this process has not.
+    spec = get_variant(spec.name) if spec.name in variant_names() else register_variant(spec)
+    cls = _router(spec).routed_class(base)
     return (cls or base).__new__(cls or base)
 
 
