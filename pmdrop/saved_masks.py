@@ -27,19 +27,6 @@ class PackedSavedMasks:
     kept: int = 0  # bool saved tensors left as they were (packing their span would not save memory)
 
 
-class _PackedBool:
-    """A bool tensor's storage span, 8 elements per byte, and how to view it as the tensor again."""
-
-    __slots__ = ("packed", "shape", "span", "stride")
-
-    def __init__(self, t: torch.Tensor, span: int) -> None:
-        region = t.new_empty(0).set_(t.untyped_storage(), t.storage_offset(), (span,), (1,))
-        self.packed, self.shape, self.stride, self.span = pack_flat(region, 8), t.shape, t.stride(), span
-
-    def restore(self) -> torch.Tensor:
-        return unpack_flat(self.packed, self.span, 8).as_strided(self.shape, self.stride)
-
-
 @contextmanager
 def pack_saved_masks() -> Iterator[PackedSavedMasks]:
     """Save every bool tensor autograd keeps for backward bit-packed, restored exactly when backward reads it.
@@ -55,7 +42,7 @@ def pack_saved_masks() -> Iterator[PackedSavedMasks]:
     """
     stats = PackedSavedMasks()
 
-    def pack(t: torch.Tensor) -> torch.Tensor | _PackedBool:
+    def pack(t: torch.Tensor) -> torch.Tensor | tuple:
         if t.dtype != torch.bool or t.numel() == 0 or t.device.type == "meta" or t.layout != torch.strided:
             return t
         # The storage elements from the first t reads to its last.
@@ -63,14 +50,17 @@ def pack_saved_masks() -> Iterator[PackedSavedMasks]:
         if span > 8 * t.numel():
             stats.kept += 1
             return t
-        packed = _PackedBool(t, span)
+        packed = pack_flat(t.new_empty(0).set_(t.untyped_storage(), t.storage_offset(), (span,), (1,)), 8)
         stats.tensors += 1
         stats.bool_bytes += span
-        stats.packed_bytes += packed.packed.numel()
-        return packed
+        stats.packed_bytes += packed.numel()
+        return packed, span, t.shape, t.stride()  # the span 8 elements per byte, and how to view it as t again
 
-    def unpack(saved: torch.Tensor | _PackedBool) -> torch.Tensor:
-        return saved.restore() if isinstance(saved, _PackedBool) else saved
+    def unpack(saved: torch.Tensor | tuple) -> torch.Tensor:
+        if isinstance(saved, torch.Tensor):
+            return saved
+        packed, span, shape, stride = saved
+        return unpack_flat(packed, span, 8).as_strided(shape, stride)
 
     with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
         yield stats
