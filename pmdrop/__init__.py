@@ -4,9 +4,7 @@
     model = pmdrop.convert(model, "pmdrop")      # every nn.Dropout and F.dropout of the model
     y = pmdrop.dropout(x, p=0.1, variant="pmdrop")
 
-Variants (``pmdrop.variant_names()``): baseline, pmdrop, pmdrop_nocache, pmdrop_4bit, seeded (bit-exact),
-and pmdrop_fused, seeded_fused (Triton, CUDA; their own random stream, so not bit-exact). ``help(pmdrop.dropout)``
-says which to pick.
+Variants: ``pmdrop.variant_names()``; ``help(pmdrop.dropout)`` says which to pick.
 """
 
 from .accounting import SavedBytes, track_saved_tensors

@@ -1,17 +1,15 @@
-"""Exact accounting of the bytes a forward pass saves for backward.
+"""Exact accounting of the bytes a forward pass saves for backward (:class:`track_saved_tensors`).
 
-Every tensor autograd saves goes through ``saved_tensors_hooks``; :class:`track_saved_tensors`
-sees each one once per storage and sorts it by *origin*, not dtype: anything saved while a
-dropout call is running is a dropout mask (on CPU torch's own mask is a float tensor), and so is what
-pmdrop's compiled and exported ops mark as one (:func:`note_mask`: a compiled graph saves its tensors
-after it ran, outside any call); storages shared with the given parameters are weights kept by layers,
-the rest are activations.
+A saved tensor is sorted by *origin*, not dtype (on CPU torch's own mask is a float tensor): anything saved while a
+dropout call is running (:class:`dropout_site`) is a dropout mask, and so is what pmdrop's compiled and exported ops
+mark as one (:func:`note_mask`: a compiled graph saves its tensors after it ran, outside any call).
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -26,6 +24,11 @@ def _active_ledgers() -> list[SavedBytes]:
     if not hasattr(_local, "ledgers"):
         _local.ledgers, _local.depth = [], 0
     return _local.ledgers
+
+
+def _count_call(origin: str) -> None:
+    for ledger in _active_ledgers():
+        ledger.dropout_calls[origin] = ledger.dropout_calls.get(origin, 0) + 1
 
 
 class dropout_site:
@@ -43,10 +46,8 @@ class dropout_site:
     def __enter__(self) -> None:
         self.marked = trackers_open[0] > 0
         if self.marked:
-            ledgers = _active_ledgers()
-            if _local.depth == 0:
-                for ledger in ledgers:
-                    ledger.dropout_calls[self.origin] = ledger.dropout_calls.get(self.origin, 0) + 1
+            if not inside_dropout_site():
+                _count_call(self.origin)
             _local.depth += 1
 
     def __exit__(self, *exc: object) -> None:
@@ -57,8 +58,7 @@ class dropout_site:
 def note_mask(t: torch.Tensor) -> torch.Tensor:
     """Mark ``t``, made by a dropout call of a compiled or exported graph, as its saved mask for the open trackers."""
     if trackers_open[0]:
-        for ledger in _active_ledgers():
-            ledger.dropout_calls["pmdrop"] = ledger.dropout_calls.get("pmdrop", 0) + 1
+        _count_call("pmdrop")
         _local.__dict__.setdefault("noted", set()).add(_storage_key(t))
     return t
 
@@ -100,7 +100,9 @@ def _storage_key(t: torch.Tensor) -> tuple[str, int]:
     return (str(t.device), t.untyped_storage().data_ptr())
 
 
-class track_saved_tensors:
+@contextmanager
+def track_saved_tensors(parameters: Iterable[torch.Tensor] = (),
+                        on_save: Callable[[torch.Tensor, bool], None] | None = None) -> Iterator[SavedBytes]:
     """Context manager: ``with track_saved_tensors(model.parameters()) as saved: loss = model(x)``.
 
     ``saved`` is a :class:`SavedBytes` filled in as the forward runs: ``mask_bytes`` (what dropout calls saved: torch's
@@ -113,46 +115,33 @@ class track_saved_tensors:
     every tensor saved (repeats and meta tensors included, which are not counted here: meta storages share one
     address), e.g. by a live-memory tracker.
     """
+    saved, seen, parameter_keys = SavedBytes(), set(), {_storage_key(p) for p in parameters}
 
-    def __init__(self, parameters: Iterable[torch.Tensor] = (),
-                 on_save: Callable[[torch.Tensor, bool], None] | None = None) -> None:
-        self._on_save = on_save
-        self._parameter_keys = {_storage_key(p) for p in parameters}
-        self._seen: set[tuple[str, int]] = set()
-        self.saved = SavedBytes()
-        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
-        self._mode = _SeeTorchDropout()
-
-    def _pack(self, t: torch.Tensor) -> torch.Tensor:
+    def pack(t: torch.Tensor) -> torch.Tensor:
         key = _storage_key(t)
-        noted = _local.__dict__.get("noted", ())
-        mask = getattr(_local, "depth", 0) > 0 or key in noted
-        if self._on_save is not None:
-            self._on_save(t, mask)
-        if key in self._seen or t.device.type == "meta":
+        mask = inside_dropout_site() or key in _local.__dict__.get("noted", ())
+        if on_save is not None:
+            on_save(t, mask)
+        if key in seen or t.device.type == "meta":
             return t
-        self._seen.add(key)
+        seen.add(key)
         nbytes = t.untyped_storage().nbytes()
         if mask:
-            self.saved.mask_bytes += nbytes
-            self.saved.mask_tensors += 1
-        elif key in self._parameter_keys or isinstance(t, torch.nn.Parameter):
-            self.saved.parameter_bytes += nbytes
+            saved.mask_bytes += nbytes
+            saved.mask_tensors += 1
+        elif key in parameter_keys or isinstance(t, torch.nn.Parameter):
+            saved.parameter_bytes += nbytes
         else:
-            self.saved.activation_bytes += nbytes
+            saved.activation_bytes += nbytes
         return t
 
-    def __enter__(self) -> SavedBytes:
-        _active_ledgers().append(self.saved)
-        trackers_open[0] += 1
-        self._hooks.__enter__()
-        self._mode.__enter__()
-        return self.saved
-
-    def __exit__(self, *exc: object) -> None:
-        self._mode.__exit__(*exc)
-        self._hooks.__exit__(*exc)
-        _active_ledgers().remove(self.saved)
+    _active_ledgers().append(saved)
+    trackers_open[0] += 1
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), _SeeTorchDropout():
+            yield saved
+    finally:
+        _active_ledgers().remove(saved)
         trackers_open[0] -= 1
         if not _active_ledgers():
             _local.__dict__.pop("noted", None)

@@ -1,11 +1,9 @@
 """pmdrop under ``torch.compile`` and ``torch.export``: traceable paths that keep the mask packed.
 
-The eager path pushes saved-tensor hooks written in Python and reads generator states, which
-dynamo cannot trace. :func:`pmdrop.dropout` sends every call here while ``torch.compiler.is_compiling()``,
-and this path honours the variant's registered ``storage``:
+Dynamo cannot trace the eager path's Python saved-tensor hooks and generator states: :func:`pmdrop.dropout` sends
+every call here while ``torch.compiler.is_compiling()``, and this path honours the variant's registered ``storage``
+("torch": torch's own dropout, or the variant's own ``apply``, traced as is):
 
-* **"torch"**: torch's own dropout, traced as is. A variant with its own ``apply`` (the Triton ones) runs that,
-  traced as any ``autograd.Function``.
 * **"packed", torch.compile**: the forward calls ``aten.native_dropout`` (what Inductor turns ``nn.Dropout`` into on
   every device: :data:`pmdrop.routes.NATIVE`) and packs its bool mask; the backward unpacks it and takes the route's
   backward. AOTAutograd's partitioner never recomputes a random op, so it saves what the backward reads: the packed
@@ -17,14 +15,13 @@ and this path honours the variant's registered ``storage``:
   matches compiled ``nn.Dropout``; with Inductor's own RNG it cannot (that stream is internal to the generated kernels).
 * **torch.export**: custom ops (``pmdrop::packed_dropout``, ``pmdrop::seeded_dropout``) that draw on the route eager
   torch takes on the device, so the exported program's module is bit-identical to eager ``nn.Dropout``, and its
-  backward (``register_autograd``) reads only the packed mask or the generator state.
+  backward (``register_autograd``) reads only the packed mask or the generator state. The two packed forwards share
+  their draw (:func:`_dropout`), setup (:func:`_save`) and backward.
 
 The pack and the unpack are custom ops too (``pmdrop::pack``, ``pmdrop::unpack``), run as they are at run time: the
 pack tells :func:`pmdrop.track_saved_tensors` that its output is a dropout mask, and the unpack keeps the bit
 arithmetic out of the kernel that reads the mask (fused into a softmax backward's reduction, say, it changes how
 Inductor vectorises that kernel and so the order of its sums).
-
-``python -m benchmarks.bench_compile`` times the compiled step against compiled ``nn.Dropout``.
 """
 
 from __future__ import annotations
@@ -35,7 +32,7 @@ import torch
 
 from .accounting import note_mask
 from .packing import pack_mask, packed_numel, unpack_bits
-from .routes import NATIVE, ROUTES, Route, default_generator, route_for
+from .routes import NATIVE, ROUTES, Route, default_generator, route_for, torch_dropout
 from .variants import DropoutVariant
 
 _SEEDED = (torch.Tag.nondeterministic_seeded,)
@@ -43,7 +40,7 @@ _SEEDED = (torch.Tag.nondeterministic_seeded,)
 
 @torch.library.custom_op("pmdrop::pack", mutates_args=())
 def pack(mask: torch.Tensor, masks_per_byte: int) -> torch.Tensor:
-    """:func:`pmdrop.pack_mask` as an op of its own (see the module's docstring)."""
+    """:func:`pmdrop.pack_mask` as an op of its own."""
     return note_mask(pack_mask(mask, masks_per_byte))
 
 
@@ -74,9 +71,16 @@ def _mask_stride(x: torch.Tensor) -> tuple[int, ...]:
     return tuple(x.stride())
 
 
-def _save_packed(ctx, inputs: tuple, output: tuple, route: Route) -> None:
-    x, ctx.p, ctx.k = inputs
-    ctx.route, ctx.layout = route, (x.shape, _mask_stride(x), x.dtype)
+def _dropout(x: torch.Tensor, p: float, route: Route) -> tuple[torch.Tensor, torch.Tensor]:
+    """Torch's out-of-place dropout of ``x`` on ``route``: its output and its bool mask."""
+    drawn, mask = route.draw(x, p)
+    return route.apply_drawn(x, drawn, False), mask
+
+
+def _save(ctx, inputs: tuple, output: tuple, route: Route, stride: Sequence[int]) -> None:
+    """Setup of every path here: ``output[1]`` (the packed mask or the generator state) is all the backward reads."""
+    x, ctx.p, ctx.arg = inputs  # arg: masks_per_byte, or seeded's route name
+    ctx.route, ctx.layout = route, (x.shape, stride, x.dtype)
     ctx.mark_non_differentiable(output[1])
     ctx.save_for_backward(output[1])
 
@@ -84,7 +88,7 @@ def _save_packed(ctx, inputs: tuple, output: tuple, route: Route) -> None:
 def _packed_backward(ctx, grad: torch.Tensor, _grad_packed: None) -> tuple[torch.Tensor, None, None]:
     (packed,) = ctx.saved_tensors
     shape, mask_stride, dtype = ctx.layout
-    mask = torch.ops.pmdrop.unpack(packed, shape, mask_stride, ctx.k)
+    mask = torch.ops.pmdrop.unpack(packed, shape, mask_stride, ctx.arg)
     return ctx.route.backward(grad, ctx.route.decoded(mask, ctx.p, dtype), ctx.p), None, None
 
 
@@ -93,12 +97,12 @@ class _CompiledPackedDropout(torch.autograd.Function):
 
     @staticmethod
     def forward(x: torch.Tensor, p: float, masks_per_byte: int) -> tuple[torch.Tensor, torch.Tensor]:
-        y, mask = NATIVE.draw(x, p)
+        y, mask = _dropout(x, p, NATIVE)
         return y, torch.ops.pmdrop.pack(mask, masks_per_byte)
 
     @staticmethod
     def setup_context(ctx, inputs: tuple, output: tuple) -> None:
-        _save_packed(ctx, inputs, output, NATIVE)
+        _save(ctx, inputs, output, NATIVE, _mask_stride(inputs[0]))
 
     backward = staticmethod(_packed_backward)
 
@@ -106,9 +110,7 @@ class _CompiledPackedDropout(torch.autograd.Function):
 @torch.library.custom_op("pmdrop::packed_dropout", mutates_args=(), tags=_SEEDED)
 def packed_dropout(x: torch.Tensor, p: float, masks_per_byte: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Eager torch's dropout of ``x`` on its device's route, and its mask packed ``masks_per_byte`` per byte."""
-    route = route_for(x, False)
-    drawn, mask = route.draw(x, p)
-    y = route.apply_drawn(x, drawn, False)
+    y, mask = _dropout(x, p, route_for(x, False))
     return y, note_mask(pack_mask(mask, masks_per_byte))
 
 
@@ -119,28 +121,24 @@ def _(x: torch.Tensor, p: float, masks_per_byte: int) -> tuple[torch.Tensor, tor
 
 packed_dropout.register_autograd(
     _packed_backward,
-    setup_context=lambda ctx, inputs, output: _save_packed(ctx, inputs, output, route_for(inputs[0], False)),
+    setup_context=lambda ctx, inputs, output: _save(ctx, inputs, output, route_for(inputs[0], False),
+                                                     _mask_stride(inputs[0])),
 )
-
-
-def _state_numel(device: torch.device) -> int:
-    # CUDA-like devices: one more byte for the input's address mod 16, which sets the kernel's vector width.
-    return default_generator(device).get_state().numel() + (device.type != "cpu")
 
 
 @torch.library.custom_op("pmdrop::seeded_dropout", mutates_args=(), tags=_SEEDED)
 def seeded_dropout(x: torch.Tensor, p: float, route: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Dropout of ``x`` on ``route`` ("native" or "noise") and the generator state before the draw."""
     state = default_generator(x.device).get_state()
-    if x.device.type != "cpu":
+    if x.device.type != "cpu":  # one more byte: the input's address mod 16, which sets CUDA's vector width
         state = torch.cat([state, state.new_tensor([x.data_ptr() % 16])])
-    drawn, _ = ROUTES[route].draw(x, p)
-    return ROUTES[route].apply_drawn(x, drawn, False), note_mask(state)
+    return _dropout(x, p, ROUTES[route])[0], note_mask(state)
 
 
 @seeded_dropout.register_fake
 def _(x: torch.Tensor, p: float, route: str) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.empty_like(x), x.new_empty(_state_numel(x.device), dtype=torch.uint8, device="cpu")
+    numel = default_generator(x.device).get_state().numel() + (x.device.type != "cpu")
+    return torch.empty_like(x), x.new_empty(numel, dtype=torch.uint8, device="cpu")
 
 
 @torch.library.custom_op("pmdrop::seeded_dropout_mask", mutates_args=())
@@ -164,19 +162,16 @@ def _(grad, state, shape, stride, dtype, p, route) -> torch.Tensor:
     return torch.empty_strided(shape, stride, dtype=ROUTES[route].saved_dtype(dtype), device=grad.device)
 
 
-def _seeded_setup_context(ctx, inputs, output) -> None:
-    x, ctx.p, ctx.route = inputs
-    ctx.stride = x.stride() if ROUTES[ctx.route].native else _mask_stride(x)
-    ctx.layout = (x.shape, x.dtype)
-    ctx.mark_non_differentiable(output[1])
-    ctx.save_for_backward(output[1])
+def _seeded_setup_context(ctx, inputs: tuple, output: tuple) -> None:
+    x, route = inputs[0], ROUTES[inputs[2]]
+    _save(ctx, inputs, output, route, x.stride() if route.native else _mask_stride(x))
 
 
 def _seeded_backward(ctx, grad: torch.Tensor, _grad_state: None) -> tuple[torch.Tensor, None, None]:
     (state,) = ctx.saved_tensors
-    shape, dtype = ctx.layout
-    drawn = torch.ops.pmdrop.seeded_dropout_mask(grad, state, shape, ctx.stride, dtype, ctx.p, ctx.route)
-    return ROUTES[ctx.route].backward(grad, drawn, ctx.p), None, None
+    shape, stride, dtype = ctx.layout
+    drawn = torch.ops.pmdrop.seeded_dropout_mask(grad, state, shape, stride, dtype, ctx.p, ctx.arg)
+    return ctx.route.backward(grad, drawn, ctx.p), None, None
 
 
 seeded_dropout.register_autograd(_seeded_backward, setup_context=_seeded_setup_context)
@@ -192,7 +187,7 @@ def dropout(x: torch.Tensor, p: float, training: bool, inplace: bool, variant: D
         return variant.apply(x, p, inplace, variant)
     if not needs_backward or inplace or variant.storage == "torch":
         # torch's own dropout: nothing to save, in place (torch's noise route), or torch's storage
-        return torch.dropout_(x, p, training) if inplace else torch.dropout(x, p, training)
+        return torch_dropout(x, p, training, inplace)
     exporting = torch.compiler.is_exporting()
     if variant.storage == "packed":
         if exporting:

@@ -1,20 +1,9 @@
 """Dropout that saves its mask for backward bit-packed, or not at all, bit-identical to torch's.
 
-The eager path runs torch's own dropout, unchanged, under ``saved_tensors_hooks`` that take the one
-tensor it saves for backward: on the noise route (CPU, and ``inplace=True`` everywhere) the noise that
-``x * noise`` saves, in x's dtype (4 B/element for fp32); on the native route (CUDA/XPU out of place, and
-``meta``) ``native_dropout``'s bool mask (:mod:`pmdrop.routes`). The packed variants keep it bit-packed and decode
-it into exactly torch's tensor (same values, same layout) when backward reads it; ``seeded`` keeps the generator
-state and draws it again. Output, backward node, gradient layout and RNG stream are torch's own; the Python a
-call runs is a cached plan's lookup, the hooks' push and pop, the pack and the decode.
-
-Calls that need no backward (eval, p in {0, 1}, empty, no grad, non-float input) and tensors that
-cannot be packed (nested, sparse, tensor subclasses) go straight to torch's own ``dropout``, so
-torch's results, errors and aliasing apply unchanged.
-
-Under ``torch.func`` transforms (``grad``, ``vjp``, ``vmap``, ``jvp``, ...), which disable saved-tensor
-hooks, the mask is drawn by torch's own dropout op at the caller's level, so each transform treats it as
-it treats ``F.dropout`` (vmap's randomness modes included), and :class:`_TransformPackedFn` saves it packed.
+The eager path runs torch's own dropout, unchanged, under ``saved_tensors_hooks`` that take the one tensor it saves
+for backward (:class:`_MaskStandIn`); large noise-route inputs take :class:`_InPlaceNoiseFn`, ``torch.func``
+transforms :class:`_TransformPackedFn`, ``torch.compile`` and ``torch.export`` :mod:`pmdrop.compiled`. Calls that need
+no backward and tensors that cannot be packed (nested, sparse, subclasses) are torch's own ``dropout``, unchanged.
 """
 
 from __future__ import annotations
@@ -27,8 +16,8 @@ import torch
 from . import compiled, routes
 from .accounting import dropout_site, inside_dropout_site, trackers_open
 from .faults import corrupt, injections_open
-from .packing import decode_table, fresh_packer, pack_bits, pack_fresh, unpack_bits
-from .routes import NOISE, Route, draw_noise, route_for
+from .packing import decode_table, fresh_packer, pack_bits, pack_flat, unpack_bits
+from .routes import NOISE, Route, draw_noise, route_for, torch_dropout
 from .variants import DropoutVariant, get_variant
 
 # Tensors the Functions below can pack; subclasses (nested jagged, DTensor, FakeTensor...) take torch's dropout.
@@ -40,68 +29,25 @@ _transforms_active = torch._C._are_functorch_transforms_active
 _profiling = torch._C._autograd._profiler_enabled  # private: record_function is not free when no profiler runs
 
 
-def _torch_dropout(x: torch.Tensor, p: float, training: bool, inplace: bool) -> torch.Tensor:
-    # torch.dropout is what F.dropout calls; calling it directly keeps dropout_mode from re-routing.
-    return torch.dropout_(x, p, training) if inplace else torch.dropout(x, p, training)
+@functools.lru_cache(maxsize=4096)
+def _product_stride(shape: torch.Size, a: tuple[int, ...], b: tuple[int, ...] | None, device: str) -> tuple[int, ...]:
+    """Strides of torch's ``x * y`` for ``x``, ``y`` of ``shape`` with strides ``a``, ``b`` (``b`` None: of
+    ``empty_like(x)``, the strides torch's dropout draws its noise and mask in, always dense).
 
-
-class _Layout:
-    """The layout torch's dropout draws its noise (and its mask) in for one input shape and strides.
-
-    ``mask_stride``: the strides of ``empty_like(x)``, always dense; a decoded mask comes back in this layout, so
-    torch's backward computes with the very layout it saved. ``noise_out``: whether torch's ``x * noise`` comes out
-    in the noise's layout (then :class:`_InPlaceNoiseFn` writes the product into the noise's buffer).
-
-    The answers come from running those ops on uint8 CPU stand-ins of the same shape and strides: ``empty_like``
-    and TensorIterator pick strides with the same code on every real device. Meta tensors do not (its
+    The answers come from running those ops on uint8 stand-ins: ``empty_like`` and TensorIterator pick strides with
+    the same code on every real device, so ``device`` is "cpu" for all of them. Meta tensors do not (its
     ``empty_like`` and ``mul`` differ for some size-1 dims), so meta inputs ask meta.
     """
-
-    __slots__ = ("_grad_into_noise", "device", "mask_stride", "noise_out", "shape", "stride")
-
-    def __init__(self, shape: torch.Size, stride: tuple[int, ...], is_meta: bool) -> None:
-        self.device = "meta" if is_meta else "cpu"
-        x = torch.empty_strided(shape, stride, dtype=torch.uint8, device=self.device)
-        noise = torch.empty_like(x)
-        self.shape, self.stride, self.mask_stride = shape, stride, noise.stride()
-        self.noise_out = torch.mul(x, noise).stride() == self.mask_stride
-        self._grad_into_noise: dict[tuple[int, ...], bool] = {}
-
-    def grad_into_noise(self, grad: torch.Tensor) -> bool:
-        """Whether torch's ``grad * noise`` comes out in the noise's layout, so it may be written into its buffer."""
-        stride = grad.stride()
-        fits = self._grad_into_noise.get(stride)
-        if fits is None:
-            stand_in = torch.empty_strided(self.shape, stride, dtype=torch.uint8, device=self.device)
-            noise = torch.empty_strided(self.shape, self.mask_stride, dtype=torch.uint8, device=self.device)
-            fits = self._grad_into_noise[stride] = torch.mul(stand_in, noise).stride() == self.mask_stride
-        return fits
+    x = torch.empty_strided(shape, a, dtype=torch.uint8, device=device)
+    if b is None:
+        return torch.empty_like(x).stride()
+    return torch.mul(x, torch.empty_strided(shape, b, dtype=torch.uint8, device=device)).stride()
 
 
-_LAYOUTS: dict[tuple[torch.Size, tuple[int, ...], bool], _Layout] = {}
-
-
-def _layout_of(x: torch.Tensor) -> _Layout:
-    key = (x.shape, x.stride(), x.is_meta)
-    layout = _LAYOUTS.get(key)
-    if layout is None:
-        if len(_LAYOUTS) >= 4096:  # bound the cache for shape-varying workloads
-            _LAYOUTS.clear()
-        layout = _LAYOUTS[key] = _Layout(*key)
-    return layout
-
-
-# (route, masks_per_byte, p, dtype, device) -> table; a plain dict: cheaper than functools.lru_cache per call.
-_TABLES: dict[tuple, torch.Tensor] = {}
-
-
+@functools.lru_cache(maxsize=4096)
 def _decode_table(route: Route, k: int, p: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """(256, k) table: row b holds what torch saves (:meth:`Route.decoded`) for the k masks of packed byte b."""
-    key = (route, k, p, dtype, device)
-    table = _TABLES.get(key)
-    if table is None:
-        table = _TABLES[key] = route.decoded(decode_table(k, device), p, dtype)
-    return table
+    return route.decoded(decode_table(k, device), p, dtype)
 
 
 # Whether the running backward keeps the graph (retain_graph=True): only then can a cached mask be reused.
@@ -113,18 +59,24 @@ class _CallPlan:
     """What every packed or seeded call with one input layout, p, dtype, device, route and variant shares, built once.
 
     ``draw``: torch's dropout on the route, ``draw(x, p, True)``; ``saved_dtype``: the dtype of the one tensor it saves
-    (bool mask or noise); ``pack`` packs that tensor and ``table`` decodes it (packed variants only).
+    (bool mask or noise), in ``mask_stride`` (a decoded mask comes back in it, so torch's backward computes with the
+    very layout it saved); ``pack`` packs that tensor and ``table`` decodes it (packed variants only); ``noise_out``:
+    whether torch's ``x * noise`` comes out in the noise's layout (then :class:`_InPlaceNoiseFn` writes the product
+    into the noise's buffer).
     """
 
     __slots__ = (
-        "cache", "device", "draw", "dtype", "k", "layout", "numel_bytes", "p", "pack", "route", "saved_dtype", "shape",
-        "table",
+        "cache", "device", "draw", "dtype", "k", "mask_stride", "noise_out", "numel_bytes", "p", "pack", "route",
+        "saved_dtype", "shape", "stand_in_device", "stride", "table",
     )
 
     def __init__(self, x: torch.Tensor, p: float, inplace: bool, variant: DropoutVariant) -> None:
-        self.p, self.dtype, self.device, self.shape = p, x.dtype, x.device, x.shape
+        self.p, self.dtype, self.device, self.shape, self.stride = p, x.dtype, x.device, x.shape, x.stride()
         self.numel_bytes = x.numel() * x.element_size()
-        self.route, self.layout = route_for(x, inplace), _layout_of(x)
+        self.stand_in_device = "meta" if x.is_meta else "cpu"
+        self.mask_stride = _product_stride(self.shape, self.stride, None, self.stand_in_device)
+        self.noise_out = self.into_noise(self.stride)
+        self.route = route_for(x, inplace)
         self.draw, self.saved_dtype = self.route.eager_op(inplace), self.route.saved_dtype(x.dtype)
         self.k, self.cache = variant.masks_per_byte, variant.cache_unpacked
         if self.k is None:
@@ -134,21 +86,17 @@ class _CallPlan:
         # Noise is 0 or the table's one nonzero value (inf where fp16 overflows): its nonzeros are the mask. A byte
         # view of it needs its last dim's stride 1.
         if self.route.native:
-            self.pack = functools.partial(pack_fresh, masks_per_byte=self.k)
+            self.pack = functools.partial(pack_flat, masks_per_byte=self.k)
         else:
-            stride = self.layout.mask_stride
-            value = self.table[1, 0] if stride and stride[-1] == 1 else None
+            value = self.table[1, 0] if self.mask_stride and self.mask_stride[-1] == 1 else None
             self.pack = fresh_packer(x.numel(), self.k, x.device, nonzero=True, value=value)
+
+    def into_noise(self, stride: tuple[int, ...]) -> bool:
+        """Whether torch's product of the noise and a tensor of ``stride`` comes out in the noise's layout."""
+        return _product_stride(self.shape, stride, self.mask_stride, self.stand_in_device) == self.mask_stride
 
 
 _PLANS: dict[tuple, _CallPlan] = {}
-
-
-def _new_plan(key: tuple, x: torch.Tensor, p: float, inplace: bool, variant: DropoutVariant) -> _CallPlan:
-    if len(_PLANS) >= 4096:  # bound the cache for shape-varying workloads
-        _PLANS.clear()
-    plan = _PLANS[key] = _CallPlan(x, p, inplace, variant)
-    return plan
 
 
 # Torch's private accessors for the saved-tensor hooks stack (torch.utils.checkpoint reads the top; the public
@@ -172,32 +120,6 @@ class _Passed:
         return self.value if self.enclosing is None else self.enclosing[1](self.value)
 
 
-class _MaskStandIn:
-    """Kept by autograd in place of the mask torch's own dropout saves, through ``saved_tensors_hooks``.
-
-    Torch's dropout runs unchanged (its draw, its output, its C++ backward node), so results, layouts and
-    the RNG stream are torch's by construction. Its one saved tensor, ``native_dropout``'s bool mask
-    (native route) or the noise route's ``noise``, reaches :meth:`pack`, which keeps what a subclass chooses
-    (the packed bits, or the generator state for seeded); backward reads it back through :func:`_restore`.
-    Whatever it keeps passes through the enclosing hooks (checkpointing, accounting), as a Function's
-    saved tensor would.
-    """
-
-    __slots__ = ("enclosing", "plan", "saved")
-
-    def pack(self, t: torch.Tensor) -> _MaskStandIn | _Passed:
-        plan = self.plan
-        if self.saved is not None or t.dtype is not plan.saved_dtype or t.shape != plan.shape:
-            return _Passed(t, self.enclosing)
-        # The usual packed case inline (one Python frame fewer on every call); a subclass's keep() otherwise.
-        kept = plan.pack(t) if plan.k is not None and not (_profiling() or injections_open[0]) else self.keep(t)
-        self.saved = kept if self.enclosing is None else self.enclosing[0](kept)
-        return self
-
-    def restore(self) -> torch.Tensor:
-        return self.decode(self.saved if self.enclosing is None else self.enclosing[1](self.saved))
-
-
 def _labelled(label: str, fn, *args):
     """``fn(*args)``, labelled ``label`` in a profiler's trace while one runs."""
     if _profiling():
@@ -214,59 +136,63 @@ def _unpack(plan: _CallPlan, packed: torch.Tensor) -> torch.Tensor:
     """Decode ``packed`` through the plan's table into a fresh tensor in torch's mask layout."""
     # int32 indices: half the bytes of int64, and index_select takes them (.int(): half the cost of .to's argument
     # parsing). The rows' storage, seen in the mask's layout, holds the decoded masks in memory order.
-    return plan.table.index_select(0, packed.int()).as_strided(plan.shape, plan.layout.mask_stride)
+    return plan.table.index_select(0, packed.int()).as_strided(plan.shape, plan.mask_stride)
 
 
-class _PackedMask(_MaskStandIn):
-    """The mask packed ``masks_per_byte`` per byte; decoded (and, if the variant says so, cached while the graph is
-    retained) when backward reads it."""
+class _MaskStandIn:
+    """Kept by autograd in place of the one tensor torch's own dropout saves (``native_dropout``'s bool mask, or the
+    noise route's ``noise``), through ``saved_tensors_hooks``: torch's dropout runs unchanged (its draw, output and C++
+    backward node), so results, layouts and the RNG stream are torch's by construction.
 
-    __slots__ = ("unpacked",)
+    :meth:`pack` keeps the mask packed ``plan.k`` per byte, decoded (and, if the variant says so, cached while the
+    graph is retained) when backward reads it; or, for seeded (``plan.k`` None), the generator state before the draw,
+    from which backward draws the same mask again. What it keeps passes through the enclosing hooks (checkpointing,
+    accounting), as a Function's saved tensor would.
+    """
 
-    def __init__(self, plan: _CallPlan) -> None:
+    __slots__ = ("alignment", "enclosing", "plan", "saved", "state", "unpacked")
+
+    def __init__(self, plan: _CallPlan, x: torch.Tensor) -> None:
         self.plan, self.saved, self.unpacked, self.enclosing = plan, None, None, _enclosing_hooks(False)
+        if plan.k is None:
+            self.alignment = 0 if x.is_meta or not plan.route.native else x.data_ptr() % 16
+            if x.is_meta:  # a stand-in the size of CUDA's Philox state (seed and offset)
+                self.state = torch.empty(16, dtype=torch.uint8, device="meta")
+            else:
+                self.state = routes.default_generator(x.device).get_state()
+
+    def pack(self, t: torch.Tensor) -> _MaskStandIn | _Passed:
+        plan = self.plan
+        if self.saved is not None or t.dtype is not plan.saved_dtype or t.shape != plan.shape:
+            return _Passed(t, self.enclosing)
+        # The usual packed case inline (one Python frame fewer on every call); keep() otherwise.
+        kept = plan.pack(t) if plan.k is not None and not (_profiling() or injections_open[0]) else self.keep(t)
+        self.saved = kept if self.enclosing is None else self.enclosing[0](kept)
+        return self
+
+    def restore(self) -> torch.Tensor:
+        return self.decode(self.saved if self.enclosing is None else self.enclosing[1](self.saved))
 
     def keep(self, mask: torch.Tensor) -> torch.Tensor:
+        if self.plan.k is None:
+            return self.state
         packed = _labelled("pmdrop.pack", self.plan.pack, mask)
         return corrupt(packed) if injections_open[0] else packed
 
-    def decode(self, packed: torch.Tensor) -> torch.Tensor:
+    def decode(self, saved: torch.Tensor) -> torch.Tensor:
+        plan = self.plan
+        if plan.k is None:
+            stride = plan.stride if plan.route.native else plan.mask_stride
+            return _labelled("pmdrop.redraw", plan.route.redraw, saved, plan.shape, stride, plan.dtype, plan.device,
+                             plan.p, self.alignment)
         if self.unpacked is not None:
             return self.unpacked
-        plan = self.plan
-        unpacked = _labelled("pmdrop.unpack", _unpack, plan, packed)
+        unpacked = _labelled("pmdrop.unpack", _unpack, plan, saved)
         # Cached only for a later pass through this node, which needs a retained graph; the cache is freed with
         # the graph's saved tensors, i.e. with this object.
         if plan.cache and _graph_is_retained():
             self.unpacked = unpacked
         return unpacked
-
-
-class _SeededMask(_MaskStandIn):
-    """No mask: the generator state before the draw, from which backward draws the same mask again."""
-
-    __slots__ = ("alignment", "state")
-
-    def __init__(self, plan: _CallPlan, x: torch.Tensor) -> None:
-        self.plan, self.saved, self.enclosing = plan, None, _enclosing_hooks(False)
-        self.alignment = 0 if x.is_meta or not plan.route.native else x.data_ptr() % 16
-        if x.is_meta:  # a stand-in the size of CUDA's Philox state (seed and offset)
-            self.state = torch.empty(16, dtype=torch.uint8, device="meta")
-        else:
-            self.state = routes.default_generator(x.device).get_state()
-
-    def keep(self, mask: torch.Tensor) -> torch.Tensor:
-        return self.state
-
-    def decode(self, state: torch.Tensor) -> torch.Tensor:
-        plan = self.plan
-        stride = plan.layout.stride if plan.route.native else plan.layout.mask_stride
-        return _labelled("pmdrop.redraw", plan.route.redraw, state, plan.shape, stride, plan.dtype, plan.device, plan.p,
-                         self.alignment)
-
-
-def _draw_noise(plan: _CallPlan) -> torch.Tensor:
-    return draw_noise(plan.shape, plan.layout.mask_stride, plan.dtype, plan.device, plan.p)
 
 
 # From this many bytes of input, the noise route takes _InPlaceNoiseFn: its products go into buffers it already holds,
@@ -277,35 +203,32 @@ _IN_PLACE_FROM_BYTES = 8 * 2**20
 
 
 class _InPlaceNoiseFn(torch.autograd.Function):
-    """The noise route for large inputs: torch's draw and products, written into buffers already held.
-
-    Forward draws ``noise`` as torch does (same generator calls, same layout), lets ``stand_in`` keep it (packed, or
-    the generator state), and multiplies into the noise's buffer when torch's ``x * noise`` has its layout; backward
-    decodes the noise and multiplies the gradient into it likewise. IEEE multiplication commutes bit for bit, so the
-    values and layouts are torch's, with one activation-sized allocation fewer each way. ``forward(ctx, ...)`` style:
-    ``setup_context`` makes ``apply`` bind arguments through ``inspect.signature`` on every call.
+    """The noise route for large inputs (see ``_IN_PLACE_FROM_BYTES``): torch's draw (same generator calls, same
+    layout), kept by ``stand_in``, and torch's products written into the noise's buffer where they have its layout,
+    forward and backward. IEEE multiplication commutes bit for bit, so values and layouts are torch's.
+    ``forward(ctx, ...)`` style: ``setup_context`` makes ``apply`` bind arguments through ``inspect.signature`` on every
+    call.
     """
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, stand_in: _MaskStandIn, inplace: bool) -> torch.Tensor:
         plan, ctx.stand_in, ctx.inplace = stand_in.plan, stand_in, inplace
-        noise = _draw_noise(plan)
+        noise = draw_noise(plan.shape, plan.mask_stride, plan.dtype, plan.device, plan.p)
         kept = stand_in.keep(noise)
         ctx.save_for_backward(kept)
         ctx.save_for_forward(kept)
         if inplace:
             ctx.mark_dirty(x)
             return x.mul_(noise)
-        return noise.mul_(x) if plan.layout.noise_out else x * noise
+        return noise.mul_(x) if plan.noise_out else x * noise
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         stand_in = ctx.stand_in
         noise = stand_in.decode(ctx.saved_tensors[0])
-        if getattr(stand_in, "unpacked", None) is not None:  # cached for a later pass: not to be overwritten
+        if stand_in.unpacked is not None:  # cached for a later pass: not to be overwritten
             torch.autograd.Variable._execution_engine.queue_callback(lambda: _drop_cache_if_released(ctx))
-            return grad * noise, None, None
-        if stand_in.plan.layout.grad_into_noise(grad):
+        elif stand_in.plan.into_noise(grad.stride()):
             return noise.mul_(grad), None, None
         return grad * noise, None, None
 
@@ -324,14 +247,12 @@ def _drop_cache_if_released(ctx) -> None:
 
 
 class _TransformPackedFn(torch.autograd.Function):
-    """Every exact variant under torch.func transforms: the draw is torch's own op, the mask saved packed.
+    """Every exact variant under torch.func transforms (which disable saved-tensor hooks).
 
-    :func:`_apply_transformed` draws at the caller's level with the op torch's dropout runs there
-    (:meth:`Route.draw`), so every transform treats the draw as it treats ``F.dropout``'s: vmap's "error" raises
-    torch's error, "different" and "same" give torch's masks, for batched and unbatched inputs alike.
-    This Function only multiplies (noise route) or passes on native_dropout's output (native route), with
-    ops vmap batches by itself, and saves the packed mask. Seeded saves the packed mask here too: a
-    redraw in a vmapped backward would not see the forward's batch layout.
+    :func:`_apply_transformed` draws at the caller's level with :meth:`Route.draw`, so vmap's "error" raises torch's
+    error, "different" and "same" give torch's masks, for batched and unbatched inputs alike. This Function only
+    multiplies or passes on native_dropout's output, with ops vmap batches by itself, and saves the packed mask; seeded
+    too: a redraw in a vmapped backward would not see the forward's batch layout.
     """
 
     generate_vmap_rule = True
@@ -340,7 +261,7 @@ class _TransformPackedFn(torch.autograd.Function):
     def forward(x: torch.Tensor, drawn: torch.Tensor, packed: torch.Tensor, p: float, inplace: bool,
                 masks_per_byte: int, route: Route) -> torch.Tensor:
         y = route.apply_drawn(x, drawn, inplace)
-        return y.clone() if y is drawn else y  # native_dropout's own output, computed without a graph
+        return y.clone() if y is drawn else y  # native_dropout's own output, an input here: returned as a new tensor
 
     @staticmethod
     def setup_context(ctx, inputs: tuple, output: torch.Tensor) -> None:
@@ -386,8 +307,10 @@ def _apply_exact(x: torch.Tensor, p: float, inplace: bool, variant: DropoutVaria
     key = (x.shape, x.stride(), x.dtype, x.device, p, inplace, variant.name, routes._NATIVE_DEVICE_TYPES)
     plan = _PLANS.get(key)
     if plan is None:
-        plan = _new_plan(key, x, p, inplace, variant)
-    stand_in = _SeededMask(plan, x) if plan.k is None else _PackedMask(plan)
+        if len(_PLANS) >= 4096:  # bound the cache for shape-varying workloads
+            _PLANS.clear()
+        plan = _PLANS[key] = _CallPlan(x, p, inplace, variant)
+    stand_in = _MaskStandIn(plan, x)
     if plan.route is NOISE and plan.numel_bytes >= _IN_PLACE_FROM_BYTES:
         return _InPlaceNoiseFn.apply(x, stand_in, inplace)
     # What torch.autograd.graph.saved_tensors_hooks does on enter and exit, without its Python object per call.
@@ -450,4 +373,4 @@ def dropout(
             return spec.apply(x, p, inplace, spec)
         if spec.storage != "torch":
             return _apply_exact(x, p, inplace, spec)
-    return _torch_dropout(x, p, training, inplace)
+    return torch_dropout(x, p, training, inplace)

@@ -1,12 +1,7 @@
 """Fused CUDA variants: Triton kernels that draw the mask, apply it and write it packed in one pass.
 
-The ``apply`` of two variants (registered in :mod:`pmdrop.variants`):
-
-* ``pmdrop_fused``: the forward kernel reads x, writes y and the mask at 1 bit per element
-  (no byte mask is ever materialised); the backward kernel reads the packed mask and the gradient and writes
-  the input gradient. :func:`pmdrop.variants.fused_packed_variant` builds the same at 4, 2 or 1 masks per byte.
-* ``seeded_fused``: the same forward without the mask store; saves only the Philox seed and
-  counter (0 bytes of mask) and redraws the mask in the backward kernel.
+The ``apply`` of ``pmdrop_fused`` (and :func:`pmdrop.variants.fused_packed_variant`'s) and ``seeded_fused``, which
+stores no mask: its backward kernel redraws it from the Philox seed and counter (:class:`_FusedFn`).
 
 **Not bit-identical to torch.nn.Dropout** (``bit_exact=False``): the random bits come from Triton's
 Philox stream (see :mod:`pmdrop.triton_kernels`), not from the one ``native_dropout`` draws, so the
@@ -18,9 +13,8 @@ scaled by ``1 / (1 - p)`` computed as torch computes it (float32, float64 for fl
 backward uses exactly the forward's mask.
 
 Inputs that are not contiguous are copied to a contiguous buffer first (one extra pass); the output
-and the input gradient are contiguous. CUDA graph capture is not supported (refused with an error).
-On CPU tensors the variants run only under Triton's interpreter (``TRITON_INTERPRET=1`` set before
-the kernels are first used), which exists for the tests; the other variants never import Triton.
+and the input gradient are contiguous. CUDA graph capture is not supported (refused with an error). On CPU
+tensors the variants run only under Triton's interpreter (:mod:`pmdrop.triton_kernels`), for the tests.
 """
 
 from __future__ import annotations
@@ -49,12 +43,9 @@ def interpreting() -> bool:
 
 def kernels_for(x: torch.Tensor, user: str) -> ModuleType:
     """The Triton kernel module if it can run on ``x``'s device, else a one-line error (``user`` names the caller)."""
-    if x.device.type == "cuda":
+    if x.device.type == "cuda" or (x.device.type == "cpu" and interpreting()):
         return importlib.import_module(_KERNELS)
-    if x.device.type == "cpu" and (_KERNELS in sys.modules or os.environ.get("TRITON_INTERPRET") == "1"):
-        kernels = importlib.import_module(_KERNELS)
-        if kernels.INTERPRETED:
-            return kernels
+    if x.device.type == "cpu" and _KERNELS in sys.modules:
         raise RuntimeError(
             f"{user} got a cpu tensor, but {_KERNELS} was imported without TRITON_INTERPRET=1 and compiled its "
             "kernels for the GPU; set TRITON_INTERPRET=1 before its first use to run Triton's interpreter on CPU"
@@ -65,25 +56,15 @@ def kernels_for(x: torch.Tensor, user: str) -> ModuleType:
     )
 
 
-def _cuda_philox_position(device: torch.device, increment: int) -> tuple[int, int]:
+def philox_position(device: torch.device, kernels: ModuleType) -> tuple[int, int]:
+    """(seed, first counter) for one dropout call on ``device``, reserved from torch's generator."""
+    if device.type == "cpu":  # Triton's interpreter; the CPU generator is not Philox-based: a seed drawn from it
+        return int(torch.randint(2**63 - 1, (), dtype=torch.int64)), 0
     if torch.cuda.is_current_stream_capturing():
         raise RuntimeError("pmdrop's fused variants do not support CUDA graph capture; use pmdrop or seeded")
     generator = torch.cuda.default_generators[device.index if device.index is not None else 0]
-    seed, offset, intragraph = generator.philox_state(increment)
+    seed, offset, intragraph = generator.philox_state(kernels.CHUNK)
     return seed.item(), ((offset.item() + intragraph.item()) & (2**64 - 1)) // 4
-
-
-def _interpreter_philox_position(device: torch.device, increment: int) -> tuple[int, int]:
-    # The CPU generator is not Philox-based: draw a seed from it, so torch.manual_seed still fixes the mask.
-    return int(torch.randint(2**63 - 1, (), dtype=torch.int64)), 0
-
-
-_PHILOX_POSITION = {"cuda": _cuda_philox_position, "cpu": _interpreter_philox_position}
-
-
-def philox_position(device: torch.device, kernels: ModuleType) -> tuple[int, int]:
-    """(seed, first counter) for one dropout call on ``device``, reserved from torch's generator."""
-    return _PHILOX_POSITION[device.type](device, kernels.CHUNK)
 
 
 @functools.lru_cache(maxsize=256)
@@ -91,11 +72,6 @@ def _scale(p: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """``1 / (1 - p)`` in the dtype torch's native_dropout multiplies in (float64 for float64, else float32)."""
     accumulate = torch.float64 if dtype == torch.float64 else torch.float32
     return torch.full((1,), routes.scale(p), dtype=accumulate, device=device)
-
-
-def _check_dtype(x: torch.Tensor, variant: str) -> None:
-    if x.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
-        raise TypeError(f"{variant} takes float16, bfloat16, float32 or float64 tensors, got {x.dtype}")
 
 
 class _FusedFn(torch.autograd.Function):
@@ -106,7 +82,8 @@ class _FusedFn(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, p: float, inplace: bool, variant: Any) -> torch.Tensor:
         # variant: a pmdrop.variants.DropoutVariant, not imported here (variants imports this module)
         kernels = kernels_for(x, variant.name)
-        _check_dtype(x, variant.name)
+        if x.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+            raise TypeError(f"{variant.name} takes float16, bfloat16, float32 or float64 tensors, got {x.dtype}")
         src = x.contiguous()
         out = src if inplace else torch.empty_like(src, memory_format=torch.contiguous_format)
         k = variant.masks_per_byte or 8  # seeded: no mask stored, any tile shape draws the same bits

@@ -9,16 +9,13 @@ names resolved through globals, closures, module attributes (``nn.functional.dro
 of such a class get a same-named subclass whose methods are copies of the originals — the same
 code objects, so signatures, tracebacks and warnings are the originals' — with globals in which
 ``F.dropout`` is pmdrop's. Nothing runs per torch op, and a layer re-run by activation
-checkpointing runs the same routed methods.
-
-Code the analysis cannot see (a dropout imported inside a function body, an attention function
-looked up in a registry at run time) needs ``routing="all"``: every container's forward then runs
-under :func:`dropout_mode`, a ``TorchFunctionMode`` that sees every torch call (slower: the mode's
-Python runs for each op).
+checkpointing runs the same routed methods. Code the analysis cannot see needs ``routing="all"``
+(:func:`dropout_mode` around every container's forward).
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import threading
@@ -44,10 +41,6 @@ _tracing = torch._C._get_tracing_state
 _local = threading.local()
 
 
-_NOT_SCRIPTABLE = (
-    "pmdrop's dropout cannot be compiled by TorchScript (its saved-tensor hooks are Python): "
-    "use torch.compile or torch.export instead"
-)
 _NOT_TRACEABLE = (
     "torch.jit.trace cannot record pmdrop's dropout in training mode (its saved-tensor hooks are Python); "
     "trace in eval mode (model.eval()), or use torch.compile or torch.export"
@@ -55,7 +48,8 @@ _NOT_TRACEABLE = (
 
 
 def _refuse_scripting(self: nn.Module) -> nn.Module:
-    raise RuntimeError(_NOT_SCRIPTABLE)
+    raise RuntimeError("pmdrop's dropout cannot be compiled by TorchScript (its saved-tensor hooks are Python): "
+                       "use torch.compile or torch.export instead")
 
 
 def _routed_dropout(spec: DropoutVariant) -> Callable[..., torch.Tensor]:
@@ -66,6 +60,13 @@ def _routed_dropout(spec: DropoutVariant) -> Callable[..., torch.Tensor]:
 
     routed_dropout.__qualname__ = f"routed_dropout[{spec.name}]"
     return routed_dropout
+
+
+def _cell_contents(cell: types.CellType) -> object:
+    try:
+        return cell.cell_contents
+    except ValueError:  # an empty cell (a name assigned later in the enclosing function)
+        return None
 
 
 def _code_names(code: types.CodeType) -> frozenset[str]:
@@ -121,9 +122,6 @@ class _Router:
             return self._memo((value, names), value, depth, lambda: self._route_module(value, names, depth))
         return value
 
-    def route_function(self, fn: types.FunctionType) -> types.FunctionType:
-        return self.route_value(fn, frozenset(), 0)
-
     def _routed_entries(self, namespace: dict, names: frozenset[str], depth: int) -> dict[str, object]:
         """The entries of ``namespace`` among ``names`` whose routed value differs from the original."""
         replaced = {}
@@ -138,21 +136,14 @@ class _Router:
         names = _code_names(fn.__code__)
         replaced = self._routed_entries(fn.__globals__, names, depth)
         cells = fn.__closure__ or ()
-        new_cells = []
-        for cell in cells:
-            try:
-                value = cell.cell_contents
-            except ValueError:  # an empty cell (a name assigned later in the enclosing function)
-                new_cells.append(cell)
-                continue
-            routed = self.route_value(value, names, depth + 1)
-            new_cells.append(cell if routed is value else types.CellType(routed))
-        if not replaced and all(a is b for a, b in zip(cells, new_cells, strict=True)):
+        values = [_cell_contents(cell) for cell in cells]
+        routed = [self.route_value(value, names, depth + 1) for value in values]
+        if not replaced and all(a is b for a, b in zip(values, routed, strict=True)):
             return fn
+        new_cells = tuple(c if a is b else types.CellType(b) for c, a, b in zip(cells, values, routed, strict=True))
         # A snapshot of the globals: a module global rebound after convert is not seen by the copy.
-        copy = types.FunctionType(
-            fn.__code__, {**fn.__globals__, **replaced}, fn.__name__, fn.__defaults__, tuple(new_cells) or None
-        )
+        copy = types.FunctionType(fn.__code__, {**fn.__globals__, **replaced}, fn.__name__, fn.__defaults__,
+                                  new_cells or None)
         copy.__kwdefaults__ = dict(fn.__kwdefaults__) if fn.__kwdefaults__ else None
         copy.__dict__.update(fn.__dict__)
         copy.__qualname__, copy.__module__, copy.__doc__ = fn.__qualname__, fn.__module__, fn.__doc__
@@ -185,7 +176,7 @@ class _Router:
             fn = attr.__func__ if wrapper else attr
             if not isinstance(fn, types.FunctionType):
                 continue
-            routed = self.route_function(fn)
+            routed = self.route_value(fn, frozenset(), 0)
             if routed is not fn:
                 found[name] = wrapper(routed) if wrapper else routed
             pending.extend(_function_names(fn))
@@ -209,31 +200,19 @@ def _function_names(fn: types.FunctionType, depth: int = 0) -> frozenset[str]:
     """Names used by ``fn`` and by the functions in its closure (a decorator's wrapped function)."""
     names = _code_names(fn.__code__)
     for cell in fn.__closure__ or ():
-        try:
-            value = cell.cell_contents
-        except ValueError:
-            continue
+        value = _cell_contents(cell)
         if isinstance(value, types.FunctionType) and depth < _MAX_DEPTH:
             names |= _function_names(value, depth + 1)
     return names
 
 
-_ROUTERS: dict[DropoutVariant, _Router] = {}
-
-
-def _router(spec: DropoutVariant) -> _Router:
-    if spec not in _ROUTERS:
-        _ROUTERS[spec] = _Router(spec)
-    return _ROUTERS[spec]
-
-
-def _registered(spec: DropoutVariant) -> DropoutVariant:
-    """The registry's instance of ``spec`` (registering it if this process has not, e.g. on unpickling)."""
-    return get_variant(spec.name) if spec.name in variant_names() else register_variant(spec)
+_router = functools.cache(_Router)  # one per variant
 
 
 def _restore_routed(base: type, spec: DropoutVariant) -> nn.Module:
-    cls = _router(_registered(spec)).routed_class(base)
+    # The registry's instance of spec, registering it where this process has not.
+    spec = get_variant(spec.name) if spec.name in variant_names() else register_variant(spec)
+    cls = _router(spec).routed_class(base)
     return (cls or base).__new__(cls or base)
 
 
@@ -243,33 +222,35 @@ def _reduce_routed(self: nn.Module, protocol: int) -> tuple:
     return _restore_routed, (self._pmdrop_base, self._pmdrop_spec), self.__getstate__()
 
 
-def _bind_dropout_args(input, p=0.5, training=True, inplace=False):  # noqa: A002 - F.dropout's names
-    return input, p, training, inplace
-
-
 class _RouteDropout(TorchFunctionMode):
-    def __init__(self, variant: DropoutVariant) -> None:
+    def __init__(self, spec: DropoutVariant) -> None:
         super().__init__()
-        self.variant = variant
+        self.dropout = _routed_dropout(spec)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func is torch.nn.functional.dropout:
-            x, p, training, inplace = _bind_dropout_args(*args, **kwargs)
-            return dropout(x, p, training, inplace, self.variant)
-        return func(*args, **kwargs)
-
-
-def _stack() -> list:
-    if not hasattr(_local, "stack"):
-        _local.stack = []
-    return _local.stack
+        return (self.dropout if func is _TORCH_DROPOUT else func)(*args, **(kwargs or {}))
 
 
 def active_variant() -> str | None:
     """Name of the variant the innermost :func:`dropout_mode` routes to, or None outside one."""
     stack = getattr(_local, "stack", None)
     return stack[-1][0] if stack else None
+
+
+def _enter_mode(spec: DropoutVariant, *_hook_args: object) -> None:
+    """Route to ``spec`` until the matching :func:`_exit_mode` (a new mode only where the innermost routes elsewhere);
+    with :func:`_exit_mode` (``always_call``, so it also runs when forward raises), the forward hooks of
+    ``routing="all"``."""
+    mode = None if active_variant() == spec.name else _RouteDropout(spec)
+    if mode is not None:
+        mode.__enter__()
+    _local.__dict__.setdefault("stack", []).append((spec.name, mode))
+
+
+def _exit_mode(*_hook_args: object) -> None:
+    _, mode = _local.stack.pop()
+    if mode is not None:
+        mode.__exit__(None, None, None)
 
 
 @contextmanager
@@ -279,48 +260,19 @@ def dropout_mode(variant: str | DropoutVariant = "pmdrop") -> Iterator[None]:
     Also covers ``nn.Dropout`` modules (their forward calls ``F.dropout``). Dropout fused into
     ``F.scaled_dot_product_attention`` is not a separate call and stays torch's.
     """
-    spec = get_variant(variant)
-    stack = _stack()
-    stack.append((spec.name, None))
+    _enter_mode(get_variant(variant))
     try:
-        with _RouteDropout(spec):
-            yield
+        yield
     finally:
-        stack.pop()
-
-
-class _EnterDropoutMode:
-    """Forward pre-hook of ``routing="all"``: the module's forward runs under :func:`dropout_mode`."""
-
-    def __init__(self, spec: DropoutVariant) -> None:
-        self.spec = spec
-
-    def __call__(self, module: nn.Module, args: tuple) -> None:
-        stack = _stack()
-        if stack and stack[-1][0] == self.spec.name:  # already routed by an enclosing module
-            stack.append((self.spec.name, None))
-            return
-        mode = _RouteDropout(self.spec)
-        mode.__enter__()
-        stack.append((self.spec.name, mode))
-
-
-class _ExitDropoutMode:
-    """Forward hook (``always_call``, so it also runs when forward raises) closing :class:`_EnterDropoutMode`."""
-
-    def __call__(self, module: nn.Module, args: tuple, output: object) -> None:
-        _, mode = _stack().pop()
-        if mode is not None:
-            mode.__exit__(None, None, None)
+        _exit_mode()
 
 
 class PackedDropout(nn.Dropout):
     """``nn.Dropout`` whose mask is stored for backward as ``variant`` says: ``PackedDropout(0.1)`` packs it at 1 bit
     per element and computes what ``nn.Dropout(0.1)`` computes, bit for bit (output, gradient, RNG state).
 
-    ``variant``: ``"pmdrop"`` (default, the usual choice), ``"pmdrop_4bit"``, ``"pmdrop_nocache"``, ``"seeded"``
-    (no mask, redrawn in backward), ``"baseline"`` (torch's own) or the CUDA-only Triton ``"pmdrop_fused"``/
-    ``"seeded_fused"``; :func:`pmdrop.dropout` says when to pick each. An ``nn.Dropout`` subclass, so code that reads
+    ``variant``: ``"pmdrop"`` (default) or another of :func:`pmdrop.variant_names`; :func:`pmdrop.dropout` says when to
+    pick each. An ``nn.Dropout`` subclass, so code that reads
     ``.p`` or checks ``isinstance(m, nn.Dropout)`` keeps working; ``.variant`` reads or switches the variant.
     TorchScript cannot compile it (a one-sentence RuntimeError); ``torch.compile`` and ``torch.export`` can.
     Raises ValueError for an unknown variant.
@@ -371,23 +323,13 @@ def _warn_fused_attention_dropout(model: nn.Module) -> None:
             break
 
 
-def _warn_unrouted_dropout_subclass(module: nn.Dropout) -> None:
-    # Only the exact nn.Dropout is replaced; a subclass reaching dropout through super().forward or
-    # code the analysis cannot read keeps torch's dropout under static routing.
-    warnings.warn(
-        f"{type(module).__qualname__} subclasses nn.Dropout but its own code calls no F.dropout that convert can "
-        "route (e.g. it calls super().forward): it keeps torch's dropout; convert(..., routing='all') routes it",
-        stacklevel=3,
-    )
-
-
 def _undo_routing(module: nn.Module) -> None:
     """Back to the module's own class and hooks, so that converting again starts from the original."""
     base = type(module).__dict__.get("_pmdrop_base")
     if base is not None:
         module.__class__ = base
     for hooks in (module._forward_pre_hooks, module._forward_hooks):
-        for key in [k for k, hook in hooks.items() if isinstance(hook, _EnterDropoutMode | _ExitDropoutMode)]:
+        for key in [k for k, hook in hooks.items() if hook is _exit_mode or getattr(hook, "func", None) is _enter_mode]:
             del hooks[key]
             module._forward_hooks_always_called.pop(key, None)
 
@@ -399,12 +341,8 @@ _UNHANDLED_DROPOUT = (nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
 def convert(model: nn.Module, variant: str | DropoutVariant = "pmdrop", routing: str = "static") -> nn.Module:
     """Route every dropout of ``model`` through pmdrop's ``variant``; returns ``model``, changed in place.
 
-    ``variant``: a name from :func:`pmdrop.variant_names` or a :class:`pmdrop.DropoutVariant`. Which to pick:
-    ``"pmdrop"`` (mask at 1 bit per element, bit-identical to torch) for almost every model, on CPU and CUDA;
-    ``"seeded"`` (no mask: the generator state, mask redrawn in backward) where memory matters more than the redraw's
-    time (large activations); ``"pmdrop_4bit"`` to reproduce the paper's 4-bit ablation; ``"baseline"`` to keep
-    torch's dropout (a reference run). ``"pmdrop_fused"``/``"seeded_fused"`` (Triton) need CUDA and are not
-    bit-identical to torch. :func:`pmdrop.dropout`'s docstring lists them all.
+    ``variant``: a name from :func:`pmdrop.variant_names` or a :class:`pmdrop.DropoutVariant`; ``"pmdrop"`` (mask at
+    1 bit per element, bit-identical to torch) for almost every model. :func:`pmdrop.dropout` says when to pick another.
 
     What changes: every exact ``nn.Dropout`` module becomes a :class:`PackedDropout` (an ``nn.Dropout`` subclass, same
     ``p`` and ``inplace``); modules whose own code calls ``F.dropout`` (transformers' eager attention, Longformer)
@@ -452,15 +390,17 @@ def convert(model: nn.Module, variant: str | DropoutVariant = "pmdrop", routing:
             unhandled[type(module).__name__] = unhandled.get(type(module).__name__, 0) + 1
         elif routing == "all":
             if module is model or next(module.children(), None) is not None:
-                module.register_forward_pre_hook(_EnterDropoutMode(spec))
-                module.register_forward_hook(_ExitDropoutMode(), always_call=True)
+                module.register_forward_pre_hook(functools.partial(_enter_mode, spec))
+                module.register_forward_hook(_exit_mode, always_call=True)
         else:
             cls = router.routed_class(type(module))
             if cls is not None:
                 module.__class__ = cls
                 routed.add(cls.__qualname__)
-            elif isinstance(module, nn.Dropout):
-                _warn_unrouted_dropout_subclass(module)
+            elif isinstance(module, nn.Dropout):  # only the exact nn.Dropout is replaced
+                warnings.warn(f"{type(module).__qualname__} subclasses nn.Dropout but its own code calls no F.dropout "
+                              "that convert can route (e.g. it calls super().forward): it keeps torch's dropout; "
+                              "convert(..., routing='all') routes it", stacklevel=2)
                 warned = True
     if unhandled:
         kinds = ", ".join(f"{count} {name}" for name, count in unhandled.items())

@@ -4,12 +4,9 @@ Layout: mask ``i`` of a flat sequence goes to byte ``i // k`` at bit ``(i % k) *
 (least significant first), with ``k = masks_per_byte``. So ``k=8`` is one bit per mask, ``k=4``
 puts a mask in every second bit (the paper's "4-bit" ablation), ``k=1`` is a plain byte mask.
 
-Packing reads the mask as 64-bit words (eight mask bytes each): one integer multiply gathers the
-bits of each word into its top bytes and one strided copy keeps them, so the cost is two passes over
-``n`` bytes, not over ``n`` elements of the activation. Small masks on the CPU pack in one op instead:
-a uint8 matrix-vector product of rows of ``k`` mask bytes with the bits' weights, and dropout's noise in one
-such product read straight from its bytes (:func:`fresh_packer`).
-Unpacking is a 256-entry table lookup: one gather that writes the ``k`` mask bytes of each packed byte at once.
+One traceable definition (:func:`pack_bits`, :func:`unpack_bits`) and the eager fast paths that give the same bytes:
+a multiply and a strided copy of 64-bit words (:func:`pack_flat`), a uint8 matrix-vector product for small CPU masks,
+chosen per layout by :func:`fresh_packer`, and a 256-entry table gather to unpack (:func:`unpack_flat`).
 """
 
 from __future__ import annotations
@@ -60,35 +57,28 @@ def packed_numel(numel: int, masks_per_byte: int = 8) -> int:
     return math.ceil(numel / check_masks_per_byte(masks_per_byte))
 
 
-def pack_words(words: torch.Tensor, masks_per_byte: int, numel: int | None = None) -> torch.Tensor:
-    """Pack flat int64 words, each holding eight 0/1 bytes, into ``8 // masks_per_byte`` bytes per word.
+def pack_flat(mask: torch.Tensor, masks_per_byte: int = 8) -> torch.Tensor:
+    """Pack a dense tensor of 0/1 bytes (bool or uint8), in its memory order, into ``ceil(n / k)`` uint8.
 
-    ``numel``: how many of the words' masks are real; the result then holds ``ceil(numel / k)`` bytes, not the
-    whole last word's (which at ``k < 8`` may hold a byte of padding only).
+    A fresh mask (8-byte aligned) with rows of whole words, as dropout packs on every call, takes one view fewer.
     """
-    size = words.numel() * 8 if numel is None else numel
-    product = words * _GATHER[masks_per_byte]  # fresh, so its storage starts at the product's first byte
-    # One view picks each k-th byte (from byte k - 1) of the first ceil(size / k): a call costs one op per step.
-    keep = (-(-size // masks_per_byte),), (masks_per_byte,), masks_per_byte - 1
-    return product.view(torch.uint8).as_strided(*keep).clone()
-
-
-def pack_fresh(mask: torch.Tensor, masks_per_byte: int) -> torch.Tensor:
-    """Pack a dense mask in its memory order; ``mask`` must own its whole storage from offset 0 (a fresh allocation).
-
-    Fewer checks and ops than :func:`pack_flat`: the per-call path of dropout.
-    """
-    if masks_per_byte > 1 and mask.dim() and mask.shape[-1] % 8 == 0 and mask.is_contiguous():
-        return pack_words(mask.view(torch.int64), masks_per_byte)  # rows of whole words: one view fewer
+    k = check_masks_per_byte(masks_per_byte)
     n = mask.numel()
-    flat = mask.as_strided((n,), (1,))
-    if masks_per_byte == 1:
-        return flat.view(torch.uint8).clone()
-    if n % 8:
-        padded = flat.new_zeros(n + (-n % 8))
-        padded[:n] = flat
-        flat = padded
-    return pack_words(flat.view(torch.int64), masks_per_byte, n)
+    aligned = n > 0 and mask.data_ptr() % 8 == 0  # a dtype view to int64 needs 8-byte alignment; odd views may lack it
+    if k > 1 and aligned and mask.dim() and mask.shape[-1] % 8 == 0 and mask.is_contiguous():
+        words = mask.view(torch.int64)
+    else:
+        flat = mask.as_strided((n,), (1,)).view(torch.uint8)
+        if k == 1:
+            return flat.clone()
+        if n % 8 or not aligned:
+            padded = flat.new_zeros(n + (-n % 8))
+            padded[:n] = flat
+            flat = padded
+        words = flat.view(torch.int64)
+    product = words * _GATHER[k]  # fresh, so its storage starts at the product's first byte
+    # One view picks each k-th byte (from byte k - 1) of the first ceil(n / k): a call costs one op per step.
+    return product.view(torch.uint8).as_strided((-(-n // k),), (k,), k - 1).clone()
 
 
 def packs_by_matvec(numel: int, masks_per_byte: int, device: torch.device) -> bool:
@@ -110,22 +100,15 @@ def byte_weights(value: torch.Tensor, masks_per_byte: int) -> torch.Tensor | Non
     return weights.view(-1)
 
 
-def _byte_pack_weights(numel: int, masks_per_byte: int, device: torch.device,
-                       value: torch.Tensor) -> torch.Tensor | None:
-    """:func:`byte_weights` where :func:`fresh_packer` packs ``numel`` elements from their bytes, None elsewhere."""
-    if device.type != "cpu" or numel % masks_per_byte or numel * value.element_size() > _BYTE_MATVEC_UP_TO:
-        return None
-    return byte_weights(value, masks_per_byte)
-
-
 def packs_from_bytes(numel: int, masks_per_byte: int, device: torch.device, value: torch.Tensor) -> bool:
     """Whether :func:`fresh_packer` packs ``numel`` elements, each 0 or ``value``, straight from their bytes."""
-    return _byte_pack_weights(numel, masks_per_byte, device, value) is not None
+    return (device.type == "cpu" and numel % masks_per_byte == 0 and numel * value.element_size() <= _BYTE_MATVEC_UP_TO
+            and byte_weights(value, masks_per_byte) is not None)
 
 
 def fresh_packer(numel: int, masks_per_byte: int, device: torch.device, nonzero: bool = False,
                  value: torch.Tensor | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
-    """:func:`pack_fresh` for fresh dense tensors of ``numel`` elements on ``device``, with its choices made once.
+    """:func:`pack_flat` for fresh dense tensors of ``numel`` elements on ``device``, with its choices made once.
 
     ``nonzero``: the tensor is not a bool mask but any dtype whose nonzero elements are the masks (dropout's noise).
     ``value``: moreover each element is 0 or this one-element tensor (dropout's ``1 / (1 - p)``), and the tensor's last
@@ -133,32 +116,14 @@ def fresh_packer(numel: int, masks_per_byte: int, device: torch.device, nonzero:
     Dropout packs every call of a layout the same way: the returned function runs its ops and nothing else.
     """
     k = masks_per_byte
-    weights = None if value is None else _byte_pack_weights(numel, k, device, value)
-    if weights is not None:
+    if value is not None and packs_from_bytes(numel, k, device, value):
+        weights = byte_weights(value, k)
         rows, stride = (numel // k, weights.numel()), (weights.numel(), 1)
         return lambda t: t.view(torch.uint8).as_strided(rows, stride).mv(weights)
     if packs_by_matvec(numel, k, device):
         rows, stride, weights = (numel // k, k), (k, 1), _CPU_BIT_WEIGHTS[k]
         return lambda t: (t.bool() if nonzero else t).view(torch.uint8).as_strided(rows, stride).mv(weights)
-    return lambda t: pack_fresh(t.bool() if nonzero else t, k)
-
-
-def pack_flat(mask_bytes: torch.Tensor, masks_per_byte: int = 8) -> torch.Tensor:
-    """Pack a flat contiguous tensor of 0/1 bytes (bool or uint8) into ``ceil(n / k)`` uint8."""
-    check_masks_per_byte(masks_per_byte)
-    flat = mask_bytes.view(torch.uint8) if mask_bytes.dtype == torch.bool else mask_bytes
-    if masks_per_byte == 1:
-        return flat.clone()
-    # A dtype view to int64 needs 8-byte alignment; fresh allocations have it, odd views may not.
-    n_words = flat.numel() // 8 if flat.data_ptr() % 8 == 0 else 0
-    body = pack_words(flat[: n_words * 8].view(torch.int64), masks_per_byte) if n_words else flat.new_empty(0)
-    rest = flat[n_words * 8 :]
-    if rest.numel() == 0:
-        return body
-    padded = flat.new_zeros(rest.numel() + (-rest.numel() % 8))
-    padded[: rest.numel()] = rest
-    tail = pack_words(padded.view(torch.int64), masks_per_byte, rest.numel())
-    return torch.cat([body, tail])
+    return lambda t: pack_flat(t.bool() if nonzero else t, k)
 
 
 @functools.cache
@@ -169,26 +134,16 @@ def decode_table(masks_per_byte: int, device: torch.device) -> torch.Tensor:
     return ((byte >> torch.arange(0, 8, spacing)) & 1).to(device=device, dtype=torch.bool)
 
 
-def unpack_flat(
-    packed: torch.Tensor, numel: int, masks_per_byte: int = 8, table: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Inverse of :func:`pack_flat`: a flat tensor of ``numel`` decoded masks.
-
-    ``table`` maps each byte value to its k decoded elements (default :func:`decode_table`, giving
-    bool); a table of other values decodes straight into them, e.g. dropout's {0, 1/(1-p)} noise.
-    """
-    check_masks_per_byte(masks_per_byte)
+def unpack_flat(packed: torch.Tensor, numel: int, masks_per_byte: int = 8) -> torch.Tensor:
+    """Inverse of :func:`pack_flat`: a flat bool tensor of ``numel`` masks, decoded through :func:`decode_table`."""
+    expected = packed_numel(numel, masks_per_byte)
     if packed.dtype != torch.uint8:
         raise TypeError(f"packed masks must be uint8, got {packed.dtype}")
-    if packed.numel() != packed_numel(numel, masks_per_byte):
-        raise ValueError(
-            f"{packed.numel()} packed bytes cannot hold exactly {numel} masks at {masks_per_byte} per byte "
-            f"(expected {packed_numel(numel, masks_per_byte)})"
-        )
-    if table is None:
-        table = decode_table(masks_per_byte, packed.device)
+    if packed.numel() != expected:
+        raise ValueError(f"{packed.numel()} packed bytes cannot hold exactly {numel} masks at {masks_per_byte} per "
+                         f"byte (expected {expected})")
     # int32 indices: half the bytes of int64, and index_select takes them.
-    rows = torch.index_select(table, 0, packed.reshape(-1).to(torch.int32))
+    rows = decode_table(masks_per_byte, packed.device).index_select(0, packed.reshape(-1).to(torch.int32))
     return rows.view(-1)[:numel]
 
 
@@ -231,5 +186,4 @@ def pack_mask(mask: torch.Tensor, masks_per_byte: int = 8) -> torch.Tensor:
 
 def unpack_mask(packed: torch.Tensor, shape: torch.Size | tuple[int, ...], masks_per_byte: int = 8) -> torch.Tensor:
     """Unpack what :func:`pack_mask` produced back into a contiguous bool tensor of ``shape``."""
-    numel = math.prod(shape)
-    return unpack_flat(packed, numel, masks_per_byte).view(shape)
+    return unpack_flat(packed, math.prod(shape), masks_per_byte).view(shape)

@@ -7,12 +7,12 @@ and differentiates, and how the mask is drawn again from a generator state. The 
 * :data:`NATIVE` (CUDA, XPU, ..., and ``meta``, which plans memory with CUDA's semantics): ``native_dropout``; torch
   saves its bool mask, and its backward is ``native_dropout_backward(grad, mask, 1 / (1 - p))``.
 
-Which device type takes which route is one table; :func:`use_route` changes it inside a ``with`` block, e.g. to run
-the CUDA route's logic on CPU tensors (tests, benchmarks) or to plan CPU semantics on meta tensors (memory planning).
+Which device type takes which route is one table (``_NATIVE_DEVICE_TYPES``), changed only by :func:`use_route`.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -20,7 +20,7 @@ from contextlib import contextmanager
 import torch
 
 # Device types whose out-of-place dropout is native_dropout; every other one takes the noise route. A frozenset (its
-# hash is cached): the eager path keys its per-layout plans by it. Changed only by use_route.
+# hash is cached): the eager path keys its per-layout plans by it.
 _NATIVE_DEVICE_TYPES = frozenset({"cuda", "xpu", "lazy", "privateuseone", "meta"})
 _local = threading.local()
 
@@ -54,6 +54,12 @@ def draw_noise(shape: Sequence[int], stride: Sequence[int], dtype: torch.dtype, 
     return noise.bernoulli_(1 - p, generator=generator).div_(1 - p)
 
 
+def torch_dropout(x: torch.Tensor, p: float, training: bool, inplace: bool) -> torch.Tensor:
+    """Torch's own dropout, as ``F.dropout`` calls it (called directly, so :func:`pmdrop.dropout_mode` does not see
+    it)."""
+    return torch.dropout_(x, p, training) if inplace else torch.dropout(x, p, training)
+
+
 def _native_dropout_output(x: torch.Tensor, p: float, train: bool) -> torch.Tensor:
     return torch.native_dropout(x, p, train)[0]
 
@@ -65,9 +71,6 @@ class Route:
 
     def __init__(self, name: str, native: bool) -> None:
         self.name, self.native = name, native
-
-    def __repr__(self) -> str:
-        return f"Route({self.name!r})"
 
     def saved_dtype(self, dtype: torch.dtype) -> torch.dtype:
         """The dtype of the one tensor torch's dropout saves: the bool mask, or the noise in x's dtype."""
@@ -87,9 +90,9 @@ class Route:
         return noise, noise != 0
 
     def apply_drawn(self, x: torch.Tensor, drawn: torch.Tensor, inplace: bool) -> torch.Tensor:
-        """The output from :meth:`draw`'s ``drawn``: native_dropout's own output, or ``x * noise``."""
+        """The output from :meth:`draw`'s ``drawn``: native_dropout's output (``drawn`` itself), or ``x * noise``."""
         if self.native:
-            return drawn.clone()
+            return drawn
         return x.mul_(drawn) if inplace else x * drawn
 
     def decoded(self, mask: torch.Tensor, p: float, dtype: torch.dtype) -> torch.Tensor:
@@ -118,17 +121,13 @@ class Route:
         if not self.native:
             generator = None if device.type == "meta" else _thread_generator(device, state)
             return draw_noise(shape, stride, dtype, device, p, generator)
-        numel = 1
-        for size in shape:
-            numel *= size
-        extent = 1 + sum((size - 1) * st for size, st in zip(shape, stride, strict=True)) if numel else 0
         if device.type == "meta":
             return torch.ops.aten.native_dropout(torch.empty_strided(shape, stride, dtype=dtype, device=device), p,
                                                  True)[1]
-        itemsize = dtype.itemsize
+        extent = 1 + sum((size - 1) * st for size, st in zip(shape, stride, strict=True)) if math.prod(shape) else 0
         # A stand-in with the input's strides and alignment: the kernel's path depends on both.
-        buffer = torch.empty(extent + 16 // itemsize, dtype=dtype, device=device)
-        stand_in = buffer.as_strided(shape, stride, (alignment - buffer.data_ptr() % 16) % 16 // itemsize)
+        buffer = torch.empty(extent + 16 // dtype.itemsize, dtype=dtype, device=device)
+        stand_in = buffer.as_strided(shape, stride, (alignment - buffer.data_ptr() % 16) % 16 // dtype.itemsize)
         generator = default_generator(device)
         current = generator.get_state()
         try:

@@ -12,10 +12,8 @@ gives four 32-bit outputs, and output ``lane`` of counter ``j`` decides element 
 of the chunk. Four contiguous sub-tiles per chunk, one per output, keep every load and store
 contiguous without shuffling the random numbers. An element is kept when its output is
 ``>= threshold`` (``threshold = round(p * 2**32)``). The mask of an element depends only on
-(seed, base, its index): not on the dtype, the packing density or the block sizes below.
-
-Mask layout, as :mod:`pmdrop.packing`: mask ``i`` goes to byte ``i // K`` at bit ``(i % K) * (8 // K)``,
-least significant first, bits past the last element zero.
+(seed, base, its index): not on the dtype, the packing density or the block sizes below. Mask layout: as
+:mod:`pmdrop.packing`'s.
 """
 
 from __future__ import annotations

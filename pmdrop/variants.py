@@ -23,9 +23,8 @@ class DropoutVariant:
 
     ``storage`` says what is kept (one of :data:`STORAGES`; ``masks_per_byte`` in {8, 4, 2, 1} with "packed" only).
     ``apply(x, p, inplace, variant)``, where given, is the variant's own implementation (the Triton variants); without
-    it pmdrop's bit-exact path for ``storage`` runs, in eager mode, under ``torch.func``, ``torch.compile`` and
-    ``torch.export`` alike. Either runs only where a backward is needed (training, 0 < p < 1, a floating ``x`` that
-    requires grad); every other call takes torch's own ``dropout``.
+    it pmdrop's bit-exact path for ``storage`` runs, on every path :func:`pmdrop.dropout` names, and only where a
+    backward is needed.
     """
 
     name: str

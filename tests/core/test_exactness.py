@@ -157,14 +157,14 @@ def _record_stand_ins(monkeypatch):
 
     kept = []
 
-    class Recorded(functional._PackedMask):
+    class Recorded(functional._MaskStandIn):
         __slots__ = ("__weakref__",)
 
         def __init__(self, *args):
             super().__init__(*args)
             kept.append(weakref.ref(self))
 
-    monkeypatch.setattr(functional, "_PackedMask", Recorded)
+    monkeypatch.setattr(functional, "_MaskStandIn", Recorded)
     return kept
 
 
@@ -227,7 +227,7 @@ def test_a_tensor_saved_beside_the_mask_is_kept_as_is():
     import pmdrop.functional as functional
 
     x = torch.randn(4, 8)
-    stand_in = functional._PackedMask(functional._CallPlan(x, 0.5, False, pmdrop.get_variant("pmdrop")))
+    stand_in = functional._MaskStandIn(functional._CallPlan(x, 0.5, False, pmdrop.get_variant("pmdrop")), x)
     noise = torch.empty_like(x).bernoulli_(0.5).div_(0.5)
     assert stand_in.pack(noise) is stand_in and torch.equal(stand_in.restore(), noise)
     for other in (torch.randn(4, 8), torch.randn(3)):  # a second tensor of the mask's shape, and another shape

@@ -10,7 +10,6 @@ from pmdrop.packing import (
     byte_weights,
     fresh_packer,
     pack_flat,
-    pack_fresh,
     packs_by_matvec,
     packs_from_bytes,
     unpack_flat,
@@ -49,7 +48,7 @@ def test_bit_layout_is_lsb_first_with_fixed_spacing(n, masks_per_byte):
 @pytest.mark.parametrize("n", [1, 3, 4, 5, 8, 13, 64, 101])
 def test_dropout_packing_stores_exactly_ceil_n_over_k_bytes(n, masks_per_byte):
     mask = torch.rand(n, generator=torch.Generator().manual_seed(n)) < 0.5
-    packed = pack_fresh(torch.empty(n, dtype=torch.bool).copy_(mask), masks_per_byte)
+    packed = pack_flat(torch.empty(n, dtype=torch.bool).copy_(mask), masks_per_byte)
     # the storage, not only the view: it is what a saved tensor costs
     assert packed.untyped_storage().nbytes() == math.ceil(n / masks_per_byte)
     assert torch.equal(packed, pack_flat(mask, masks_per_byte))
@@ -74,7 +73,7 @@ def test_a_fresh_packer_stores_the_same_bytes_as_the_word_pack(shape, masks_per_
     value = None if noise is None or fresh.stride()[-1] != 1 else torch.ones(1, dtype=noise).div_(keep)
     packed = fresh_packer(mask.numel(), masks_per_byte, mask.device, nonzero=noise is not None, value=value)(fresh)
     assert packed.untyped_storage().nbytes() == -(-mask.numel() // masks_per_byte)
-    assert torch.equal(packed, pack_fresh(mask, masks_per_byte))
+    assert torch.equal(packed, pack_flat(mask, masks_per_byte))
 
 
 def test_the_matvec_pack_is_taken_only_where_it_can_and_pays():
