@@ -19,9 +19,11 @@ SWEEP = ["-m", "experiment=composability", "composability=checkpointing,bf16", "
          *TINY_RUN, "trainer.threads=1"]
 
 # Compiled with fallback_random, the packed variants end bit-identical to compiled torch on torch 2.14 (the lock's). On
-# torch 2.11 (the GPU machine's) every call still matches (tests/core/test_compile.py), but Inductor sums one
-# gradient in another order when pmdrop's dropout feeds it: after one step of a 2-layer BERT, the token-type
-# embedding's gradient differs by 3.7e-9, every other gradient and the loss are equal. 2.12 and 2.13 are not tested.
+# torch 2.11 (the GPU machine's) every call still matches (tests/core/test_compile.py), but Inductor may sum one
+# gradient in another order when pmdrop's dropout feeds it, depending on the CPU's vector code: on an AMD EPYC, after
+# one step of a 2-layer BERT, the token-type embedding's gradient differs by 3.7e-9 (every other gradient and the
+# loss are equal), while on CI's machine a packed run ended identical. So on 2.11 the packed runs' digests are not
+# asserted either way, only their losses. 2.12 and 2.13 are not tested.
 COMPILED_PACKED_BIT_IDENTICAL = TorchVersion(torch.__version__) >= "2.14"
 
 
@@ -67,7 +69,9 @@ def test_compile_keeps_every_exact_variant_bit_identical(launch, runs_root):
     assert {(row["setting"], row["variant"]) for row in rows} == {("compile", variant) for variant in variants}
     for row in rows:
         packed = pmdrop.get_variant(row["variant"]).masks_per_byte is not None
-        assert row["status"] == "ok" and row["identical_to_baseline"] is (COMPILED_PACKED_BIT_IDENTICAL or not packed)
+        assert row["status"] == "ok"
+        if COMPILED_PACKED_BIT_IDENTICAL or not packed:
+            assert row["identical_to_baseline"] is True
     losses = {row["variant"]: row["final_loss"] for row in rows}
     assert all(loss == pytest.approx(losses["baseline"], rel=1e-6) for loss in losses.values())  # 2.11: nearly equal
     by_variant = {row["variant"]: row for row in rows}
