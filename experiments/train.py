@@ -217,7 +217,7 @@ class _Trained:
     grad_cosine: list[list[float]] = field(default_factory=list)
     loss: float = math.nan
     saved: pmdrop.SavedBytes = field(default_factory=pmdrop.SavedBytes)
-    flips: pmdrop.BitflipLog | None = None
+    flips: robustness.BitFlips | None = None
     memory: PeakMemory | None = None  # the live-tensor peak of measure_step
 
 
@@ -227,6 +227,11 @@ def _saved_tensors_at(step: int, learner: Learner, trainer: DictConfig,
     if step == trainer.measure_step:
         return pmdrop.track_saved_tensors(learner.model.parameters(), on_save=memory.note_saved)
     return nullcontext()
+
+
+def _flipping(flips: robustness.BitFlips | None) -> AbstractContextManager:
+    """Around the learner's forward (not the paired baseline's): the run's bit flips in its saved packed masks."""
+    return nullcontext() if flips is None else flips.inject()
 
 
 def _step_memory_at(step: int, learner: Learner, trainer: DictConfig, batch: dict[str, torch.Tensor],
@@ -251,10 +256,10 @@ def _train_steps(cfg: DictConfig, learner: Learner, reference: Learner | None, d
     batches = data.batches(trainer.batch_size, torch.Generator().manual_seed(cfg.seed))
     bar = tqdm(range(1, trainer.steps + 1), desc=f"{cfg.model.name}/{cfg.variant.name}/seed{cfg.seed}", leave=False,
                mininterval=1.0, disable=not ranks.is_main)
-    flipping = robustness.bitflip_injection(trainer.bitflip_fraction, cfg.seed, ranks.rank)
+    trained.flips = robustness.bitflips(trainer.bitflip_fraction, cfg.seed, ranks.rank, cfg.variant.name)
     profiling = step_profiler(trainer.get("profile", False) and ranks.is_main, device, trainer.timing_warmup_steps,
                               trainer.get("profile_steps", 3))
-    with compile_settings(trainer), flipping as trained.flips, profiling as profiled:
+    with compile_settings(trainer), profiling as profiled:
         for step in bar:
             batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
             if reference is not None:
@@ -265,7 +270,7 @@ def _train_steps(cfg: DictConfig, learner: Learner, reference: Learner | None, d
             start = time.perf_counter()
             with _step_memory_at(step, learner, trainer, batch, device) as memory:
                 memory.phase("forward")
-                with _saved_tensors_at(step, learner, trainer, memory) as saved:
+                with _saved_tensors_at(step, learner, trainer, memory) as saved, _flipping(trained.flips):
                     loss_tensor = learner.forward(batch)
                 trained.saved = saved or trained.saved
                 memory.phase("backward")

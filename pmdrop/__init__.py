@@ -8,7 +8,6 @@ Variants: ``pmdrop.variant_names()``; ``help(pmdrop.dropout)`` says which to pic
 """
 
 from .accounting import SavedBytes, track_saved_tensors
-from .faults import BitflipLog, inject_bitflips
 from .functional import dropout
 from .modules import PackedDropout, active_variant, convert, dropout_mode
 from .packing import VALID_MASKS_PER_BYTE, pack_mask, packed_numel, unpack_mask
@@ -25,7 +24,6 @@ from .variants import (
 
 __all__ = [
     "VALID_MASKS_PER_BYTE",
-    "BitflipLog",
     "DropoutVariant",
     "PackedDropout",
     "PackedSavedMasks",
@@ -36,7 +34,6 @@ __all__ = [
     "dropout",
     "dropout_mode",
     "get_variant",
-    "inject_bitflips",
     "pack_mask",
     "pack_saved_masks",
     "packed_numel",

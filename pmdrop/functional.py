@@ -15,7 +15,6 @@ import torch
 
 from . import compiled, routes
 from .accounting import dropout_site, inside_dropout_site, trackers_open
-from .faults import corrupt, injections_open
 from .packing import decode_table, fresh_packer, pack_bits, pack_flat, unpack_bits
 from .routes import NOISE, Route, draw_noise, route_for, torch_dropout
 from .variants import DropoutVariant, get_variant
@@ -166,7 +165,7 @@ class _MaskStandIn:
         if self.saved is not None or t.dtype is not plan.saved_dtype or t.shape != plan.shape:
             return _Passed(t, self.enclosing)
         # The usual packed case inline (one Python frame fewer on every call); keep() otherwise.
-        kept = plan.pack(t) if plan.k is not None and not (_profiling() or injections_open[0]) else self.keep(t)
+        kept = plan.pack(t) if plan.k is not None and not _profiling() else self.keep(t)
         self.saved = kept if self.enclosing is None else self.enclosing[0](kept)
         return self
 
@@ -176,8 +175,7 @@ class _MaskStandIn:
     def keep(self, mask: torch.Tensor) -> torch.Tensor:
         if self.plan.k is None:
             return self.state
-        packed = _labelled("pmdrop.pack", self.plan.pack, mask)
-        return corrupt(packed) if injections_open[0] else packed
+        return _labelled("pmdrop.pack", self.plan.pack, mask)
 
     def decode(self, saved: torch.Tensor) -> torch.Tensor:
         plan = self.plan

@@ -10,8 +10,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+import pmdrop
 from experiments.data import TaskData
-from experiments.robustness import fgsm_metrics
+from experiments.robustness import BitFlips, fgsm_metrics
 from experiments.train import check_config, run_training
 
 from .cfg import CONF, TINY_BERT, compose_run
@@ -29,6 +30,50 @@ def train(*overrides: str) -> tuple[dict, list]:
     check_config(cfg)
     logged = []
     return dataclasses.asdict(run_training(cfg, lambda step, values: logged.append((step, values)))), logged
+
+
+def flipped_dropout(variant: str, fraction: float | None = None, n: int = 20_000):
+    """y and x's gradient of one dropout call on a fresh input of n elements, the call inside ``BitFlips.inject``
+    when ``fraction`` is given."""
+    torch.manual_seed(0)
+    x = torch.randn(n, requires_grad=True)
+    flips = None if fraction is None else BitFlips(fraction, seed=1, variant=variant)
+    with nullcontext() if flips is None else flips.inject():
+        y = pmdrop.dropout(x, 0.3, variant=variant)
+    y.backward(torch.ones_like(y))
+    return y.detach(), x.grad, flips
+
+
+@pytest.mark.parametrize("n", [20_000, 3_000_000])  # from 8 MiB, the noise route's Function that saves in place
+def test_flips_change_the_backward_only_at_the_requested_rate(n):
+    clean_y, clean_grad, _ = flipped_dropout("pmdrop", n=n)
+    y, grad, flips = flipped_dropout("pmdrop", 0.05, n=n)
+    assert torch.equal(y, clean_y)  # the forward applied the true mask
+    changed = (grad != clean_grad).float().mean().item()
+    assert abs(changed - 0.05) < 4 * (0.05 * 0.95 / n) ** 0.5  # binomial bound
+    assert flips.masks == 1 and abs(flips.bits / (n // 8 * 8) - 0.05) < 0.01
+
+
+def test_flips_reach_the_hooks_around_them_and_the_bytes_are_still_counted():
+    torch.manual_seed(0)
+    x = torch.randn(4096, requires_grad=True)
+    flips = BitFlips(1.0, seed=0, variant="pmdrop_4bit")
+    with pmdrop.track_saved_tensors() as saved, flips.inject():
+        y = pmdrop.dropout(x, 0.3, variant="pmdrop_4bit")
+    assert saved.mask_bytes == 4096 // 4 and saved.mask_tensors == 1 and flips.bits == 8 * 4096 // 4
+    y.backward(torch.ones_like(y))
+    assert torch.equal(x.grad != 0, y == 0)  # every bit flipped: backward applied the complement of the mask
+
+
+@pytest.mark.parametrize(("fraction", "variant", "message"), [
+    (1.5, "pmdrop", r"bit-flip fraction has to be in \(0, 1\], got 1\.5"),
+    (0.0, "pmdrop", r"got 0\.0"),
+    (0.05, "seeded", r"needs a variant that stores packed masks, not 'seeded'; valid: pmdrop, "),
+    (0.05, "baseline", r"not 'baseline'"),
+])
+def test_a_bad_fraction_or_a_variant_without_packed_masks_is_named(fraction, variant, message):
+    with pytest.raises(ValueError, match=message):
+        BitFlips(fraction, seed=0, variant=variant)
 
 
 def test_bit_flips_corrupt_the_backward_only():
