@@ -14,8 +14,9 @@ bandwidth of ``y.copy_(x)`` measured in the same run.
 
 Exact-route pieces: the two steps a CUDA hook could hand to Triton in the bit-exact ``pmdrop`` route, each
 timed against the torch ops the core runs now (after checking that both give the same bytes): packing
-``native_dropout``'s bool mask (``pack_flat`` vs the pack kernel) and the backward from the packed mask
-(``unpack_flat`` + ``native_dropout_backward`` vs the masked-scale kernel). A ratio below 1 supports the hook.
+``native_dropout``'s bool mask (``pack_flat`` vs the pack kernel of :mod:`benchmarks.triton_pack`) and the backward
+from the packed mask (``unpack_flat`` + ``native_dropout_backward`` vs pmdrop's masked-scale kernel). A ratio below 1
+supports the hook.
 
 On a machine without CUDA, timing is refused; ``--smoke`` then runs the fused kernels under Triton's
 interpreter on small CPU tensors and checks them (no timing).
@@ -79,7 +80,7 @@ class PieceRow:
     piece: str  # "pack" or "backward"
     masks_per_byte: int
     torch_ms: float  # the core's torch ops, median
-    triton_ms: float  # pmdrop.triton_kernels, median
+    triton_ms: float  # benchmarks.triton_pack.pack or pmdrop.triton_kernels.masked_scale, median
     ratio: float  # median over interleaved repetitions of triton / torch
 
 
@@ -173,6 +174,7 @@ def _interleaved(timer: Timer, torch_op: Callable[[], object], triton_op: Callab
 
 def exact_route_pieces(x: torch.Tensor, p: float, masks_per_byte: int, reps: int, timer: Timer) -> list[PieceRow]:
     """Time the steps of the exact route that Triton kernels could replace, after checking they agree bit for bit."""
+    from benchmarks.triton_pack import pack
     from pmdrop.fused import _scale, kernels_for
 
     kernels = kernels_for(x, "bench_gpu")
@@ -181,7 +183,7 @@ def exact_route_pieces(x: torch.Tensor, p: float, masks_per_byte: int, reps: int
     packed = pack_flat(mask, masks_per_byte)
     scale = _scale(p, x.dtype, x.device)
     pieces = {
-        "pack": (lambda: pack_flat(mask, masks_per_byte), lambda: kernels.pack(mask, masks_per_byte)),
+        "pack": (lambda: pack_flat(mask, masks_per_byte), lambda: pack(mask, masks_per_byte)),
         "backward": (
             lambda: torch.ops.aten.native_dropout_backward(
                 grad, unpack_flat(packed, mask.numel(), masks_per_byte), 1 / (1 - p)
@@ -232,8 +234,8 @@ def run(
 
 def smoke(device: str) -> list[str]:
     """Check the fused kernels on a small tensor (CUDA, or Triton's interpreter on CPU); returns what was checked."""
+    from benchmarks.triton_pack import pack
     from pmdrop import dropout
-    from pmdrop.fused import kernels_for
 
     x = torch.randn(3, 5, 701, device=device, requires_grad=True)  # 10515 elements: 6 chunks, a ragged tail
     grad = torch.randn_like(x)
@@ -251,9 +253,7 @@ def smoke(device: str) -> list[str]:
         "backward = grad * forward mask * 1/(1-p)": torch.equal(x.grad, grad * keep * scale),
         "seeded_fused draws the same mask from the same seed": torch.equal(y_seeded, y),
         "keep rate within 6 sigma of 1 - p": abs(kept - 0.7 * n) <= 6 * (0.21 * n) ** 0.5,
-        "pack kernel = pmdrop.packing.pack_flat": torch.equal(
-            kernels_for(x, "pack").pack(keep.view(-1)), pack_flat(keep.view(-1))
-        ),
+        "pack kernel = pmdrop.packing.pack_flat": torch.equal(pack(keep.view(-1)), pack_flat(keep.view(-1))),
     }
     failed = [name for name, ok in checks.items() if not ok]
     if failed:
@@ -274,7 +274,8 @@ def main(argv: list[str] | None = None) -> None:
     cuda = torch.cuda.is_available()
     if args.smoke:
         if not cuda:
-            # Triton reads this when the kernels are decorated, i.e. at pmdrop.triton_kernels' first import, below.
+            # Triton reads this when the kernels are decorated, i.e. at the first import of pmdrop.triton_kernels
+            # and of benchmarks.triton_pack, below.
             os.environ["TRITON_INTERPRET"] = "1"
         where = "cuda" if cuda else "cpu (Triton interpreter; no timing on CPU)"
         for check in smoke("cuda" if cuda else "cpu"):

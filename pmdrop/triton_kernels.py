@@ -1,4 +1,4 @@
-"""Triton kernels of the fused path: dropout that writes its 1-bit mask in the same pass, and the pack kernel.
+"""Triton kernels of the fused path: dropout that writes its 1-bit mask in the same pass, and its backward.
 
 Importing this module imports Triton; ``pmdrop.fused`` imports it lazily, on first use. Triton decides
 whether ``@triton.jit`` compiles for the GPU or runs in its CPU interpreter when the function is
@@ -134,14 +134,6 @@ def masked_scale_kernel(grad_ptr, mask_ptr, out_ptr, scale_ptr, n, n_bytes, BLOC
     tl.store(out_ptr + offsets, _masked_scale(grad, keep, tl.load(scale_ptr)), mask=inside)
 
 
-@triton.jit
-def pack_kernel(mask_ptr, out_ptr, n, n_bytes, BLOCK_BYTES: tl.constexpr, K: tl.constexpr):
-    """Pack a flat byte mask (bool viewed as uint8) K per byte: one read of n bytes, one write of n / K."""
-    rows, cols, offsets = _mask_tile(BLOCK_BYTES, K)
-    mask = tl.load(mask_ptr + offsets, mask=offsets < n, other=0)
-    tl.store(out_ptr + rows, _pack_bits(mask != 0, cols, K), mask=rows < n_bytes)
-
-
 INTERPRETED = isinstance(dropout_kernel, InterpretedFunction)
 
 
@@ -187,20 +179,4 @@ def masked_scale(grad: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, 
         masked_scale_kernel, triton.cdiv(packed.numel(), MASK_BLOCK_BYTES), grad, packed, out, scale, grad.numel(),
         packed.numel(), BLOCK_BYTES=MASK_BLOCK_BYTES, K=masks_per_byte,
     )
-    return out
-
-
-def pack(mask: torch.Tensor, masks_per_byte: int = 8) -> torch.Tensor:
-    """Triton twin of :func:`pmdrop.packing.pack_flat`, in one pass: ``mask`` flat, contiguous, bool or 0/1 uint8."""
-    _check_flat(mask, "mask")
-    if mask.dtype not in (torch.bool, torch.uint8):
-        raise TypeError(f"pack takes a bool or uint8 mask, got {mask.dtype}")
-    flat = mask.view(torch.uint8)
-    n_bytes = -(-flat.numel() // masks_per_byte)
-    out = torch.empty(n_bytes, dtype=torch.uint8, device=mask.device)
-    if n_bytes:
-        _launch(
-            pack_kernel, triton.cdiv(n_bytes, MASK_BLOCK_BYTES), flat, out, flat.numel(), n_bytes,
-            BLOCK_BYTES=MASK_BLOCK_BYTES, K=masks_per_byte,
-        )
     return out

@@ -1,4 +1,4 @@
-"""The fused Triton variants (pmdrop_fused, seeded_fused) and the pack kernel.
+"""The fused Triton variants (pmdrop_fused, seeded_fused) and their kernels.
 
 They are not bit-identical to nn.Dropout (their own Philox stream), so these tests check what must
 hold instead: same seed -> same mask, keep rate 1 - p, the packed mask decodes to the mask applied,
@@ -258,15 +258,6 @@ def test_activation_checkpointing_recomputes_the_same_mask(variant):
     assert all(map(torch.equal, *results))
 
 
-@pytest.mark.parametrize("masks_per_byte", [8, 4, 2, 1])
-def test_pack_kernel_matches_pack_flat(masks_per_byte):
-    generator = torch.Generator().manual_seed(masks_per_byte)
-    for n in (0, 1, 9, 2049 * 2 + 3):
-        mask = (torch.rand(n + 1, generator=generator) < 0.5).to(DEVICE)
-        for flat in (mask[:n], mask[1:], mask[:n].to(torch.uint8)):  # bool, unaligned view, 0/1 bytes
-            assert torch.equal(kernels.pack(flat, masks_per_byte), pmdrop.packing.pack_flat(flat, masks_per_byte))
-
-
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_masked_scale_kernel_is_native_dropout_backward(dtype):
     """So the exact route could run its backward straight from the packed mask (the hook in the report)."""
@@ -277,13 +268,6 @@ def test_masked_scale_kernel_is_native_dropout_backward(dtype):
     scale = torch.tensor([1 / 0.7], dtype=torch.float64 if dtype == torch.float64 else torch.float32, device=DEVICE)
     ours = kernels.masked_scale(grad.view(-1), pmdrop.packing.pack_flat(mask.view(-1)), scale, 8)
     assert torch.equal(ours, torch.ops.aten.native_dropout_backward(grad, mask, 1 / 0.7).view(-1))
-
-
-def test_pack_kernel_refuses_other_inputs():
-    with pytest.raises(TypeError, match=r"bool or uint8 mask, got torch\.float32"):
-        kernels.pack(torch.zeros(8, device=DEVICE))
-    with pytest.raises(ValueError, match=r"flat contiguous tensor, got shape \(2, 4\)"):
-        kernels.pack(torch.zeros(2, 4, dtype=torch.bool, device=DEVICE))
 
 
 def _train(variant: str, steps: int = 3) -> tuple[list[float], list[torch.Tensor]]:
@@ -350,6 +334,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 import pmdrop.triton_kernels as tk
+import benchmarks.triton_pack as tp
 
 def compile_for(arch, kernel, signature, constexprs):
     # as Triton specializes a launch whose pointers are 16-byte aligned and sizes multiples of 16
@@ -377,7 +362,7 @@ for arch in (90, 80):
 compile_for(90, tk.masked_scale_kernel, {
     **tensors("fp32", grad_ptr="*T", mask_ptr="*u8", out_ptr="*T", scale_ptr="*T"), "n": "i32", "n_bytes": "i32",
     "BLOCK_BYTES": "constexpr", "K": "constexpr"}, {"BLOCK_BYTES": tk.MASK_BLOCK_BYTES, "K": 4})
-compile_for(90, tk.pack_kernel, {"mask_ptr": "*u8", "out_ptr": "*u8", "n": "i32", "n_bytes": "i32",
+compile_for(90, tp.pack_kernel, {"mask_ptr": "*u8", "out_ptr": "*u8", "n": "i32", "n_bytes": "i32",
     "BLOCK_BYTES": "constexpr", "K": "constexpr"}, {"BLOCK_BYTES": tk.MASK_BLOCK_BYTES, "K": 8})
 # Triton turns an int argument equal to 1 into a constexpr: threshold 1 is a launch with p ~ 2.3e-10.
 compile_for(90, tk.dropout_kernel, {
@@ -404,39 +389,6 @@ def test_kernels_compile_to_gpu_code_without_a_gpu():
     assert all("128-bit" in line for line in lines[:3]), lines
 
 
-def test_bench_gpu_smoke_runs_and_cpu_timing_is_refused():
-    from benchmarks import bench_gpu
-
-    checked = bench_gpu.smoke(DEVICE)
-    assert len(checked) == 6
-    if DEVICE == "cpu":
-        with pytest.raises(SystemExit, match="no CUDA device is visible: timing refused"):
-            bench_gpu.main([])
-
-
-def test_bench_gpu_exact_route_pieces_check_and_time_both_routes():
-    """Checks both routes agree, then times them with any timer: here wall-clock on the interpreter."""
-    import time
-
-    from benchmarks import bench_gpu
-
-    calls = []
-
-    def timer(op):
-        calls.append(op)
-        start = time.perf_counter()
-        op()
-        return time.perf_counter() - start
-
-    x = nonzero_randn((3, 700), torch.float16).requires_grad_()
-    rows = bench_gpu.exact_route_pieces(x, 0.1, 4, reps=3, timer=timer)
-    assert [(r.shape, r.dtype, r.piece, r.masks_per_byte) for r in rows] == [
-        ("3x700", "fp16", "pack", 4), ("3x700", "fp16", "backward", 4),
-    ]
-    assert all(r.torch_ms > 0 and r.triton_ms > 0 and r.ratio > 0 for r in rows)
-    assert len(calls) == 2 * (2 + 2 * 3)  # per piece: one warm-up each, then both ops every repetition
-
-
 @pytest.mark.cuda
 @requires_cuda
 def test_cuda_seed_and_counter_come_from_torch_generator():
@@ -445,15 +397,6 @@ def test_cuda_seed_and_counter_come_from_torch_generator():
     # manual_seed resets the offset to 0; each call reserves CHUNK outputs per subsequence (CHUNK / 4 counters)
     assert first == (123, 0) and second == (123, kernels.COUNTERS_PER_CHUNK)
     assert torch.cuda.default_generators[torch.cuda.current_device()].get_offset() == 2 * kernels.CHUNK
-
-
-@pytest.mark.parametrize("masks_per_byte", [8, 4])
-@pytest.mark.parametrize("shape", [(3, 5, 7), (8, 12, 512, 512), (1, 12, 1000, 513)], ids=str)
-@pytest.mark.cuda
-@requires_cuda
-def test_cuda_pack_kernel_packs_native_dropout_masks_exactly(shape, masks_per_byte):
-    mask = torch.ops.aten.native_dropout(torch.randn(shape, device="cuda"), 0.1, True)[1].view(-1)
-    assert torch.equal(kernels.pack(mask, masks_per_byte), pmdrop.packing.pack_flat(mask, masks_per_byte))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
