@@ -165,7 +165,9 @@ def seeded_dropout_mask(
 
 @seeded_dropout_mask.register_fake
 def _(grad, state, shape, stride, dtype, p, route) -> torch.Tensor:
-    return torch.empty_strided(shape, stride, dtype=ROUTES[route].saved_dtype(dtype), device=grad.device)
+    # laid out as empty_like(x) lays out torch's mask or noise: x's strides if dense, row-major if x has gaps
+    like_x = torch.empty_strided(shape, stride, dtype=ROUTES[route].saved_dtype(dtype), device=grad.device)
+    return torch.empty_like(like_x)
 
 
 def _seeded_setup_context(ctx, inputs: tuple, output: tuple) -> None:
