@@ -76,6 +76,21 @@ def test_each_call_compiles_fullgraph_saves_its_packed_mask_and_matches_compiled
                 _assert_same(got, eager_torch)  # at fp32, eager, compiled torch and every variant agree
 
 
+LAYOUTS = {"transposed": lambda t: t.transpose(0, 2), "sliced with gaps": lambda t: t[:, ::2]}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_compiled_seeded_draws_the_mask_of_a_strided_input_again_as_torch_drew_it(layout):
+    """Seeded's backward draws the mask again from the generator state, laid out as torch lays out x's mask."""
+    torch._dynamo.reset()
+    x = torch.randn(4, 16, 64, requires_grad=True)
+    with inductor_config.patch(fallback_random=True):
+        ref = _step(torch.compile(lambda t: torch.nn.functional.dropout(LAYOUTS[layout](t * 2), P, True)), x)
+        got = _step(torch.compile(lambda t: pmdrop.dropout(LAYOUTS[layout](t * 2), P, True, False, "seeded")), x)
+    _assert_same(got, ref)
+    _assert_same(got, _step(lambda t: torch.nn.functional.dropout(LAYOUTS[layout](t * 2), P, True), x))
+
+
 def _graph_breaks(fn) -> tuple[int, list[str]]:
     """Number of graph breaks, and the files of the code each distinct break reason points at."""
     torch._dynamo.reset()
