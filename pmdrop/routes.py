@@ -121,6 +121,9 @@ class Route:
         if not self.native:
             generator = None if device.type == "meta" else _thread_generator(device, state)
             return draw_noise(shape, stride, dtype, device, p, generator)
+        if device.type == "cpu":  # CPU native_dropout's mask is bernoulli_(1 - p) of empty_like(x, bool): drawn alone
+            like_x = torch.empty_strided(shape, stride, dtype=torch.bool)
+            return torch.empty_like(like_x).bernoulli_(1 - p, generator=_thread_generator(device, state))
         if device.type == "meta":
             return torch.ops.aten.native_dropout(torch.empty_strided(shape, stride, dtype=dtype, device=device), p,
                                                  True)[1]
