@@ -1,6 +1,10 @@
 """Run a dropout layer the way a training step does and capture everything exactness covers."""
 
+import importlib
+import os
+import sys
 from collections.abc import Callable
+from types import ModuleType
 
 import torch
 
@@ -35,3 +39,20 @@ def assert_identical(reference: tuple, candidate: tuple, label: str = "") -> Non
     for name, a, b in zip(("output", "input grad", "rng state"), reference, candidate, strict=True):
         assert a.dtype == b.dtype, f"{label}: {name} dtype {a.dtype} != {b.dtype}"
         assert torch.equal(a, b), f"{label}: {name} differs"
+
+
+def import_triton_module(name: str, device: str) -> ModuleType:
+    """Import the Triton kernel module ``name`` for ``device``: on CPU through Triton's interpreter, which Triton
+    switches on when kernels are decorated (at the module's first import), so TRITON_INTERPRET=1 is set for that
+    import only and restored right after; nothing else in the process sees it."""
+    if device == "cuda" or name in sys.modules:
+        return importlib.import_module(name)
+    previous = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        return importlib.import_module(name)
+    finally:
+        if previous is None:
+            del os.environ["TRITON_INTERPRET"]
+        else:
+            os.environ["TRITON_INTERPRET"] = previous

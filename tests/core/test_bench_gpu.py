@@ -5,7 +5,6 @@ pmdrop.triton_kernels, whose jit helpers it calls) is imported here with TRITON_
 tests/core/test_fused.py imports the kernels, and the variable restored right after.
 """
 
-import importlib
 import os
 import subprocess
 import sys
@@ -16,28 +15,14 @@ import torch
 
 import pmdrop
 
+from .helpers import import_triton_module
+
 # triton.language's own jit functions are decorated in the normal mode here, before the variable is set below:
 # triton asserts they are compiled-mode ones when it later imports gluon with the variable unset.
 pytest.importorskip("triton.language")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-
-
-def _import_pack_kernel():
-    if DEVICE == "cuda" or "benchmarks.triton_pack" in sys.modules:
-        return importlib.import_module("benchmarks.triton_pack")
-    previous = os.environ.get("TRITON_INTERPRET")
-    os.environ["TRITON_INTERPRET"] = "1"
-    try:
-        return importlib.import_module("benchmarks.triton_pack")
-    finally:
-        if previous is None:
-            del os.environ["TRITON_INTERPRET"]
-        else:
-            os.environ["TRITON_INTERPRET"] = previous
-
-
-triton_pack = _import_pack_kernel()
+triton_pack = import_triton_module("benchmarks.triton_pack", DEVICE)
 from benchmarks import bench_gpu  # noqa: E402 - after the kernels are decorated in the mode chosen above
 
 

@@ -11,7 +11,6 @@ TRITON_INTERPRET=1 and the variable restored right after, so nothing else in the
 The interpreter is slow: sizes stay small.
 """
 
-import importlib
 import math
 import os
 import subprocess
@@ -22,27 +21,13 @@ import torch
 
 import pmdrop
 
+from .helpers import import_triton_module
+
 # triton.language's own jit functions are decorated in the normal mode here, before the variable is set below:
 # triton asserts they are compiled-mode ones when it later imports gluon with the variable unset.
 pytest.importorskip("triton.language")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def _import_kernels():
-    if DEVICE == "cuda" or "pmdrop.triton_kernels" in sys.modules:
-        return importlib.import_module("pmdrop.triton_kernels")
-    previous = os.environ.get("TRITON_INTERPRET")
-    os.environ["TRITON_INTERPRET"] = "1"
-    try:
-        return importlib.import_module("pmdrop.triton_kernels")
-    finally:
-        if previous is None:
-            del os.environ["TRITON_INTERPRET"]
-        else:
-            os.environ["TRITON_INTERPRET"] = previous
-
-
-kernels = _import_kernels()
+kernels = import_triton_module("pmdrop.triton_kernels", DEVICE)
 from pmdrop import fused, variants  # noqa: E402 - after the kernels are decorated in the mode chosen above
 
 K4 = variants.fused_packed_variant(4)  # not registered: the registry stays what the harness's configs list
