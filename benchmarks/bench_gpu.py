@@ -15,7 +15,7 @@ bandwidth of ``y.copy_(x)`` measured in the same run.
 Exact-route pieces: the two steps a CUDA hook could hand to Triton in the bit-exact ``pmdrop`` route, each
 timed against the torch ops the core runs now (after checking that both give the same bytes): packing
 ``native_dropout``'s bool mask (``pack_flat`` vs the pack kernel of :mod:`benchmarks.triton_pack`) and the backward
-from the packed mask (``unpack_flat`` + ``native_dropout_backward`` vs pmdrop's masked-scale kernel). A ratio below 1
+from the packed mask (``unpack_bits`` + ``native_dropout_backward`` vs pmdrop's masked-scale kernel). A ratio below 1
 supports the hook.
 
 On a machine without CUDA, timing is refused; ``--smoke`` then runs the fused kernels under Triton's
@@ -37,7 +37,7 @@ import torch
 
 from benchmarks.bench import DTYPES, device_name, fwd_bwd_ratios, git_commit, interleaved, saved_bytes_per_element
 from pmdrop import PackedDropout, get_variant, unpack_mask, variant_names
-from pmdrop.packing import pack_flat, unpack_flat
+from pmdrop.packing import pack_flat, unpack_bits
 
 PAPER_SHAPES = {
     "bert_hidden": (32, 512, 768),  # BERT-Base hidden states, batch 32, sequence 512
@@ -186,7 +186,7 @@ def exact_route_pieces(x: torch.Tensor, p: float, masks_per_byte: int, reps: int
         "pack": (lambda: pack_flat(mask, masks_per_byte), lambda: pack(mask, masks_per_byte)),
         "backward": (
             lambda: torch.ops.aten.native_dropout_backward(
-                grad, unpack_flat(packed, mask.numel(), masks_per_byte), 1 / (1 - p)
+                grad, unpack_bits(packed, mask.shape, masks_per_byte), 1 / (1 - p)
             ),
             lambda: kernels.masked_scale(grad, packed, scale, masks_per_byte),
         ),

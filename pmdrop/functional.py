@@ -12,6 +12,7 @@ import functools
 import operator
 
 import torch
+from torch.compiler import is_compiling
 
 from . import compiled, routes
 from .accounting import dropout_site, inside_dropout_site, trackers_open
@@ -169,15 +170,15 @@ class _MaskStandIn:
         self.saved = kept if self.enclosing is None else self.enclosing[0](kept)
         return self
 
-    def restore(self) -> torch.Tensor:
-        return self.decode(self.saved if self.enclosing is None else self.enclosing[1](self.saved))
-
     def keep(self, mask: torch.Tensor) -> torch.Tensor:
         if self.plan.k is None:
             return self.state
         return _labelled("pmdrop.pack", self.plan.pack, mask)
 
-    def decode(self, saved: torch.Tensor) -> torch.Tensor:
+    def restore(self, saved: torch.Tensor | None = None) -> torch.Tensor:
+        """What torch saved, from what :meth:`pack` kept (or from ``saved``, what :meth:`keep` returned)."""
+        if saved is None:
+            saved = self.saved if self.enclosing is None else self.enclosing[1](self.saved)
         plan = self.plan
         if plan.k is None:
             stride = plan.stride if plan.route.native else plan.mask_stride
@@ -185,7 +186,8 @@ class _MaskStandIn:
                              plan.p, self.alignment)
         if self.unpacked is not None:
             return self.unpacked
-        unpacked = _labelled("pmdrop.unpack", _unpack, plan, saved)
+        # The usual case with no frame between the hook and the ops (backward pays for each, cold).
+        unpacked = _labelled("pmdrop.unpack", _unpack, plan, saved) if _profiling() else _unpack(plan, saved)
         # Cached only for a later pass through this node, which needs a retained graph; the cache is freed with
         # the graph's saved tensors, i.e. with this object.
         if plan.cache and _graph_is_retained():
@@ -223,7 +225,7 @@ class _InPlaceNoiseFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         stand_in = ctx.stand_in
-        noise = stand_in.decode(ctx.saved_tensors[0])
+        noise = stand_in.restore(ctx.saved_tensors[0])
         if stand_in.unpacked is not None:  # cached for a later pass: not to be overwritten
             torch.autograd.Variable._execution_engine.queue_callback(lambda: _drop_cache_if_released(ctx))
         elif stand_in.plan.into_noise(grad.stride()):
@@ -232,7 +234,7 @@ class _InPlaceNoiseFn(torch.autograd.Function):
 
     @staticmethod
     def jvp(ctx, x_tangent: torch.Tensor, *_: None) -> torch.Tensor:
-        return NOISE.tangent(x_tangent, ctx.stand_in.decode(ctx.saved_tensors[0]), ctx.stand_in.plan.p, ctx.inplace)
+        return NOISE.tangent(x_tangent, ctx.stand_in.restore(ctx.saved_tensors[0]), ctx.stand_in.plan.p, ctx.inplace)
 
 
 def _drop_cache_if_released(ctx) -> None:
@@ -295,32 +297,6 @@ def _apply_transformed(x: torch.Tensor, p: float, inplace: bool, masks_per_byte:
     return _TransformPackedFn.apply(x, drawn, packed, p, inplace, masks_per_byte, route)
 
 
-def _apply_exact(x: torch.Tensor, p: float, inplace: bool, variant: DropoutVariant) -> torch.Tensor:
-    """Torch's own dropout for the route x takes, its saved mask kept packed (seeded: the generator state)."""
-    # Hooks are disabled under vmap and while AOTAutograd traces; a Function saves the packed mask there.
-    if _transforms_active() or not _hooks_enabled():
-        return _apply_transformed(x, p, inplace, variant.masks_per_byte or 8)
-    # The route table (a frozenset, its hash cached) rather than the route: reading the route off x.device.type costs
-    # more than the whole lookup, and use_route swaps the table.
-    key = (x.shape, x.stride(), x.dtype, x.device, p, inplace, variant.name, routes._NATIVE_DEVICE_TYPES)
-    plan = _PLANS.get(key)
-    if plan is None:
-        if len(_PLANS) >= 4096:  # bound the cache for shape-varying workloads
-            _PLANS.clear()
-        plan = _PLANS[key] = _CallPlan(x, p, inplace, variant)
-    stand_in = _MaskStandIn(plan, x)
-    if plan.route is NOISE and plan.numel_bytes >= _IN_PLACE_FROM_BYTES:
-        return _InPlaceNoiseFn.apply(x, stand_in, inplace)
-    # What torch.autograd.graph.saved_tensors_hooks does on enter and exit, without its Python object per call.
-    _push_hooks(stand_in.pack, _restore)
-    try:
-        if _profiling():  # the draw with its pack inside, as a trace shows them
-            return _labelled("pmdrop.draw", plan.draw, x, p, True)
-        return plan.draw(x, p, True)
-    finally:
-        _pop_hooks()
-
-
 def dropout(
     x: torch.Tensor,
     p: float = 0.5,
@@ -351,13 +327,13 @@ def dropout(
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
     spec = variant if type(variant) is DropoutVariant else get_variant(variant)
-    if torch.compiler.is_compiling():  # dynamo and export cannot trace the eager path's hooks
+    if is_compiling():  # dynamo and export cannot trace the eager path's hooks
         return compiled.dropout(x, p, training, inplace, spec)
     if trackers_open[0] and not inside_dropout_site():  # accounting: what this call saves is its mask
         with dropout_site("pmdrop"):
             return dropout(x, p, training, inplace, spec)
     # Where the call may be differentiated and x is a tensor kind spec can pack, spec's dropout; torch's elsewhere.
-    if (
+    if not (
         training
         and 0.0 < p < 1.0
         and ((x.requires_grad and torch.is_grad_enabled()) or _transforms_active())
@@ -366,9 +342,31 @@ def dropout(
         and not x.is_nested
         and x.is_floating_point()
         and x.numel() > 0
-    ):
-        if spec.apply is not None:
-            return spec.apply(x, p, inplace, spec)
-        if spec.storage != "torch":
-            return _apply_exact(x, p, inplace, spec)
-    return torch_dropout(x, p, training, inplace)
+    ) or (spec.apply is None and spec.storage == "torch"):
+        return torch_dropout(x, p, training, inplace)
+    if spec.apply is not None:
+        return spec.apply(x, p, inplace, spec)
+    # Torch's own dropout for the route x takes, its saved mask kept packed (seeded: the generator state), inline here:
+    # a call pays for every Python frame.
+    # Hooks are disabled under vmap and while AOTAutograd traces; a Function saves the packed mask there.
+    if _transforms_active() or not _hooks_enabled():
+        return _apply_transformed(x, p, inplace, spec.masks_per_byte or 8)
+    # The route table (a frozenset, its hash cached) rather than the route: reading the route off x.device.type costs
+    # more than the whole lookup, and use_route swaps the table.
+    key = (x.shape, x.stride(), x.dtype, x.device, p, inplace, spec.name, routes._NATIVE_DEVICE_TYPES)
+    plan = _PLANS.get(key)
+    if plan is None:
+        if len(_PLANS) >= 4096:  # bound the cache for shape-varying workloads
+            _PLANS.clear()
+        plan = _PLANS[key] = _CallPlan(x, p, inplace, spec)
+    stand_in = _MaskStandIn(plan, x)
+    if plan.route is NOISE and plan.numel_bytes >= _IN_PLACE_FROM_BYTES:
+        return _InPlaceNoiseFn.apply(x, stand_in, inplace)
+    # What torch.autograd.graph.saved_tensors_hooks does on enter and exit, without its Python object per call.
+    _push_hooks(stand_in.pack, _restore)
+    try:
+        if _profiling():  # the draw with its pack inside, as a trace shows them
+            return _labelled("pmdrop.draw", plan.draw, x, p, True)
+        return plan.draw(x, p, True)
+    finally:
+        _pop_hooks()

@@ -6,7 +6,7 @@ puts a mask in every second bit (the paper's "4-bit" ablation), ``k=1`` is a pla
 
 One traceable definition (:func:`pack_bits`, :func:`unpack_bits`) and the eager fast paths that give the same bytes:
 a multiply and a strided copy of 64-bit words (:func:`pack_flat`), a uint8 matrix-vector product for small CPU masks,
-chosen per layout by :func:`fresh_packer`, and a 256-entry table gather to unpack (:func:`unpack_flat`).
+chosen per layout by :func:`fresh_packer`; one unpack, a 256-entry table gather (:func:`unpack_bits`).
 """
 
 from __future__ import annotations
@@ -134,19 +134,6 @@ def decode_table(masks_per_byte: int, device: torch.device) -> torch.Tensor:
     return ((byte >> torch.arange(0, 8, spacing)) & 1).to(device=device, dtype=torch.bool)
 
 
-def unpack_flat(packed: torch.Tensor, numel: int, masks_per_byte: int = 8) -> torch.Tensor:
-    """Inverse of :func:`pack_flat`: a flat bool tensor of ``numel`` masks, decoded through :func:`decode_table`."""
-    expected = packed_numel(numel, masks_per_byte)
-    if packed.dtype != torch.uint8:
-        raise TypeError(f"packed masks must be uint8, got {packed.dtype}")
-    if packed.numel() != expected:
-        raise ValueError(f"{packed.numel()} packed bytes cannot hold exactly {numel} masks at {masks_per_byte} per "
-                         f"byte (expected {expected})")
-    # int32 indices: half the bytes of int64, and index_select takes them.
-    rows = decode_table(masks_per_byte, packed.device).index_select(0, packed.reshape(-1).to(torch.int32))
-    return rows.view(-1)[:numel]
-
-
 def pack_bits(mask: torch.Tensor, masks_per_byte: int) -> torch.Tensor:
     """The layout's one traceable definition: a bool mask in row-major order to ``ceil(numel / k)`` uint8.
 
@@ -168,9 +155,12 @@ def pack_bits(mask: torch.Tensor, masks_per_byte: int) -> torch.Tensor:
 
 
 def unpack_bits(packed: torch.Tensor, shape: Sequence[int], masks_per_byte: int) -> torch.Tensor:
-    """Inverse of :func:`pack_bits`: a contiguous bool tensor of ``shape`` (traceable likewise)."""
-    shifts = torch.arange(0, 8, 8 // masks_per_byte, dtype=torch.uint8, device=packed.device)
-    return ((packed.unsqueeze(-1) >> shifts) & 1).reshape(-1)[: math.prod(shape)].view(shape).to(torch.bool)
+    """The layout's one unpack, inverse of :func:`pack_bits` and :func:`pack_flat`: a contiguous bool tensor of
+    ``shape``, each packed byte's row of :func:`decode_table` gathered (an ``index_select``, which ``torch.func.vmap``
+    batches)."""
+    # int32 indices: half the bytes of int64, and index_select takes them.
+    rows = decode_table(masks_per_byte, packed.device).index_select(0, packed.reshape(-1).to(torch.int32))
+    return rows.reshape(-1)[: math.prod(shape)].view(shape)
 
 
 def pack_mask(mask: torch.Tensor, masks_per_byte: int = 8) -> torch.Tensor:
@@ -186,4 +176,10 @@ def pack_mask(mask: torch.Tensor, masks_per_byte: int = 8) -> torch.Tensor:
 
 def unpack_mask(packed: torch.Tensor, shape: torch.Size | tuple[int, ...], masks_per_byte: int = 8) -> torch.Tensor:
     """Unpack what :func:`pack_mask` produced back into a contiguous bool tensor of ``shape``."""
-    return unpack_flat(packed, math.prod(shape), masks_per_byte).view(shape)
+    expected = packed_numel(math.prod(shape), masks_per_byte)
+    if packed.dtype != torch.uint8:
+        raise TypeError(f"packed masks must be uint8, got {packed.dtype}")
+    if packed.numel() != expected:
+        raise ValueError(f"{packed.numel()} packed bytes cannot hold exactly {math.prod(shape)} masks at "
+                         f"{masks_per_byte} per byte (expected {expected})")
+    return unpack_bits(packed, shape, masks_per_byte)

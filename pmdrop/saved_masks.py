@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .packing import pack_flat, unpack_flat
+from .packing import pack_flat, unpack_bits
 
 
 @dataclass
@@ -60,7 +60,7 @@ def pack_saved_masks() -> Iterator[PackedSavedMasks]:
         if isinstance(saved, torch.Tensor):
             return saved
         packed, span, shape, stride = saved
-        return unpack_flat(packed, span, 8).as_strided(shape, stride)
+        return unpack_bits(packed, (span,), 8).as_strided(shape, stride)
 
     with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
         yield stats

@@ -12,7 +12,7 @@ from pmdrop.packing import (
     pack_flat,
     packs_by_matvec,
     packs_from_bytes,
-    unpack_flat,
+    unpack_bits,
 )
 
 
@@ -103,7 +103,7 @@ def test_the_byte_pack_is_taken_only_where_a_byte_of_the_value_is_odd_and_it_pay
 def test_unaligned_input_falls_back_to_the_tail_path():
     base = torch.rand(8 * 9 + 1) < 0.5
     view = base[1:]  # data pointer off the 8-byte alignment
-    assert torch.equal(unpack_flat(pack_flat(view), view.numel()), view)
+    assert torch.equal(unpack_bits(pack_flat(view), view.shape, 8), view)
 
 
 def test_noncontiguous_mask_packs_in_row_major_order():
