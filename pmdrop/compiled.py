@@ -63,13 +63,8 @@ def _(packed, shape, stride, masks_per_byte) -> torch.Tensor:
 
 
 def _mask_stride(x: torch.Tensor) -> tuple[int, ...]:
-    """Strides of torch's saved mask or noise for ``x`` (``empty_like``: x's own if dense, else row-major)."""
-    expected = 1
-    for stride, size in sorted((st, s) for s, st in zip(x.shape, x.stride(), strict=True) if s != 1):
-        if stride != expected:
-            return torch.empty(x.shape, device="meta").stride()
-        expected *= size
-    return tuple(x.stride())
+    """Strides of the mask or noise torch saves for ``x`` (``empty_like(x)``'s), as traced graphs lay it out."""
+    return torch.empty_like(x, device="meta").stride()
 
 
 def _dropout(x: torch.Tensor, p: float, route: Route) -> tuple[torch.Tensor, torch.Tensor]:

@@ -76,18 +76,29 @@ def test_each_call_compiles_fullgraph_saves_its_packed_mask_and_matches_compiled
                 _assert_same(got, eager_torch)  # at fp32, eager, compiled torch and every variant agree
 
 
-LAYOUTS = {"transposed": lambda t: t.transpose(0, 2), "sliced with gaps": lambda t: t[:, ::2]}
+LAYOUTS = {
+    "transposed": lambda t: t.transpose(0, 2),
+    "sliced with gaps": lambda t: t[:, ::2],
+    "size-1 dims": lambda t: t.reshape(4, 1, 16, 1, 64).transpose(1, 3),
+    "channels_last with gaps": lambda t: t.reshape(4, 16, 8, 8).permute(0, 2, 3, 1)[:, :, ::2].permute(0, 3, 1, 2),
+}
 
 
+def _assert_same_layout(got, ref):
+    _assert_same(got, ref)
+    assert [t.stride() for t in got[:2]] == [t.stride() for t in ref[:2]]
+
+
+@pytest.mark.parametrize("variant", EXACT)
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_compiled_seeded_draws_the_mask_of_a_strided_input_again_as_torch_drew_it(layout):
-    """Seeded's backward draws the mask again from the generator state, laid out as torch lays out x's mask."""
+def test_compiled_call_on_a_strided_input_matches_torch_in_values_and_strides(layout, variant):
+    """The mask is laid out as torch lays out x's: the packed variants unpack it so, seeded draws it again so."""
     torch._dynamo.reset()
     x = torch.randn(4, 16, 64, requires_grad=True)
     with inductor_config.patch(fallback_random=True):
         ref = _step(torch.compile(lambda t: torch.nn.functional.dropout(LAYOUTS[layout](t * 2), P, True)), x)
-        got = _step(torch.compile(lambda t: pmdrop.dropout(LAYOUTS[layout](t * 2), P, True, False, "seeded")), x)
-    _assert_same(got, ref)
+        got = _step(torch.compile(lambda t: pmdrop.dropout(LAYOUTS[layout](t * 2), P, True, False, variant)), x)
+    _assert_same_layout(got, ref)
     _assert_same(got, _step(lambda t: torch.nn.functional.dropout(LAYOUTS[layout](t * 2), P, True), x))
 
 
