@@ -33,7 +33,7 @@ import torch
 
 from .accounting import note_mask, trackers_open
 from .packing import pack_bits, pack_mask, packed_numel, unpack_bits
-from .routes import NATIVE, ROUTES, Route, default_generator, route_for, torch_dropout
+from .routes import NATIVE, ROUTES, Route, default_generator, mask_stride, route_for, torch_dropout
 from .variants import DropoutVariant
 
 _SEEDED = (torch.Tag.nondeterministic_seeded,)
@@ -62,11 +62,6 @@ def _(packed, shape, stride, masks_per_byte) -> torch.Tensor:
     return torch.empty_strided(shape, stride, dtype=torch.bool, device=packed.device)
 
 
-def _mask_stride(x: torch.Tensor) -> tuple[int, ...]:
-    """Strides of the mask or noise torch saves for ``x`` (``empty_like(x)``'s), as traced graphs lay it out."""
-    return torch.empty_like(x, device="meta").stride()
-
-
 def _dropout(x: torch.Tensor, p: float, route: Route) -> tuple[torch.Tensor, torch.Tensor]:
     """Torch's out-of-place dropout of ``x`` on ``route``: its output and its bool mask."""
     drawn, mask = route.draw(x, p)
@@ -83,8 +78,8 @@ def _save(ctx, inputs: tuple, output: tuple, route: Route, stride: Sequence[int]
 
 def _packed_backward(ctx, grad: torch.Tensor, _grad_packed: None) -> tuple[torch.Tensor, None, None]:
     (packed,) = ctx.saved_tensors
-    shape, mask_stride, dtype = ctx.layout
-    mask = torch.ops.pmdrop.unpack(packed, shape, mask_stride, ctx.arg)
+    shape, stride, dtype = ctx.layout
+    mask = torch.ops.pmdrop.unpack(packed, shape, stride, ctx.arg)
     return ctx.route.backward(grad, ctx.route.decoded(mask, ctx.p, dtype), ctx.p), None, None
 
 
@@ -103,7 +98,7 @@ class _CompiledPackedDropout(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs: tuple, output: tuple) -> None:
-        _save(ctx, inputs, output, NATIVE, _mask_stride(inputs[0]))
+        _save(ctx, inputs, output, NATIVE, mask_stride(inputs[0]))
 
     backward = staticmethod(_packed_backward)
 
@@ -123,7 +118,7 @@ def _(x: torch.Tensor, p: float, masks_per_byte: int) -> tuple[torch.Tensor, tor
 packed_dropout.register_autograd(
     _packed_backward,
     setup_context=lambda ctx, inputs, output: _save(ctx, inputs, output, route_for(inputs[0], False),
-                                                     _mask_stride(inputs[0])),
+                                                     mask_stride(inputs[0])),
 )
 
 
@@ -167,7 +162,7 @@ def _(grad, state, shape, stride, dtype, p, route) -> torch.Tensor:
 
 def _seeded_setup_context(ctx, inputs: tuple, output: tuple) -> None:
     x, route = inputs[0], ROUTES[inputs[2]]
-    _save(ctx, inputs, output, route, x.stride() if route.native else _mask_stride(x))
+    _save(ctx, inputs, output, route, x.stride() if route.native else mask_stride(x))
 
 
 def _seeded_backward(ctx, grad: torch.Tensor, _grad_state: None) -> tuple[torch.Tensor, None, None]:

@@ -17,7 +17,7 @@ from torch.compiler import is_compiling
 from . import compiled, routes
 from .accounting import dropout_site, inside_dropout_site, trackers_open
 from .packing import decode_table, fresh_packer, pack_bits, pack_flat, unpack_bits
-from .routes import NOISE, Route, draw_noise, route_for, torch_dropout
+from .routes import NOISE, Route, draw_noise, mask_stride, route_for, torch_dropout
 from .variants import DropoutVariant, get_variant
 
 # Tensors the Functions below can pack; subclasses (nested jagged, DTensor, FakeTensor...) take torch's dropout.
@@ -30,17 +30,14 @@ _profiling = torch._C._autograd._profiler_enabled  # private: record_function is
 
 
 @functools.lru_cache(maxsize=4096)
-def _product_stride(shape: torch.Size, a: tuple[int, ...], b: tuple[int, ...] | None, device: str) -> tuple[int, ...]:
-    """Strides of torch's ``x * y`` for ``x``, ``y`` of ``shape`` with strides ``a``, ``b`` (``b`` None: of
-    ``empty_like(x)``, the strides torch's dropout draws its noise and mask in, always dense).
+def _product_stride(shape: torch.Size, a: tuple[int, ...], b: tuple[int, ...], device: str) -> tuple[int, ...]:
+    """Strides of torch's ``x * y`` for ``x``, ``y`` of ``shape`` with strides ``a``, ``b``.
 
-    The answers come from running those ops on uint8 stand-ins: ``empty_like`` and TensorIterator pick strides with
-    the same code on every real device, so ``device`` is "cpu" for all of them. Meta tensors do not (its
-    ``empty_like`` and ``mul`` differ for some size-1 dims), so meta inputs ask meta.
+    The answer comes from running it on uint8 stand-ins: TensorIterator picks strides with the same code on every real
+    device, so ``device`` is "cpu" for all of them. Meta tensors do not (its ``mul`` differs for some size-1 dims),
+    so meta inputs ask meta.
     """
     x = torch.empty_strided(shape, a, dtype=torch.uint8, device=device)
-    if b is None:
-        return torch.empty_like(x).stride()
     return torch.mul(x, torch.empty_strided(shape, b, dtype=torch.uint8, device=device)).stride()
 
 
@@ -74,7 +71,7 @@ class _CallPlan:
         self.p, self.dtype, self.device, self.shape, self.stride = p, x.dtype, x.device, x.shape, x.stride()
         self.numel_bytes = x.numel() * x.element_size()
         self.stand_in_device = "meta" if x.is_meta else "cpu"
-        self.mask_stride = _product_stride(self.shape, self.stride, None, self.stand_in_device)
+        self.mask_stride = mask_stride(x)
         self.noise_out = self.into_noise(self.stride)
         self.route = route_for(x, inplace)
         self.draw, self.saved_dtype = self.route.eager_op(inplace), self.route.saved_dtype(x.dtype)

@@ -54,6 +54,12 @@ def draw_noise(shape: Sequence[int], stride: Sequence[int], dtype: torch.dtype, 
     return noise.bernoulli_(1 - p, generator=generator).div_(1 - p)
 
 
+def mask_stride(x: torch.Tensor) -> tuple[int, ...]:
+    """Strides of the mask or noise torch's dropout saves for ``x``: ``empty_like(x)``'s, by torch's own rule for x's
+    device, taken on the meta device (no memory; a traced graph's fake ``x`` follows it as Inductor does)."""
+    return torch.empty_like(x, device="meta").stride()
+
+
 def torch_dropout(x: torch.Tensor, p: float, training: bool, inplace: bool) -> torch.Tensor:
     """Torch's own dropout, as ``F.dropout`` calls it (called directly, so :func:`pmdrop.dropout_mode` does not see
     it)."""
