@@ -1,7 +1,7 @@
 """Exact accounting of the bytes a forward pass saves for backward (:class:`track_saved_tensors`).
 
 A saved tensor is sorted by *origin*, not dtype (on CPU torch's own mask is a float tensor): anything saved while a
-dropout call is running (:class:`dropout_site`) is a dropout mask, and so is what pmdrop's compiled and exported ops
+dropout call is running (:func:`dropout_site`) is a dropout mask, and so is what pmdrop's compiled and exported ops
 mark as one (:func:`note_mask`: a compiled graph saves its tensors after it ran, outside any call).
 """
 
@@ -31,28 +31,17 @@ def _count_call(origin: str) -> None:
         ledger.dropout_calls[origin] = ledger.dropout_calls.get(origin, 0) + 1
 
 
-class dropout_site:
-    """``with dropout_site(origin):`` marks the code inside as one dropout call; ``origin`` is "pmdrop" or "torch".
-
-    A class, not a generator context manager: it runs on every dropout call, and is free when no
-    :class:`track_saved_tensors` is open.
-    """
-
-    __slots__ = ("marked", "origin")
-
-    def __init__(self, origin: str) -> None:
-        self.origin = origin
-
-    def __enter__(self) -> None:
-        self.marked = trackers_open[0] > 0
-        if self.marked:
-            if not inside_dropout_site():
-                _count_call(self.origin)
-            _local.depth += 1
-
-    def __exit__(self, *exc: object) -> None:
-        if self.marked:
-            _local.depth -= 1
+@contextmanager
+def dropout_site(origin: str) -> Iterator[None]:
+    """``with dropout_site(origin):`` marks the code inside as one dropout call for the open trackers; ``origin`` is
+    "pmdrop" or "torch". Entered only while a tracker is open: dropout calls read ``trackers_open`` first."""
+    if not inside_dropout_site():
+        _count_call(origin)
+    _local.depth += 1
+    try:
+        yield
+    finally:
+        _local.depth -= 1
 
 
 def note_mask(t: torch.Tensor) -> torch.Tensor:
@@ -64,7 +53,7 @@ def note_mask(t: torch.Tensor) -> torch.Tensor:
 
 
 def inside_dropout_site() -> bool:
-    """Whether this thread is inside a :class:`dropout_site` (where a nested call is not counted again)."""
+    """Whether this thread is inside a :func:`dropout_site` (where a nested call is not counted again)."""
     return getattr(_local, "depth", 0) > 0
 
 
