@@ -2,6 +2,7 @@
 precision and checkpointing, and config checks."""
 
 import dataclasses
+import gc
 import math
 
 import pytest
@@ -112,12 +113,18 @@ def test_cpu_peak_memory_is_this_runs():
     device = torch.device("cpu")
     block = torch.ones(300 * 2**20 // 4)  # 300 MiB touched
     del block
-    start = reset_peak_memory(device)
-    peak, kind = peak_memory(device)
-    assert abs(peak - start) < 20 * 2**20
-    block = torch.ones(100 * 2**20 // 4)
-    grown, _ = peak_memory(device)
-    del block
+    # The RSS is the whole process's: memory freed inside the window (earlier tests' garbage collected, another
+    # thread) lowers the level the peak grows from. Such a window is measured again, up to three times.
+    gc.collect()
+    for _ in range(3):
+        start = reset_peak_memory(device)
+        peak, kind = peak_memory(device)
+        assert abs(peak - start) < 20 * 2**20
+        block = torch.ones(100 * 2**20 // 4)
+        grown, _ = peak_memory(device)
+        del block
+        if grown - peak > 90 * 2**20:
+            break
     assert kind == "cpu_peak_rss" and grown - peak > 90 * 2**20
     reset_peak_memory(device)
     assert peak_memory(device)[0] < grown
