@@ -176,10 +176,11 @@ def pack_mask(mask: torch.Tensor, masks_per_byte: int = 8) -> torch.Tensor:
 
 def unpack_mask(packed: torch.Tensor, shape: torch.Size | tuple[int, ...], masks_per_byte: int = 8) -> torch.Tensor:
     """Unpack what :func:`pack_mask` produced back into a contiguous bool tensor of ``shape``."""
-    expected = packed_numel(math.prod(shape), masks_per_byte)
+    numel = math.prod(shape)
+    expected = packed_numel(numel, masks_per_byte)
     if packed.dtype != torch.uint8:
         raise TypeError(f"packed masks must be uint8, got {packed.dtype}")
     if packed.numel() != expected:
-        raise ValueError(f"{packed.numel()} packed bytes cannot hold exactly {math.prod(shape)} masks at "
-                         f"{masks_per_byte} per byte (expected {expected})")
+        raise ValueError(f"{packed.numel()} packed bytes cannot hold exactly {numel} masks at {masks_per_byte} per "
+                         f"byte (expected {expected})")
     return unpack_bits(packed, shape, masks_per_byte)

@@ -94,12 +94,16 @@ def _assert_same_layout(got, ref):
 def test_compiled_call_on_a_strided_input_matches_torch_in_values_and_strides(layout, variant):
     """The mask is laid out as torch lays out x's: the packed variants unpack it so, seeded draws it again so."""
     torch._dynamo.reset()
-    x = torch.randn(4, 16, 64, requires_grad=True)
+    x, strided = torch.randn(4, 16, 64, requires_grad=True), LAYOUTS[layout]
+
+    def torch_call(t):
+        return torch.nn.functional.dropout(strided(t * 2), P, True)
+
     with inductor_config.patch(fallback_random=True):
-        ref = _step(torch.compile(lambda t: torch.nn.functional.dropout(LAYOUTS[layout](t * 2), P, True)), x)
-        got = _step(torch.compile(lambda t: pmdrop.dropout(LAYOUTS[layout](t * 2), P, True, False, variant)), x)
+        ref = _step(torch.compile(torch_call), x)
+        got = _step(torch.compile(lambda t: pmdrop.dropout(strided(t * 2), P, True, False, variant)), x)
     _assert_same_layout(got, ref)
-    _assert_same(got, _step(lambda t: torch.nn.functional.dropout(LAYOUTS[layout](t * 2), P, True), x))
+    _assert_same(got, _step(torch_call, x))
 
 
 def _graph_breaks(fn) -> tuple[int, list[str]]:
