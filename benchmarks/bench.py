@@ -117,6 +117,30 @@ def per_call_steps(x: torch.Tensor, p: float, pairs: int) -> dict[str, list[floa
     return {step: fwd_bwd_ratios(_against_dropout(layer, x, p, pairs))[2] for step, layer in layers.items()}
 
 
+def op_costs(x: torch.Tensor, p: float, repeats: int) -> dict[str, tuple[float, float]]:
+    """Median microseconds of a ``pmdrop`` call's pack ops and of its decode ops on ``x``'s mask, run alone: in a tight
+    loop, and each time right after an ``nn.Dropout`` fwd+bwd of ``x``, i.e. with the caches as a call inside a step
+    finds them (torch's dropout and the autograd engine ran in between). The gap is why the same ops cost a call more
+    on one machine than on another."""
+    plan = functional._CallPlan(x, p, False, get_variant("pmdrop"))
+    noise = torch.dropout(torch.ones_like(x), p, True)  # what torch's noise route saves
+    packed = plan.pack(noise)
+    layer, grad = torch.nn.Dropout(p), torch.ones_like(x)
+
+    def median_us(op: Callable[[], object], before: Callable[[], object]) -> float:
+        times = []
+        for _ in range(repeats):
+            before()
+            start = time.perf_counter()
+            op()
+            times.append(time.perf_counter() - start)
+        return statistics.median(times) * 1e6
+
+    ops = {"pack": lambda: plan.pack(noise), "decode": lambda: functional._unpack(plan, packed)}
+    return {name: (median_us(op, lambda: None), median_us(op, lambda: layer(x).backward(grad)))
+            for name, op in ops.items()}
+
+
 def redraw_floor(x: torch.Tensor, p: float, pairs: int) -> list[float]:
     """Per-pair fwd+bwd ratios of :class:`_DropoutAndRedraw` to nn.Dropout."""
     return fwd_bwd_ratios(_against_dropout(_DropoutAndRedraw(p), x, p, pairs))[2]
@@ -355,6 +379,10 @@ def launch_bound(variants: list[str], p: float, pairs: int, routing_pairs: int, 
                       "fwd_bwd_ratio_max": max(ratios)})
         print(f"{step:<44}{steps[-1]['fwd_bwd_ratio']:>8.3f}x{f'({min(ratios):.2f}-{max(ratios):.2f})':>15}",
               flush=True)
+    print("\n# the pack and the decode ops alone (us, median): in a tight loop / right after an nn.Dropout fwd+bwd")
+    costs = op_costs(x, p, pairs)
+    for name, (loop_us, after_us) in costs.items():
+        print(f"{name:<10}{loop_us:>8.1f}{after_us:>8.1f}  ({after_us / loop_us:.1f}x)", flush=True)
     print("\n# aten ops dispatched per call (kernels: those a GPU launches, views and allocations left out); "
           "native = the CUDA route's logic, run on CPU tensors")
     print(f"{'variant':<16}{'route':<7}{'fwd ops':>8}{'bwd ops':>8}{'fwd kern':>9}{'bwd kern':>9}")
@@ -376,6 +404,8 @@ def launch_bound(variants: list[str], p: float, pairs: int, routing_pairs: int, 
               f"{f'({r.fwd_bwd_ratio_min:.2f}-{r.fwd_bwd_ratio_max:.2f})':>15}{r.plain_fwd_bwd_ms:>10.2f}"
               f"{r.extra_python_calls:>20}", flush=True)
     return {"per_call": per_call, "redraw_floor_ratio": statistics.median(redraw), "per_call_steps": steps,
+            "op_costs_us": {name: {"loop": loop_us, "after_dropout_fwd_bwd": after_us}
+                            for name, (loop_us, after_us) in costs.items()},
             "op_counts": [asdict(c) for c in ops], "routing": [asdict(r) for r in routing]}
 
 
