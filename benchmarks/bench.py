@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import functools
 import json
 import platform
 import statistics
@@ -88,12 +87,12 @@ class _DropoutAndRedraw(torch.nn.Dropout):
 
 class _DropoutUnderHooks(torch.nn.Dropout):
     """``nn.Dropout`` under saved-tensor hooks pushed as pmdrop pushes them: with ``plan``, hooks that pack its mask and
-    decode it with the plan's ops and nothing else (no stand-in, no checks, no plan lookup); without, hooks that keep
+    decode it with the plan's ops and nothing else (no record, no checks, no plan lookup); without, hooks that keep
     it as is. The steps between ``nn.Dropout`` and a packed call."""
 
     def __init__(self, p: float, plan: functional._CallPlan | None = None) -> None:
         super().__init__(p)
-        self.hooks = (_as_is, _as_is) if plan is None else (plan.pack, functools.partial(functional._unpack, plan))
+        self.hooks = (_as_is, _as_is) if plan is None else (plan.packer, plan.unpack)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         functional._push_hooks(*self.hooks)
@@ -113,7 +112,7 @@ def per_call_steps(x: torch.Tensor, p: float, pairs: int) -> dict[str, list[floa
     plan = functional._CallPlan(x, p, False, get_variant("pmdrop"))
     layers = {"hooks that keep the mask as is": _DropoutUnderHooks(p),
               "+ the pack and decode ops": _DropoutUnderHooks(p, plan),
-              "pmdrop (+ plan lookup, stand-in, checks)": PackedDropout(p, variant="pmdrop")}
+              "pmdrop (+ plan lookup, checks, records)": PackedDropout(p, variant="pmdrop")}
     return {step: fwd_bwd_ratios(_against_dropout(layer, x, p, pairs))[2] for step, layer in layers.items()}
 
 
@@ -124,7 +123,7 @@ def op_costs(x: torch.Tensor, p: float, repeats: int) -> dict[str, tuple[float, 
     on one machine than on another."""
     plan = functional._CallPlan(x, p, False, get_variant("pmdrop"))
     noise = torch.dropout(torch.ones_like(x), p, True)  # what torch's noise route saves
-    packed = plan.pack(noise)
+    packed = plan.packer(noise)
     layer, grad = torch.nn.Dropout(p), torch.ones_like(x)
 
     def median_us(op: Callable[[], object], before: Callable[[], object]) -> float:
@@ -136,7 +135,7 @@ def op_costs(x: torch.Tensor, p: float, repeats: int) -> dict[str, tuple[float, 
             times.append(time.perf_counter() - start)
         return statistics.median(times) * 1e6
 
-    ops = {"pack": lambda: plan.pack(noise), "decode": lambda: functional._unpack(plan, packed)}
+    ops = {"pack": lambda: plan.packer(noise), "decode": lambda: plan.unpack(packed)}
     return {name: (median_us(op, lambda: None), median_us(op, lambda: layer(x).backward(grad)))
             for name, op in ops.items()}
 

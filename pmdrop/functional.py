@@ -1,15 +1,16 @@
 """Dropout that saves its mask for backward bit-packed, or not at all, bit-identical to torch's.
 
-The eager path runs torch's own dropout, unchanged, under ``saved_tensors_hooks`` that take the one tensor it saves
-for backward (:class:`_MaskStandIn`); large noise-route inputs take :class:`_InPlaceNoiseFn`, ``torch.func``
-transforms :class:`_TransformPackedFn`, ``torch.compile`` and ``torch.export`` :mod:`pmdrop.compiled`. Calls that need
-no backward and tensors that cannot be packed (nested, sparse, subclasses) are torch's own ``dropout``, unchanged.
+The eager path runs torch's own dropout, unchanged (its draw, output and C++ backward node: results, layouts and the RNG
+stream are torch's by construction), under ``saved_tensors_hooks`` that take the one tensor it saves for backward
+(:meth:`_CallPlan.pack` and :meth:`_CallPlan.restore`); large noise-route inputs take :class:`_InPlaceNoiseFn`,
+``torch.func`` transforms :class:`_TransformPackedFn`, ``torch.compile`` and ``torch.export`` :mod:`pmdrop.compiled`.
+Calls that need no backward and tensors that cannot be packed (nested, sparse, subclasses) are torch's own
+``dropout``, unchanged.
 """
 
 from __future__ import annotations
 
 import functools
-import operator
 
 import torch
 from torch.compiler import is_compiling
@@ -57,13 +58,13 @@ class _CallPlan:
 
     ``draw``: torch's dropout on the route, ``draw(x, p, True)``; ``saved_dtype``: the dtype of the one tensor it saves
     (bool mask or noise), in ``mask_stride`` (a decoded mask comes back in it, so torch's backward computes with the
-    very layout it saved); ``pack`` packs that tensor and ``table`` decodes it (packed variants only); ``noise_out``:
+    very layout it saved); ``packer`` packs that tensor and ``table`` decodes it (packed variants only); ``noise_out``:
     whether torch's ``x * noise`` comes out in the noise's layout (then :class:`_InPlaceNoiseFn` writes the product
-    into the noise's buffer).
+    into the noise's buffer). :meth:`pack` and :meth:`restore` are the call's saved-tensor hooks.
     """
 
     __slots__ = (
-        "cache", "device", "draw", "dtype", "k", "mask_stride", "noise_out", "numel_bytes", "p", "pack", "route",
+        "cache", "device", "draw", "dtype", "k", "mask_stride", "noise_out", "numel_bytes", "p", "packer", "route",
         "saved_dtype", "shape", "stand_in_device", "stride", "table",
     )
 
@@ -83,10 +84,58 @@ class _CallPlan:
         # Noise is 0 or the table's one nonzero value (inf where fp16 overflows): its nonzeros are the mask. A byte
         # view of it needs its last dim's stride 1.
         if self.route.native:
-            self.pack = functools.partial(pack_flat, masks_per_byte=self.k)
+            self.packer = functools.partial(pack_flat, masks_per_byte=self.k)
         else:
             value = self.table[1, 0] if self.mask_stride and self.mask_stride[-1] == 1 else None
-            self.pack = fresh_packer(x.numel(), self.k, x.device, nonzero=True, value=value)
+            self.packer = fresh_packer(x.numel(), self.k, x.device, nonzero=True, value=value)
+
+    def keep(self, t: torch.Tensor, state: torch.Tensor | None) -> torch.Tensor:
+        """What a call keeps of torch's saved tensor ``t``: ``t`` packed, or (seeded) ``state``, the generator state
+        before the draw."""
+        return state if self.k is None else _labelled("pmdrop.pack", self.packer, t)
+
+    def decode(self, kept: torch.Tensor, alignment: int) -> torch.Tensor:
+        """Torch's saved tensor again, fresh and in its layout, from what :meth:`keep` returned (``alignment``: the
+        input's address mod 16, which sets CUDA's vector width for seeded's redraw)."""
+        if self.k is not None:
+            return _labelled("pmdrop.unpack", self.unpack, kept)
+        stride = self.stride if self.route.native else self.mask_stride
+        return _labelled("pmdrop.redraw", self.route.redraw, kept, self.shape, stride, self.dtype, self.device, self.p,
+                         alignment)
+
+    def unpack(self, packed: torch.Tensor) -> torch.Tensor:
+        """``packed`` decoded through the table into a fresh tensor in torch's mask layout."""
+        # int32 indices: half the bytes of int64, and index_select takes them (.int(): half the cost of .to's argument
+        # parsing). The rows' storage, seen in the mask's layout, holds the decoded masks in memory order.
+        return self.table.index_select(0, packed.int()).as_strided(self.shape, self.mask_stride)
+
+    def pack(self, t: torch.Tensor, enclosing: tuple | None = None, state: torch.Tensor | None = None,
+             alignment: int = 0) -> list:
+        """The pack hook, pushed around the call's draw (with the call's own arguments bound, where it has any): a
+        record ``[kept, enclosing, alignment]`` for :meth:`restore`. ``kept`` is what :meth:`keep` returns, passed
+        through the enclosing hooks (checkpointing, accounting) as a Function's saved tensor would be; any other tensor
+        (torch's dropout saves only its mask) is passed on as it is, with ``alignment`` None."""
+        if t.dtype is not self.saved_dtype or t.shape != self.shape:
+            kept, alignment = t, None
+        else:  # the usual case without keep()'s frame: a call pays for every one
+            kept = self.packer(t) if self.k is not None and not _profiling() else self.keep(t, state)
+        return [kept if enclosing is None else enclosing[0](kept), enclosing, alignment]
+
+    def restore(self, record: list) -> torch.Tensor:
+        """The unpack hook: what torch saved, from :meth:`pack`'s record. Where the variant caches, the decoded mask
+        is appended to the record while the graph is retained (a later pass reads it; it is freed with the graph)."""
+        if len(record) > 3:
+            return record[3]
+        kept, enclosing, alignment = record
+        if enclosing is not None:
+            kept = enclosing[1](kept)
+        if alignment is None:
+            return kept
+        # The usual case without decode()'s frames: backward pays for every one, cold.
+        decoded = self.unpack(kept) if self.k is not None and not _profiling() else self.decode(kept, alignment)
+        if self.cache and _graph_is_retained():
+            record.append(decoded)
+        return decoded
 
     def into_noise(self, stride: tuple[int, ...]) -> bool:
         """Whether torch's product of the noise and a tensor of ``stride`` comes out in the noise's layout."""
@@ -105,18 +154,6 @@ _push_hooks = torch._C._autograd._push_saved_tensors_default_hooks
 _pop_hooks = torch._C._autograd._pop_saved_tensors_default_hooks
 
 
-class _Passed:
-    """A saved tensor that is not the dropout's mask (none is expected), kept as the enclosing hooks keep it."""
-
-    __slots__ = ("enclosing", "value")
-
-    def __init__(self, t: torch.Tensor, enclosing: tuple | None) -> None:
-        self.enclosing, self.value = enclosing, t if enclosing is None else enclosing[0](t)
-
-    def restore(self) -> torch.Tensor:
-        return self.value if self.enclosing is None else self.enclosing[1](self.value)
-
-
 def _labelled(label: str, fn, *args):
     """``fn(*args)``, labelled ``label`` in a profiler's trace while one runs."""
     if _profiling():
@@ -125,71 +162,12 @@ def _labelled(label: str, fn, *args):
     return fn(*args)
 
 
-# The unpack hook: saved.restore(), called from C without a Python frame of its own.
-_restore = operator.methodcaller("restore")
-
-
-def _unpack(plan: _CallPlan, packed: torch.Tensor) -> torch.Tensor:
-    """Decode ``packed`` through the plan's table into a fresh tensor in torch's mask layout."""
-    # int32 indices: half the bytes of int64, and index_select takes them (.int(): half the cost of .to's argument
-    # parsing). The rows' storage, seen in the mask's layout, holds the decoded masks in memory order.
-    return plan.table.index_select(0, packed.int()).as_strided(plan.shape, plan.mask_stride)
-
-
-class _MaskStandIn:
-    """Kept by autograd in place of the one tensor torch's own dropout saves (``native_dropout``'s bool mask, or the
-    noise route's ``noise``), through ``saved_tensors_hooks``: torch's dropout runs unchanged (its draw, output and C++
-    backward node), so results, layouts and the RNG stream are torch's by construction.
-
-    :meth:`pack` keeps the mask packed ``plan.k`` per byte, decoded (and, if the variant says so, cached while the
-    graph is retained) when backward reads it; or, for seeded (``plan.k`` None), the generator state before the draw,
-    from which backward draws the same mask again. What it keeps passes through the enclosing hooks (checkpointing,
-    accounting), as a Function's saved tensor would.
-    """
-
-    __slots__ = ("alignment", "enclosing", "plan", "saved", "state", "unpacked")
-
-    def __init__(self, plan: _CallPlan, x: torch.Tensor) -> None:
-        self.plan, self.saved, self.unpacked, self.enclosing = plan, None, None, _enclosing_hooks(False)
-        if plan.k is None:
-            self.alignment = 0 if x.is_meta or not plan.route.native else x.data_ptr() % 16
-            if x.is_meta:  # a stand-in the size of CUDA's Philox state (seed and offset)
-                self.state = torch.empty(16, dtype=torch.uint8, device="meta")
-            else:
-                self.state = routes.default_generator(x.device).get_state()
-
-    def pack(self, t: torch.Tensor) -> _MaskStandIn | _Passed:
-        plan = self.plan
-        if self.saved is not None or t.dtype is not plan.saved_dtype or t.shape != plan.shape:
-            return _Passed(t, self.enclosing)
-        # The usual packed case inline (one Python frame fewer on every call); keep() otherwise.
-        kept = plan.pack(t) if plan.k is not None and not _profiling() else self.keep(t)
-        self.saved = kept if self.enclosing is None else self.enclosing[0](kept)
-        return self
-
-    def keep(self, mask: torch.Tensor) -> torch.Tensor:
-        if self.plan.k is None:
-            return self.state
-        return _labelled("pmdrop.pack", self.plan.pack, mask)
-
-    def restore(self, saved: torch.Tensor | None = None) -> torch.Tensor:
-        """What torch saved, from what :meth:`pack` kept (or from ``saved``, what :meth:`keep` returned)."""
-        if saved is None:
-            saved = self.saved if self.enclosing is None else self.enclosing[1](self.saved)
-        plan = self.plan
-        if plan.k is None:
-            stride = plan.stride if plan.route.native else plan.mask_stride
-            return _labelled("pmdrop.redraw", plan.route.redraw, saved, plan.shape, stride, plan.dtype, plan.device,
-                             plan.p, self.alignment)
-        if self.unpacked is not None:
-            return self.unpacked
-        # The usual case with no frame between the hook and the ops (backward pays for each, cold).
-        unpacked = _labelled("pmdrop.unpack", _unpack, plan, saved) if _profiling() else _unpack(plan, saved)
-        # Cached only for a later pass through this node, which needs a retained graph; the cache is freed with
-        # the graph's saved tensors, i.e. with this object.
-        if plan.cache and _graph_is_retained():
-            self.unpacked = unpacked
-        return unpacked
+def _generator_state(plan: _CallPlan, x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """What a seeded call keeps: the generator state before its draw (on meta, a stand-in the size of CUDA's Philox
+    state), and the input's address mod 16 on the native route."""
+    if x.is_meta:
+        return torch.empty(16, dtype=torch.uint8, device="meta"), 0
+    return routes.default_generator(x.device).get_state(), x.data_ptr() % 16 if plan.route.native else 0
 
 
 # From this many bytes of input, the noise route takes _InPlaceNoiseFn: its products go into buffers it already holds,
@@ -201,17 +179,18 @@ _IN_PLACE_FROM_BYTES = 8 * 2**20
 
 class _InPlaceNoiseFn(torch.autograd.Function):
     """The noise route for large inputs (see ``_IN_PLACE_FROM_BYTES``): torch's draw (same generator calls, same
-    layout), kept by ``stand_in``, and torch's products written into the noise's buffer where they have its layout,
+    layout), kept as ``plan`` keeps it, and torch's products written into the noise's buffer where they have its layout,
     forward and backward. IEEE multiplication commutes bit for bit, so values and layouts are torch's.
     ``forward(ctx, ...)`` style: ``setup_context`` makes ``apply`` bind arguments through ``inspect.signature`` on every
     call.
     """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, stand_in: _MaskStandIn, inplace: bool) -> torch.Tensor:
-        plan, ctx.stand_in, ctx.inplace = stand_in.plan, stand_in, inplace
+    def forward(ctx, x: torch.Tensor, plan: _CallPlan, inplace: bool, state: torch.Tensor | None,
+                alignment: int) -> torch.Tensor:
+        ctx.plan, ctx.inplace, ctx.alignment, ctx.unpacked = plan, inplace, alignment, None
         noise = draw_noise(plan.shape, plan.mask_stride, plan.dtype, plan.device, plan.p)
-        kept = stand_in.keep(noise)
+        kept = plan.keep(noise, state)
         ctx.save_for_backward(kept)
         ctx.save_for_forward(kept)
         if inplace:
@@ -220,18 +199,21 @@ class _InPlaceNoiseFn(torch.autograd.Function):
         return noise.mul_(x) if plan.noise_out else x * noise
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
-        stand_in = ctx.stand_in
-        noise = stand_in.restore(ctx.saved_tensors[0])
-        if stand_in.unpacked is not None:  # cached for a later pass: not to be overwritten
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None, None]:
+        plan, noise = ctx.plan, ctx.unpacked
+        if noise is None:
+            noise = plan.decode(ctx.saved_tensors[0], ctx.alignment)
+            if plan.cache and _graph_is_retained():
+                ctx.unpacked = noise
+        if ctx.unpacked is not None:  # cached for a later pass: not to be overwritten
             torch.autograd.Variable._execution_engine.queue_callback(lambda: _drop_cache_if_released(ctx))
-        elif stand_in.plan.into_noise(grad.stride()):
-            return noise.mul_(grad), None, None
-        return grad * noise, None, None
+        elif plan.into_noise(grad.stride()):
+            return noise.mul_(grad), None, None, None, None
+        return grad * noise, None, None, None, None
 
     @staticmethod
     def jvp(ctx, x_tangent: torch.Tensor, *_: None) -> torch.Tensor:
-        return NOISE.tangent(x_tangent, ctx.stand_in.restore(ctx.saved_tensors[0]), ctx.stand_in.plan.p, ctx.inplace)
+        return NOISE.tangent(x_tangent, ctx.plan.decode(ctx.saved_tensors[0], ctx.alignment), ctx.plan.p, ctx.inplace)
 
 
 def _drop_cache_if_released(ctx) -> None:
@@ -240,7 +222,7 @@ def _drop_cache_if_released(ctx) -> None:
     try:
         _ = ctx.saved_tensors
     except RuntimeError:  # released: backward cannot run through this node again
-        ctx.stand_in.unpacked = None
+        ctx.unpacked = None
 
 
 class _TransformPackedFn(torch.autograd.Function):
@@ -356,11 +338,14 @@ def dropout(
         if len(_PLANS) >= 4096:  # bound the cache for shape-varying workloads
             _PLANS.clear()
         plan = _PLANS[key] = _CallPlan(x, p, inplace, spec)
-    stand_in = _MaskStandIn(plan, x)
+    state, alignment = (None, 0) if plan.k is not None else _generator_state(plan, x)
     if plan.route is NOISE and plan.numel_bytes >= _IN_PLACE_FROM_BYTES:
-        return _InPlaceNoiseFn.apply(x, stand_in, inplace)
-    # What torch.autograd.graph.saved_tensors_hooks does on enter and exit, without its Python object per call.
-    _push_hooks(stand_in.pack, _restore)
+        return _InPlaceNoiseFn.apply(x, plan, inplace, state, alignment)
+    # What torch.autograd.graph.saved_tensors_hooks does on enter and exit, without its Python object per call; the
+    # usual call (packed, under no other hooks) makes no object of its own for them.
+    enclosing = _enclosing_hooks(False)
+    pack = plan.pack if enclosing is None and state is None else lambda t: plan.pack(t, enclosing, state, alignment)
+    _push_hooks(pack, plan.restore)
     try:
         if _profiling():  # the draw with its pack inside, as a trace shows them
             return _labelled("pmdrop.draw", plan.draw, x, p, True)

@@ -49,7 +49,7 @@ def test_launch_bound_view_reports_per_call_ratios_op_counts_and_routing_cost(tm
     assert all(r["fwd_bwd_ratio"] > 0 and r["baseline_fwd_bwd_us"] > 0 for r in view["per_call"])
     assert view["redraw_floor_ratio"] > 0 and "floor of a redraw" in printed
     assert [s["step"] for s in view["per_call_steps"]] == [
-        "hooks that keep the mask as is", "+ the pack and decode ops", "pmdrop (+ plan lookup, stand-in, checks)"]
+        "hooks that keep the mask as is", "+ the pack and decode ops", "pmdrop (+ plan lookup, checks, records)"]
     assert all(s["fwd_bwd_ratio"] > 0 for s in view["per_call_steps"]) and "where a pmdrop call's time goes" in printed
     assert set(view["op_costs_us"]) == {"pack", "decode"} and "the pack and the decode ops alone" in printed
     assert all(c["loop"] > 0 and c["after_dropout_fwd_bwd"] > 0 for c in view["op_costs_us"].values())

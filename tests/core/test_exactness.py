@@ -5,6 +5,7 @@ import weakref
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.checkpoint import checkpoint
 
 import pmdrop
@@ -137,58 +138,47 @@ def test_retain_graph_second_backward_is_exact(variant):
     assert_identical(step(twice(torch_dropout(0.3)), x0), step(twice(pmdrop.PackedDropout(0.3, variant=variant)), x0))
 
 
-def _count_unpacks(monkeypatch):
-    import pmdrop.functional as functional
+class _Ops(TorchDispatchMode):
+    """Weak references to what the ops run while it is active return: pmdrop's packed masks (uint8 of ``packed``
+    bytes) and decoded masks (its table gathers, ``index_select``)."""
 
-    calls = []
-    original = functional._unpack
+    def __init__(self, packed: int = 0) -> None:
+        super().__init__()
+        self.packed_bytes, self.packed, self.decoded = packed, [], []
 
-    def counting(*args, **kwargs):
-        calls.append(1)
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(functional, "_unpack", counting)
-    return calls
-
-
-def _record_stand_ins(monkeypatch):
-    """Weak references to the objects the graph keeps in place of each dropout mask."""
-    import pmdrop.functional as functional
-
-    kept = []
-
-    class Recorded(functional._MaskStandIn):
-        __slots__ = ("__weakref__",)
-
-        def __init__(self, *args):
-            super().__init__(*args)
-            kept.append(weakref.ref(self))
-
-    monkeypatch.setattr(functional, "_MaskStandIn", Recorded)
-    return kept
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func.overloadpacket is torch.ops.aten.index_select:
+            self.decoded.append(weakref.ref(out))
+        elif isinstance(out, torch.Tensor) and out.dtype == torch.uint8 and out.numel() == self.packed_bytes:
+            self.packed.append(weakref.ref(out))
+        return out
 
 
 @pytest.mark.parametrize(("variant", "backward_unpacks"), [("pmdrop", 1), ("pmdrop_nocache", 2)])
-def test_cache_semantics_over_two_backward_passes(variant, backward_unpacks, monkeypatch):
-    stand_ins = _record_stand_ins(monkeypatch)
+def test_cache_semantics_over_two_backward_passes(variant, backward_unpacks):
     x = torch.randn(40, requires_grad=True)
-    y = pmdrop.dropout(x, 0.3, variant=variant)
-    calls = _count_unpacks(monkeypatch)
-    y.backward(torch.ones_like(y), retain_graph=True)
-    (stand_in,) = stand_ins
-    assert (stand_in().unpacked is not None) == (variant == "pmdrop")
-    y.backward(torch.ones_like(y))
-    assert len(calls) == backward_unpacks
-    assert stand_in() is None  # graph released: the packed mask and anything decoded from it are freed
+    with _Ops(packed=5) as forward:
+        y = pmdrop.dropout(x, 0.3, variant=variant)
+    (packed,) = [ref for ref in forward.packed if ref() is not None]
+    with _Ops() as first:
+        y.backward(torch.ones_like(y), retain_graph=True)
+    (decoded,) = first.decoded
+    assert (decoded() is not None) == (variant == "pmdrop")  # kept for the next pass by the caching variant only
+    with _Ops() as second:
+        y.backward(torch.ones_like(y))
+    assert len(first.decoded) + len(second.decoded) == backward_unpacks
+    # graph released: the packed mask and anything decoded from it are freed (y and its node live on)
+    assert packed() is None and decoded() is None and all(ref() is None for ref in second.decoded)
 
 
-def test_no_cache_is_kept_after_an_ordinary_backward(monkeypatch):
-    stand_ins = _record_stand_ins(monkeypatch)
+def test_no_cache_is_kept_after_an_ordinary_backward():
     x = torch.randn(40, requires_grad=True)
     y = pmdrop.dropout(x, 0.3, variant="pmdrop")
-    y.sum().backward()
-    (stand_in,) = stand_ins
-    assert stand_in() is None
+    with _Ops() as backward:
+        y.sum().backward()
+    (decoded,) = backward.decoded
+    assert decoded() is None
 
 
 @pytest.mark.parametrize("variant", EXACT_VARIANTS)
@@ -222,17 +212,19 @@ def test_with_saved_tensor_hooks_disabled_the_call_is_still_torchs(variant):
     assert_identical(step(torch_dropout(0.3), x0), candidate, variant)
 
 
-def test_a_tensor_saved_beside_the_mask_is_kept_as_is():
-    """Torch's dropout saves one tensor; anything else saved inside the call is handed back untouched."""
+def test_a_tensor_saved_beside_the_mask_is_passed_on_as_it_is():
+    """Torch's dropout saves one tensor, its mask: a tensor of another dtype or shape saved inside the call is handed
+    back untouched, through enclosing hooks as well."""
     import pmdrop.functional as functional
 
     x = torch.randn(4, 8)
-    stand_in = functional._MaskStandIn(functional._CallPlan(x, 0.5, False, pmdrop.get_variant("pmdrop")), x)
+    plan = functional._CallPlan(x, 0.5, False, pmdrop.get_variant("pmdrop"))
     noise = torch.empty_like(x).bernoulli_(0.5).div_(0.5)
-    assert stand_in.pack(noise) is stand_in and torch.equal(stand_in.restore(), noise)
-    for other in (torch.randn(4, 8), torch.randn(3)):  # a second tensor of the mask's shape, and another shape
-        kept = stand_in.pack(other)
-        assert kept is not stand_in and kept.restore() is other
+    record = plan.pack(noise)
+    assert record[0].dtype == torch.uint8 and torch.equal(plan.restore(record), noise)
+    enclosing = (lambda t: ("outer", t), lambda kept: kept[1])
+    for other in (torch.randn(4, 8, dtype=torch.float64), torch.randn(3)):  # the mask's shape, and another shape
+        assert plan.restore(plan.pack(other)) is other and plan.restore(plan.pack(other, enclosing)) is other
 
 
 def test_in_place_path_drops_its_cached_mask_when_the_graph_is_released(monkeypatch):
@@ -240,14 +232,15 @@ def test_in_place_path_drops_its_cached_mask_when_the_graph_is_released(monkeypa
     import pmdrop.functional as functional
 
     monkeypatch.setattr(functional, "_IN_PLACE_FROM_BYTES", 0)
-    stand_ins = _record_stand_ins(monkeypatch)
     x = torch.randn(40, requires_grad=True)
     y = pmdrop.dropout(x, 0.3, variant="pmdrop")
-    y.backward(torch.ones_like(y), retain_graph=True)
-    (stand_in,) = stand_ins
-    assert stand_in().unpacked is not None
+    assert type(y.grad_fn).__name__ == "_InPlaceNoiseFnBackward"
+    with _Ops() as first:
+        y.backward(torch.ones_like(y), retain_graph=True)
+    (decoded,) = first.decoded
+    assert decoded() is not None
     y.backward(torch.ones_like(y))
-    assert stand_in() is not None and stand_in().unpacked is None  # y keeps its node alive, not the mask
+    assert y.grad_fn is not None and decoded() is None  # y keeps its node alive, not the mask
 
 
 def test_large_inputs_take_the_in_place_path_small_ones_the_hooks(monkeypatch):
