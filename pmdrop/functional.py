@@ -317,27 +317,28 @@ def dropout(
         and 0.0 < p < 1.0
         and ((x.requires_grad and torch.is_grad_enabled()) or _transforms_active())
         and type(x) in _PLAIN_TENSOR_TYPES
-        and x.layout is torch.strided
-        and not x.is_nested
-        and x.is_floating_point()
-        and x.numel() > 0
+        and x.layout is torch.strided  # sparse COO tensors have strides too
     ) or (spec.apply is None and spec.storage == "torch"):
         return torch_dropout(x, p, training, inplace)
-    if spec.apply is not None:
-        return spec.apply(x, p, inplace, spec)
-    # Torch's own dropout for the route x takes, its saved mask kept packed (seeded: the generator state), inline here:
-    # a call pays for every Python frame.
-    # Hooks are disabled under vmap and while AOTAutograd traces; a Function saves the packed mask there.
-    if _transforms_active() or not _hooks_enabled():
-        return _apply_transformed(x, p, inplace, spec.masks_per_byte or 8)
-    # The route table (a frozenset, its hash cached) rather than the route: reading the route off x.device.type costs
-    # more than the whole lookup, and use_route swaps the table.
-    key = (x.shape, x.stride(), x.dtype, x.device, p, inplace, spec.name, routes._NATIVE_DEVICE_TYPES)
+    # Only layouts found packable get a plan: the usual call skips the checks below (it pays for each attribute read).
+    # The route table (a frozenset, its hash cached), which use_route swaps: cheaper than reading x.device.type.
+    try:
+        key = (x.shape, x.stride(), x.dtype, x.device, p, inplace, spec.name, routes._NATIVE_DEVICE_TYPES)
+    except RuntimeError:  # nested tensors have no sizes
+        key = None
     plan = _PLANS.get(key)
-    if plan is None:
+    # Hooks are disabled under vmap and while AOTAutograd traces; a Function saves the packed mask there.
+    if plan is None or _transforms_active() or not _hooks_enabled():
+        if x.is_nested or not x.is_floating_point() or x.numel() == 0:
+            return torch_dropout(x, p, training, inplace)
+        if spec.apply is not None:
+            return spec.apply(x, p, inplace, spec)
+        if _transforms_active() or not _hooks_enabled():
+            return _apply_transformed(x, p, inplace, spec.masks_per_byte or 8)
         if len(_PLANS) >= 4096:  # bound the cache for shape-varying workloads
             _PLANS.clear()
         plan = _PLANS[key] = _CallPlan(x, p, inplace, spec)
+    # Torch's own dropout for the route x takes, its saved mask kept packed (seeded: the generator state), inline here.
     state, alignment = (None, 0) if plan.k is not None else _generator_state(plan, x)
     if plan.route is NOISE and plan.numel_bytes >= _IN_PLACE_FROM_BYTES:
         return _InPlaceNoiseFn.apply(x, plan, inplace, state, alignment)

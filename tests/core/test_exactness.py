@@ -205,8 +205,10 @@ def test_hooks_around_the_call_see_what_pmdrop_keeps_not_torchs_mask(variant):
 
 @pytest.mark.parametrize("variant", EXACT_VARIANTS)
 def test_with_saved_tensor_hooks_disabled_the_call_is_still_torchs(variant):
-    """Where hooks are disabled (as AOTAutograd does while tracing), the call saves its mask through a Function."""
+    """Where hooks are disabled (as AOTAutograd does while tracing), the call saves its mask through a Function, also
+    for a layout whose hooks-based plan exists already."""
     x0 = torch.randn(6, 50)
+    step(pmdrop.PackedDropout(0.3, variant=variant), x0)  # the layout's plan, outside the block
     with torch.autograd.graph.disable_saved_tensors_hooks("disabled here"):
         candidate = step(pmdrop.PackedDropout(0.3, variant=variant), x0)
     assert_identical(step(torch_dropout(0.3), x0), candidate, variant)
