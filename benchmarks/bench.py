@@ -116,15 +116,19 @@ def per_call_steps(x: torch.Tensor, p: float, pairs: int) -> dict[str, list[floa
     return {step: fwd_bwd_ratios(_against_dropout(layer, x, p, pairs))[2] for step, layer in layers.items()}
 
 
-def op_costs(x: torch.Tensor, p: float, repeats: int) -> dict[str, tuple[float, float]]:
-    """Median microseconds of a ``pmdrop`` call's pack ops and of its decode ops on ``x``'s mask, run alone: in a tight
-    loop, and each time right after an ``nn.Dropout`` fwd+bwd of ``x``, i.e. with the caches as a call inside a step
-    finds them (torch's dropout and the autograd engine ran in between). The gap is why the same ops cost a call more
-    on one machine than on another."""
+def op_costs(x: torch.Tensor, p: float, repeats: int) -> dict[str, dict[str, float]]:
+    """Median microseconds of a ``pmdrop`` call's pack ops and of its decode ops on ``x``'s mask, run alone, after each
+    prelude of :data:`OP_COST_PRELUDES`: nothing (a tight loop), a 4 MiB write (the data caches emptied), the backward
+    of a 4-element sum (the autograd engine's code run, next to no data) and an ``nn.Dropout`` fwd+bwd of ``x`` (the
+    caches as a call inside a step finds them). The gap to the loop is why the same ops cost a call more on one
+    machine than on another."""
     plan = functional._CallPlan(x, p, False, get_variant("pmdrop"))
     noise = torch.dropout(torch.ones_like(x), p, True)  # what torch's noise route saves
     packed = plan.packer(noise)
     layer, grad = torch.nn.Dropout(p), torch.ones_like(x)
+    written, summed = torch.empty(4 * 2**20, dtype=torch.uint8), torch.ones(4, requires_grad=True)
+    preludes = dict(zip(OP_COST_PRELUDES, (lambda: None, lambda: written.fill_(1), lambda: summed.sum().backward(),
+                                           lambda: layer(x).backward(grad)), strict=True))
 
     def median_us(op: Callable[[], object], before: Callable[[], object]) -> float:
         times = []
@@ -136,8 +140,10 @@ def op_costs(x: torch.Tensor, p: float, repeats: int) -> dict[str, tuple[float, 
         return statistics.median(times) * 1e6
 
     ops = {"pack": lambda: plan.packer(noise), "decode": lambda: plan.unpack(packed)}
-    return {name: (median_us(op, lambda: None), median_us(op, lambda: layer(x).backward(grad)))
-            for name, op in ops.items()}
+    return {name: {prelude: median_us(op, before) for prelude, before in preludes.items()} for name, op in ops.items()}
+
+
+OP_COST_PRELUDES = ("loop", "after_4mib_write", "after_tiny_backward", "after_dropout_fwd_bwd")
 
 
 def redraw_floor(x: torch.Tensor, p: float, pairs: int) -> list[float]:
@@ -378,10 +384,14 @@ def launch_bound(variants: list[str], p: float, pairs: int, routing_pairs: int, 
                       "fwd_bwd_ratio_max": max(ratios)})
         print(f"{step:<44}{steps[-1]['fwd_bwd_ratio']:>8.3f}x{f'({min(ratios):.2f}-{max(ratios):.2f})':>15}",
               flush=True)
-    print("\n# the pack and the decode ops alone (us, median): in a tight loop / right after an nn.Dropout fwd+bwd")
+    print("\n# the pack and the decode ops alone (us, median): in a tight loop, and right after a 4 MiB write, the "
+          "backward of a 4-element sum, an nn.Dropout fwd+bwd")
     costs = op_costs(x, p, pairs)
-    for name, (loop_us, after_us) in costs.items():
-        print(f"{name:<10}{loop_us:>8.1f}{after_us:>8.1f}  ({after_us / loop_us:.1f}x)", flush=True)
+    print(f"{'ops':<10}" + "".join(f"{prelude.removeprefix('after_'):>20}" for prelude in OP_COST_PRELUDES))
+    for name, by_prelude in costs.items():
+        loop_us = by_prelude["loop"]
+        print(f"{name:<10}" + "".join(f"{f'{us:.1f} ({us / loop_us:.1f}x)':>20}" for us in by_prelude.values()),
+              flush=True)
     print("\n# aten ops dispatched per call (kernels: those a GPU launches, views and allocations left out); "
           "native = the CUDA route's logic, run on CPU tensors")
     print(f"{'variant':<16}{'route':<7}{'fwd ops':>8}{'bwd ops':>8}{'fwd kern':>9}{'bwd kern':>9}")
@@ -403,8 +413,7 @@ def launch_bound(variants: list[str], p: float, pairs: int, routing_pairs: int, 
               f"{f'({r.fwd_bwd_ratio_min:.2f}-{r.fwd_bwd_ratio_max:.2f})':>15}{r.plain_fwd_bwd_ms:>10.2f}"
               f"{r.extra_python_calls:>20}", flush=True)
     return {"per_call": per_call, "redraw_floor_ratio": statistics.median(redraw), "per_call_steps": steps,
-            "op_costs_us": {name: {"loop": loop_us, "after_dropout_fwd_bwd": after_us}
-                            for name, (loop_us, after_us) in costs.items()},
+            "op_costs_us": costs,
             "op_counts": [asdict(c) for c in ops], "routing": [asdict(r) for r in routing]}
 
 
