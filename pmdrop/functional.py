@@ -326,14 +326,14 @@ def dropout(
         key = (x.shape, x.stride(), x.dtype, x.device, p, inplace, spec.name, routes._NATIVE_DEVICE_TYPES)
     except RuntimeError:  # nested tensors have no sizes
         key = None
-    plan = _PLANS.get(key)
     # Hooks are disabled under vmap and while AOTAutograd traces; a Function saves the packed mask there.
-    if plan is None or _transforms_active() or not _hooks_enabled():
+    plan, hooked = _PLANS.get(key), _hooks_enabled() and not _transforms_active()
+    if plan is None or not hooked:
         if x.is_nested or not x.is_floating_point() or x.numel() == 0:
             return torch_dropout(x, p, training, inplace)
         if spec.apply is not None:
             return spec.apply(x, p, inplace, spec)
-        if _transforms_active() or not _hooks_enabled():
+        if not hooked:
             return _apply_transformed(x, p, inplace, spec.masks_per_byte or 8)
         if len(_PLANS) >= 4096:  # bound the cache for shape-varying workloads
             _PLANS.clear()
